@@ -1,0 +1,1 @@
+"""The ``mammo`` command line (Typer). Each lifecycle stage has its own module."""

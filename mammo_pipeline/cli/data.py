@@ -1,0 +1,86 @@
+"""``mammo data``: make synthetic data and inspect data files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mammo_pipeline.data.schema import LABEL_NAMES
+
+app = typer.Typer(help="Synthetic data and data inspection.", no_args_is_help=True)
+
+
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="output directory")],
+    n: Annotated[int, typer.Option(min=1, help="training records")] = 1000,
+    files: Annotated[int, typer.Option(min=1, help="tfrecord files to split them over")] = 5,
+    positive_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.14,
+    seed: Annotated[int, typer.Option()] = 0,
+    test_n: Annotated[int, typer.Option(min=0, help="held-out test tiles (numpy form)")] = 0,
+    compress: Annotated[str, typer.Option(help="'none' or 'gzip'")] = "none",
+) -> None:
+    """Write a SYNTHETIC data set in the exact public DDSM schema."""
+    from mammo_pipeline.data.synthetic import generate
+    from mammo_pipeline.errors import MammoError
+
+    if compress.lower() not in ("none", "gzip"):
+        raise MammoError(f"--compress must be 'none' or 'gzip', got {compress!r}")
+    if files > n:
+        raise MammoError(f"--files ({files}) cannot exceed --n ({n})")
+    typer.echo(
+        f"Generating SYNTHETIC data (not real mammograms): {n} training tiles in {files} "
+        f"file(s), {test_n} test tiles, positive fraction {positive_fraction}, seed {seed}"
+    )
+    ds = generate(
+        out,
+        n,
+        files=files,
+        positive_fraction=positive_fraction,
+        seed=seed,
+        test_n=test_n,
+        compression="GZIP" if compress.lower() == "gzip" else "",
+    )
+    typer.echo(f"SYNTHETIC training files ({ds.train_records} records):")
+    for f in ds.train_files:
+        typer.echo(f"  {f}")
+    counts = ", ".join(f"{k}={v}" for k, v in ds.train_label_counts.items())
+    typer.echo(f"SYNTHETIC label counts: {counts}")
+    if ds.test_data:
+        typer.echo(f"SYNTHETIC test split ({ds.test_records}): {ds.test_data}, {ds.test_labels}")
+
+
+@app.command()
+def inspect(
+    paths: Annotated[list[Path], typer.Argument(help="tfrecord / *_data.npy files or dirs")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    grid: Annotated[Path | None, typer.Option(help="write a PNG grid of sample tiles")] = None,
+) -> None:
+    """Record counts, class counts and schema problems of data files."""
+    from mammo_pipeline.data.inspect import expand_paths, summarize, write_grid
+
+    files = expand_paths(paths)
+    summaries = [summarize(p) for p in files]
+    if as_json:
+        typer.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
+    else:
+        for s in summaries:
+            labels = ", ".join(f"{k}:{LABEL_NAMES.get(k, '?')}={v}" for k, v in s.label_counts.items())
+            typer.echo(
+                f"{s.path}  [{s.kind}, compression={s.compression}]  records={s.records}  "
+                f"positive={s.label_normal_counts.get(1, 0)} ({s.positive_fraction:.1%})"
+            )
+            typer.echo(f"    label counts: {labels or '-'}")
+            if s.problem_count:
+                typer.secho(f"    {s.problem_count} problem(s):", fg=typer.colors.YELLOW)
+                for p in s.problems:
+                    typer.echo(f"      - {p}")
+        total = sum(s.records for s in summaries)
+        typer.echo(f"{len(summaries)} file(s), {total} records")
+    if grid is not None:
+        typer.echo(f"sample grid: {write_grid(files, grid)}")

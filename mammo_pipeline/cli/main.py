@@ -1,0 +1,40 @@
+"""Entry point of the ``mammo`` command: registers each stage's commands, turns known errors
+into one-line messages with a non-zero exit code (no traceback)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mammo_pipeline.cli import data as data_cli
+from mammo_pipeline.cli import registry, serve, train, validate
+from mammo_pipeline.errors import MammoError
+
+app = typer.Typer(
+    name="mammo",
+    help="mammo-mlops: validate, train, gate and serve the mammogram lesion classifier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_cli.app, name="data")
+validate.register(app)  # mammo validate
+train.register(app)  # mammo train, mammo evaluate
+registry.register(app)  # mammo registry ...
+serve.register(app)  # mammo deploy, mammo serve, mammo predict
+
+
+def main() -> None:
+    try:
+        app()
+    except MammoError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""`mammo` commands of the train stage (placeholder until that stage lands)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this stage's commands to the top-level `mammo` app."""

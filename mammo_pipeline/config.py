@@ -1,0 +1,156 @@
+"""The one configuration object of mammo-mlops.
+
+Values come, highest priority first, from: keyword arguments, ``MAMMO_*`` environment
+variables, an optional TOML file named by ``MAMMO_CONFIG_FILE`` and the defaults below.
+The defaults run everything on one machine (SQLite, local files). Reading the settings has
+no side effects: no directory is created and no tracking URI is set here.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "MAMMO_CONFIG_FILE"
+
+
+class Settings(BaseSettings):
+    """All tunables of the platform, grouped by the reason they change."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAMMO_", extra="ignore", validate_default=True, frozen=True
+    )
+
+    # --- where data lives -------------------------------------------------------------
+    data_dir: Path = Path("data")
+    landing_dir: Path | None = Field(None, description="new tfrecords land here")
+    validated_dir: Path | None = Field(None, description="files that passed validation")
+    quarantine_dir: Path | None = Field(None, description="rejected files + reason.json")
+    test_dir: Path | None = Field(None, description="fixed held-out test split")
+    reports_dir: Path | None = Field(None, description="validation reports, Data Docs")
+    expectations_dir: Path = Path("expectations")
+
+    # --- tracking and registry ---------------------------------------------------------
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    mlflow_artifact_location: str = "./mlartifacts"
+    mlflow_experiment: str = "mammo-vgg16"
+    registered_model_name: str = "mammo-vgg16"
+
+    # --- model and training ------------------------------------------------------------
+    image_size: int = Field(299, ge=16, le=1024, description="model input side in pixels")
+    weights: str = Field(
+        "imagenet", description="'imagenet', 'none' or a path to a local VGG16 notop .h5"
+    )
+    head_units: tuple[int, int] = (256, 128)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    trainable_blocks: int = Field(0, ge=0, le=5, description="top VGG16 blocks fine-tuned")
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1)
+    fine_tune_epochs: int = Field(0, ge=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    fine_tune_learning_rate: float = Field(1e-5, gt=0)
+    early_stopping_patience: int = Field(3, ge=1)
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    max_records: int | None = Field(None, ge=1, description="cap on training records")
+    augment: bool = True
+    cache: Literal["none", "memory", "disk"] = "memory"
+    shuffle_buffer: int = Field(2048, ge=1)
+    seed: int = 42
+    target_recall: float = Field(0.85, gt=0.0, le=1.0, description="threshold choice")
+
+    # --- gate --------------------------------------------------------------------------
+    min_precision: float = Field(0.30, ge=0.0, le=1.0)
+    min_recall: float = Field(0.80, ge=0.0, le=1.0)
+    regression_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    require_approval: bool = False
+
+    # --- validation and drift ----------------------------------------------------------
+    positive_fraction_min: float = Field(0.02, ge=0.0, le=1.0)
+    positive_fraction_max: float = Field(0.50, ge=0.0, le=1.0)
+    drift_psi_threshold: float = Field(0.2, ge=0.0)
+    drift_blocks: bool = False
+
+    # --- serving -----------------------------------------------------------------------
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(3000, ge=1, le=65535)
+    api_key: str | None = None
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+
+    # --- orchestration -----------------------------------------------------------------
+    airflow_home: Path = Path(".airflow")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_known(cls, value: str) -> str:
+        if value.lower() in {"imagenet", "none"}:
+            return value.lower()
+        if not value.endswith((".h5", ".keras", ".weights.h5")):
+            raise ValueError(
+                "weights must be 'imagenet', 'none' or a path to a VGG16 weights .h5 file, "
+                f"got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> Settings:
+        if self.positive_fraction_min > self.positive_fraction_max:
+            raise ValueError("positive_fraction_min must not exceed positive_fraction_max")
+        return self
+
+    # Directories derived from data_dir unless set explicitly.
+    def _under_data(self, value: Path | None, name: str) -> Path:
+        return value if value is not None else self.data_dir / name
+
+    @property
+    def landing(self) -> Path:
+        return self._under_data(self.landing_dir, "landing")
+
+    @property
+    def validated(self) -> Path:
+        return self._under_data(self.validated_dir, "validated")
+
+    @property
+    def quarantine(self) -> Path:
+        return self._under_data(self.quarantine_dir, "quarantine")
+
+    @property
+    def test_split(self) -> Path:
+        return self._under_data(self.test_dir, "test")
+
+    @property
+    def reports(self) -> Path:
+        return self._under_data(self.reports_dir, "reports")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            path = Path(config_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; call ``get_settings.cache_clear()`` in tests)."""
+    return Settings()

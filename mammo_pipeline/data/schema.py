@@ -1,0 +1,43 @@
+"""The data contract of the public DDSM / CBIS-DDSM tfrecords, in one place.
+
+See ../shared/DESIGN.md section 2. Every other module imports these names instead of
+repeating keys, sizes or label meanings.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+IMAGE_KEY: Final = "image"
+LABEL_KEY: Final = "label"
+LABEL_NORMAL_KEY: Final = "label_normal"
+
+SOURCE_SIZE: Final = 299  # the tiles are 299 x 299 pixels
+CHANNELS: Final = 1
+IMAGE_BYTES: Final = SOURCE_SIZE * SOURCE_SIZE * CHANNELS  # 89,401 raw uint8 bytes
+
+LABEL_NAMES: Final[dict[int, str]] = {
+    0: "negative",
+    1: "benign calcification",
+    2: "benign mass",
+    3: "malignant calcification",
+    4: "malignant mass",
+}
+LABEL_VALUES: Final = tuple(LABEL_NAMES)
+LABEL_NORMAL_NAMES: Final[dict[int, str]] = {0: "negative", 1: "positive"}
+
+TFRECORD_SUFFIXES: Final = (".tfrecords", ".tfrecord", ".tfrec")
+NPY_DATA_SUFFIX: Final = "_data.npy"
+NPY_LABELS_SUFFIX: Final = "_labels.npy"
+GZIP_MAGIC: Final = b"\x1f\x8b"
+
+
+def label_normal_of(label: int) -> int:
+    """The binary target implied by a 5-class label: positive for any lesion."""
+    return int(label > 0)
+
+
+def is_tfrecord_path(name: str) -> bool:
+    return name.endswith(TFRECORD_SUFFIXES) or name.endswith(
+        tuple(s + ".gz" for s in TFRECORD_SUFFIXES)
+    )

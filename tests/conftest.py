@@ -1,0 +1,43 @@
+"""Shared fixtures: an isolated environment per test and tiny data made on the spot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """No MAMMO_* variable from the developer's shell leaks into a test; the settings cache
+    is cleared around each test."""
+    from mammo_pipeline.config import get_settings
+
+    for key in list(os.environ):
+        if key.startswith("MAMMO_"):
+            monkeypatch.delenv(key, raising=False)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def make_tiles(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random 299x299 uint8 tiles with labels cycling through 0..4."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 299, 299), dtype=np.uint8)
+    labels = np.arange(n) % 5
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SYNTHETIC data set shared (read-only) by the tests of a session."""
+    from mammo_pipeline.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, 120, files=3, positive_fraction=0.25, seed=7, test_n=40, progress=False)
+    return out
