@@ -1,0 +1,60 @@
+"""Environment for running Airflow on this project's DAGs (embedded mode and tests).
+
+Airflow reads its configuration from ``AIRFLOW__SECTION__KEY`` variables; this builds them
+from the settings so that the demo, the tests and a developer's shell agree: Airflow home
+under the project, SQLite metadata, LocalExecutor, the repo's ``dags/`` folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mammo_pipeline.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DAGS_FOLDER = REPO_ROOT / "dags"
+
+
+def airflow_env(
+    settings: Settings,
+    *,
+    sql_alchemy_conn: str | None = None,
+    executor: str = "LocalExecutor",
+    api_port: int = 8080,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """A full environment (``os.environ`` plus Airflow and MAMMO_* variables)."""
+    home = Path(settings.airflow_home).resolve()
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": executor,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn
+            or f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "15",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+    )
+    # The settings travel to task processes as MAMMO_* variables.
+    for name, value in settings.model_dump(exclude_none=True).items():
+        key = f"MAMMO_{name.upper()}"
+        if isinstance(value, tuple | list):
+            import json
+
+            value = json.dumps(list(value))
+        elif isinstance(value, Path):
+            value = str(value.resolve()) if not value.is_absolute() else str(value)
+        env[key] = str(value)
+    env.update(extra or {})
+    return env
