@@ -48,5 +48,5 @@ def test_lesions_are_visible_and_local():
         for label in (1, 2, 3, 4):
             diff = make_tile(0, "train", i, label).astype(float) - neg
             assert diff.max() >= 25, (i, label)
-            assert (diff > 5).mean() < 0.10, (i, label)
+            assert (diff > 5).mean() < 0.15, (i, label)
             assert diff.min() >= -1  # lesions only add density

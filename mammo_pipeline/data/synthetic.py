@@ -61,8 +61,10 @@ def _tissue(rng: np.random.Generator) -> np.ndarray:
 
 
 def _add_mass(img: np.ndarray, rng: np.random.Generator, malignant: bool) -> None:
-    r0 = float(rng.uniform(12, 30))
-    cy, cx = rng.uniform(r0 * 2, S - r0 * 2, size=2)
+    # ROI tiles of the public set are cropped around the abnormality: lesions sit near the
+    # centre and are large relative to the tile.
+    r0 = float(rng.uniform(18, 42))
+    cy, cx = S / 2 + rng.uniform(-45, 45, size=2)
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     dy, dx = yy - cy, xx - cx
     dist = np.hypot(dx, dy)
@@ -75,7 +77,7 @@ def _add_mass(img: np.ndarray, rng: np.random.Generator, malignant: bool) -> Non
         boundary *= 1 + rng.uniform(0.0, 0.25) * np.cos(2 * theta + rng.uniform(0, 6.3))
     softness = 2.0 if malignant else 3.5
     blob = 1.0 / (1.0 + np.exp((dist - boundary) / softness))
-    amplitude = float(rng.uniform(28, 55))
+    amplitude = float(rng.uniform(40, 70))
     img += amplitude * blob
     if malignant:  # spicules radiating from the margin
         mask = Image.new("L", (S, S), 0)
@@ -91,22 +93,22 @@ def _add_mass(img: np.ndarray, rng: np.random.Generator, malignant: bool) -> Non
 
 
 def _add_calcifications(img: np.ndarray, rng: np.random.Generator, malignant: bool) -> None:
-    n = int(rng.integers(10, 26)) if malignant else int(rng.integers(4, 9))
-    spread = float(rng.uniform(8, 16)) if malignant else float(rng.uniform(12, 24))
-    cy, cx = rng.uniform(40, S - 40, size=2)
+    n = int(rng.integers(12, 30)) if malignant else int(rng.integers(6, 12))
+    spread = float(rng.uniform(10, 20)) if malignant else float(rng.uniform(14, 28))
+    cy, cx = S / 2 + rng.uniform(-45, 45, size=2)
     for _ in range(n):
         py, px = cy + rng.normal(0, spread), cx + rng.normal(0, spread)
         if malignant:  # small, varied, sometimes elongated
-            sy, sx = rng.uniform(0.6, 1.4), rng.uniform(0.6, 2.2)
+            sy, sx = rng.uniform(0.9, 1.8), rng.uniform(0.9, 2.8)
         else:  # coarse and round
-            sy = sx = rng.uniform(1.4, 2.4)
+            sy = sx = rng.uniform(1.8, 3.0)
         y0, y1 = int(max(py - 8, 0)), int(min(py + 9, S))
         x0, x1 = int(max(px - 8, 0)), int(min(px + 9, S))
         if y0 >= y1 or x0 >= x1:
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         spot = np.exp(-(((yy - py) / sy) ** 2 + ((xx - px) / sx) ** 2) / 2)
-        img[y0:y1, x0:x1] += float(rng.uniform(70, 120)) * spot
+        img[y0:y1, x0:x1] += float(rng.uniform(80, 130)) * spot
 
 
 def make_tile(seed: int, split: str, index: int, label: int) -> np.ndarray:
