@@ -73,18 +73,41 @@ class Settings(BaseSettings):
     min_recall: float = Field(0.80, ge=0.0, le=1.0)
     regression_tolerance: float = Field(0.02, ge=0.0, le=1.0)
     require_approval: bool = False
+    reviewer: str | None = Field(
+        None, description="name recorded on manual registry actions (default: the OS user)"
+    )
 
     # --- validation and drift ----------------------------------------------------------
     positive_fraction_min: float = Field(0.02, ge=0.0, le=1.0)
     positive_fraction_max: float = Field(0.50, ge=0.0, le=1.0)
     drift_psi_threshold: float = Field(0.2, ge=0.0)
     drift_blocks: bool = False
+    drift_class_balance_threshold: float = Field(
+        0.10, ge=0.0, le=1.0, description="largest allowed change of the positive fraction"
+    )
+    drift_bins: int = Field(20, ge=2, le=256, description="bins of the pixel-mean histogram")
+    data_docs_dir: Path | None = Field(None, description="GX Data Docs (default reports/data_docs)")
+    validation_workers: int = Field(
+        0, ge=0, description="processes profiling files in parallel; 0 = auto, 1 = in-process"
+    )
 
     # --- serving -----------------------------------------------------------------------
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(3000, ge=1, le=65535)
     api_key: str | None = None
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(
+        120_000_000, ge=1024, description="decompression-bomb guard: width*height cap"
+    )
+    serve_version: str | None = Field(
+        None, description="registry version to serve; unset = the 'champion' alias"
+    )
+    bentoml_home: Path | None = Field(None, description="BentoML home (model store)")
+    serve_max_batch_size: int = Field(32, ge=1, le=1024)
+    serve_max_latency_ms: float = Field(5.0, ge=0.0, le=10_000.0)
+    serve_side_port: int = Field(3001, ge=0, le=65535, description="green port; 0 = any")
+    serve_ready_timeout_s: float = Field(180.0, gt=0.0)
+    smoke_tolerance: float = Field(1e-5, gt=0.0)
 
     # --- orchestration -----------------------------------------------------------------
     airflow_home: Path = Path(".airflow")
@@ -130,6 +153,16 @@ class Settings(BaseSettings):
     @property
     def reports(self) -> Path:
         return self._under_data(self.reports_dir, "reports")
+
+    @property
+    def bentoml_store(self) -> Path:
+        """BENTOML_HOME used by the serving stage (its model store lives under it)."""
+        return self._under_data(self.bentoml_home, "bentoml")
+
+    @property
+    def serving_dir(self) -> Path:
+        """State (live.json) and logs of locally deployed services."""
+        return self.data_dir / "serving"
 
     @classmethod
     def settings_customise_sources(
