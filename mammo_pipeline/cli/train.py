@@ -1,9 +1,98 @@
-"""`mammo` commands of the train stage (placeholder until that stage lands)."""
+"""``mammo train`` and ``mammo evaluate``: one MLflow run per training, test metrics printed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from mammo_pipeline.errors import MammoError
+
+#: Rows of the printed test-metric table, in this order.
+TABLE_METRICS = (
+    "test_roc_auc", "test_pr_auc", "test_recall", "test_precision", "test_specificity",
+    "test_f1", "test_accuracy", "test_recall_label_1", "test_recall_label_2",
+    "test_recall_label_3", "test_recall_label_4",
+)
+
+
+def metrics_table(metrics: dict[str, float], threshold: float | None = None) -> str:
+    """A short aligned two-column table of the test metrics."""
+    from mammo_pipeline.data.schema import LABEL_NAMES
+
+    rows = []
+    if threshold is not None:
+        rows.append(("decision_threshold", f"{threshold:.4f}"))
+    for name in TABLE_METRICS:
+        if name in metrics:
+            label = name
+            if name.startswith("test_recall_label_"):
+                label = f"{name} ({LABEL_NAMES[int(name.rsplit('_', 1)[1])]})"
+            value = metrics[name]
+            rows.append((label, "n/a" if value != value else f"{value:.4f}"))  # NaN check
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the top-level `mammo` app."""
+    """Add ``mammo train`` and ``mammo evaluate`` to the top-level app."""
+
+    @app.command()
+    def train(
+        data: Annotated[
+            list[Path] | None,
+            typer.Option(help="tfrecord files or folders (default: the validated folder)"),
+        ] = None,
+        epochs: Annotated[int | None, typer.Option(min=1)] = None,
+        fine_tune_epochs: Annotated[int | None, typer.Option(min=0)] = None,
+        batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+        learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
+        image_size: Annotated[int | None, typer.Option(min=16)] = None,
+        trainable_blocks: Annotated[int | None, typer.Option(min=0, max=5)] = None,
+        max_records: Annotated[int | None, typer.Option(min=1)] = None,
+        weights: Annotated[
+            str | None, typer.Option(help="'imagenet', 'none' or a VGG16 notop .h5 path")
+        ] = None,
+        augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+        airflow_run_id: Annotated[str | None, typer.Option(hidden=True)] = None,
+    ) -> None:
+        """Train the VGG16 classifier (one MLflow run), evaluate it on the test split."""
+        from mammo_pipeline.config import get_settings
+        from mammo_pipeline.data.tfrecord_io import list_tfrecords
+        from mammo_pipeline.train import train_model
+
+        files: list[Path] | None = None
+        if data:
+            files = [f for p in data for f in (list_tfrecords(p) if p.is_dir() else [p])]
+            if not files:
+                raise MammoError(f"no tfrecord files in {', '.join(map(str, data))}")
+        overrides = dict(
+            epochs=epochs, fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
+            learning_rate=learning_rate, image_size=image_size,
+            trainable_blocks=trainable_blocks, max_records=max_records, weights=weights,
+            augment=augment,
+        )
+        result = train_model(get_settings(), files=files, overrides=overrides,
+                             airflow_run_id=airflow_run_id)
+        if result.synthetic:
+            typer.secho("Trained on SYNTHETIC data.", fg=typer.colors.YELLOW)
+        if result.weights_source == "none":
+            typer.secho("Weights were randomly initialised (weights=none).",
+                        fg=typer.colors.YELLOW)
+        typer.echo(f"MLflow run id: {result.run_id}")
+        typer.echo(f"model: {result.model_uri}")
+        typer.echo(f"test metrics ({int(result.metrics.get('test_n', 0))} tiles):")
+        typer.echo(metrics_table(result.metrics, result.decision_threshold))
+
+    @app.command()
+    def evaluate(
+        run_id: Annotated[str, typer.Option("--run-id", help="MLflow run of a training")],
+    ) -> None:
+        """Evaluate a training run's model on the held-out test split; log it on the run."""
+        from mammo_pipeline.config import get_settings
+        from mammo_pipeline.evaluate import evaluate_run
+
+        metrics = evaluate_run(get_settings(), run_id)
+        typer.echo(f"MLflow run id: {run_id}")
+        typer.echo(metrics_table(metrics, metrics.get("decision_threshold")))

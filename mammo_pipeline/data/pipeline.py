@@ -4,6 +4,9 @@ files -> interleave(TFRecordDataset, per-file compression detected) -> [take max
       -> parallel parse + decode + resize -> [cache] -> [shuffle] -> batch
       -> [training-only augmentation, vectorised and seeded] -> prefetch
 
+``subset="train"|"validation"`` keeps one side of a deterministic split that hashes each
+record's image bytes (:func:`in_subset`), so a tile never changes side as files arrive.
+
 Elements are ``(image, label_normal)`` or, with ``with_label=True``,
 ``(image, label_normal, label)``: ``image`` float32 (B, S, S, 1) in 0..255,
 labels int32 (B,).
@@ -41,6 +44,9 @@ class PipelineOptions:
     with_label: bool = False
     max_records: int | None = None
     drop_remainder: bool = False
+    #: "all", or one side of the deterministic content-based split (see :func:`in_subset`).
+    subset: Literal["all", "train", "validation"] = "all"
+    val_fraction: float = 0.15
 
 
 def _feature_spec():
@@ -66,6 +72,32 @@ def parse_and_decode(serialized, image_size: int):
         tf.cast(feats[LABEL_NORMAL_KEY], tf.int32),
         tf.cast(feats[LABEL_KEY], tf.int32),
     )
+
+
+#: Hash buckets of the content-based split; ``val_fraction`` is resolved to 1/1000.
+SPLIT_BUCKETS = 1000
+
+
+def in_subset(serialized, subset: str, val_fraction: float):
+    """True when a serialized Example belongs to ``subset`` ("train" / "validation").
+
+    The split hashes the record's image bytes, so a tile always lands on the same side
+    whatever file it is in, however files are ordered and as new files arrive.
+    """
+    import tensorflow as tf
+
+    if subset == "all":
+        return tf.constant(True)
+    image = tf.io.parse_single_example(
+        serialized, {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
+    )[IMAGE_KEY]
+    bucket = tf.strings.to_hash_bucket_fast(image, SPLIT_BUCKETS)
+    is_val = bucket < int(round(val_fraction * SPLIT_BUCKETS))
+    if subset == "validation":
+        return is_val
+    if subset == "train":
+        return tf.logical_not(is_val)
+    raise ValueError(f"subset must be 'all', 'train' or 'validation', got {subset!r}")
 
 
 def augment_batch(images, seed):
@@ -111,11 +143,10 @@ def _finish(ds, opts: PipelineOptions, cardinality_known: bool = False):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_dataset(files: Sequence[Path | str], opts: PipelineOptions | None = None):
-    """A batched ``tf.data.Dataset`` over tfrecord files in the public schema."""
+def _records(files: Sequence[Path | str], opts: PipelineOptions):
+    """Serialized records of ``files`` (interleaved, capped, filtered to ``opts.subset``)."""
     import tensorflow as tf
 
-    opts = opts or PipelineOptions()
     paths = [str(p) for p in files]
     if not paths:
         raise DataError(None, "no tfrecord files given to the input pipeline")
@@ -134,12 +165,49 @@ def make_dataset(files: Sequence[Path | str], opts: PipelineOptions | None = Non
     )
     if opts.max_records:
         ds = ds.take(opts.max_records)
+    if opts.subset != "all":
+        ds = ds.filter(lambda s: in_subset(s, opts.subset, opts.val_fraction))
+    return ds
+
+
+def make_dataset(files: Sequence[Path | str], opts: PipelineOptions | None = None):
+    """A batched ``tf.data.Dataset`` over tfrecord files in the public schema."""
+    import tensorflow as tf
+
+    opts = opts or PipelineOptions()
+    ds = _records(files, opts)
     ds = ds.map(
         lambda s: parse_and_decode(s, opts.image_size),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
     return _finish(ds, opts)
+
+
+def read_labels(files: Sequence[Path | str], opts: PipelineOptions | None = None):
+    """The 5-class ``label`` of each record ``opts`` selects, in evaluation order, without
+    decoding any image (``max_records`` and ``subset`` are honoured exactly as in
+    :func:`make_dataset` with ``training=False``, so the order matches its batches)."""
+    import numpy as np
+    import tensorflow as tf
+
+    opts = opts or PipelineOptions()
+    spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
+    ds = _records(files, opts).map(
+        lambda s: tf.io.parse_single_example(s, spec)[LABEL_KEY],
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    batches = [b.numpy() for b in ds.batch(4096)]
+    return np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
+
+
+def label_counts(files: Sequence[Path | str], opts: PipelineOptions | None = None):
+    """``{label: count}`` of the records ``opts`` selects (for class weights)."""
+    import numpy as np
+
+    values, counts = np.unique(read_labels(files, opts), return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
 
 def numpy_dataset(split: NumpySplit, opts: PipelineOptions | None = None):

@@ -1,0 +1,225 @@
+"""Evaluation on the fixed held-out test split, and the choice of the decision threshold.
+
+Threshold: chosen on the *validation* split as the highest-precision threshold whose recall
+reaches ``target_recall`` (ties: the higher threshold); a tile is positive when
+``probability >= threshold``. Metrics (scikit-learn) logged on the training run:
+
+- ``test_precision``, ``test_recall``, ``test_f1``, ``test_accuracy``, ``test_specificity``
+  at the decision threshold; ``test_roc_auc``, ``test_pr_auc`` (average precision);
+- ``test_recall_label_1`` .. ``test_recall_label_4``: the fraction of test tiles of each
+  lesion type called positive (1 benign calcification, 2 benign mass, 3 malignant
+  calcification, 4 malignant mass); ``test_n``, ``test_positives``;
+- tag ``test_manifest_sha256``: the digest of the test split files.
+
+Artifacts under ``evaluation/``: ``confusion_matrix.png``, ``roc_pr_curves.png``,
+``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mammo_pipeline.config import Settings, get_settings
+from mammo_pipeline.data.schema import LABEL_NAMES
+from mammo_pipeline.errors import ConfigError, MammoError
+
+TEST_METRICS = (
+    "test_precision",
+    "test_recall",
+    "test_f1",
+    "test_accuracy",
+    "test_specificity",
+    "test_roc_auc",
+    "test_pr_auc",
+)
+LABEL_RECALL_METRICS = {k: f"test_recall_label_{k}" for k in LABEL_NAMES if k > 0}
+ARTIFACT_DIR = "evaluation"
+MODEL_URI_TAG = "model_uri"
+
+
+def choose_threshold(y_true: np.ndarray, scores: np.ndarray, target_recall: float) -> float:
+    """Highest-precision threshold with recall >= ``target_recall`` on (validation) data.
+
+    With no positive example the recall is undefined and 0.5 is returned.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y_true.sum() == 0 or y_true.size == 0:
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y_true, scores)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    ok = recall >= target_recall - 1e-12
+    if not ok.any():  # cannot happen: the lowest threshold has recall 1
+        return float(thresholds.min())
+    best = precision[ok].max()
+    return float(thresholds[ok][precision[ok] >= best - 1e-12].max())
+
+
+def _safe(fn, *args) -> float:
+    try:
+        return float(fn(*args))
+    except ValueError:  # one class only
+        return float("nan")
+
+
+def binary_metrics(
+    y_true: np.ndarray, scores: np.ndarray, threshold: float, prefix: str = "test_"
+) -> dict[str, float]:
+    """Threshold metrics, ROC AUC and PR AUC with scikit-learn."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        confusion_matrix,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
+    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    pred = (scores >= threshold).astype(int)
+    tn, fp, _, _ = confusion_matrix(y_true, pred, labels=[0, 1]).ravel()
+    return {
+        f"{prefix}precision": float(precision_score(y_true, pred, zero_division=0)),
+        f"{prefix}recall": float(recall_score(y_true, pred, zero_division=0)),
+        f"{prefix}f1": float(f1_score(y_true, pred, zero_division=0)),
+        f"{prefix}accuracy": float(accuracy_score(y_true, pred)),
+        f"{prefix}specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+        f"{prefix}roc_auc": _safe(roc_auc_score, y_true, scores),
+        f"{prefix}pr_auc": _safe(average_precision_score, y_true, scores),
+    }
+
+
+def per_label_recall(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """``test_recall_label_k``: share of tiles with lesion type k called positive."""
+    labels = np.asarray(labels).reshape(-1)
+    pred = np.asarray(scores).reshape(-1) >= threshold
+    out = {}
+    for k, name in LABEL_RECALL_METRICS.items():
+        mask = labels == k
+        out[name] = float(pred[mask].mean()) if mask.any() else float("nan")
+    return out
+
+
+def predict_scores(model, dataset) -> np.ndarray:
+    """Sigmoid probabilities of ``model`` over a ``tf.data`` dataset, as float64 (N,)."""
+    scores = model.predict(dataset, verbose=0)
+    return np.asarray(scores, dtype=np.float64).reshape(-1)
+
+
+def held_out_predictions(model, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, 5-class labels) of ``model`` on every numpy split in ``settings.test_split``."""
+    from mammo_pipeline.data.numpy_split import find_splits, load_split
+    from mammo_pipeline.data.pipeline import PipelineOptions, numpy_dataset
+
+    image_size = int(model.input_shape[1])
+    data_files = find_splits(settings.test_split)
+    if not data_files:
+        raise MammoError(f"{settings.test_split}: no *_data.npy held-out test split found")
+    scores, labels = [], []
+    for path in data_files:
+        split = load_split(path)
+        opts = PipelineOptions(image_size=image_size, batch_size=settings.batch_size)
+        scores.append(predict_scores(model, numpy_dataset(split, opts)))
+        labels.append(np.asarray(split.labels, dtype=np.int64))
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    threshold: float
+    test_manifest_sha256: str
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def evaluate_model(
+    model, settings: Settings, threshold: float, out_dir: Path, *, synthetic: bool = False
+) -> Evaluation:
+    """Test metrics and figures for ``model`` at ``threshold`` (nothing logged here)."""
+    from mammo_pipeline import plots
+    from mammo_pipeline.data.manifest import build_manifest, held_out_files
+
+    test_manifest = build_manifest(held_out_files(settings.test_split))
+    synthetic = synthetic or test_manifest.synthetic
+    scores, labels = held_out_predictions(model, settings)
+    y = (labels > 0).astype(int)
+    metrics = binary_metrics(y, scores, threshold)
+    metrics.update(per_label_recall(labels, scores, threshold))
+    metrics.update(test_n=float(y.size), test_positives=float(y.sum()))
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(y, (scores >= threshold).astype(int), labels=[0, 1])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "decision_threshold": threshold,
+        "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
+        "confusion_matrix": {"tn": int(matrix[0, 0]), "fp": int(matrix[0, 1]),
+                             "fn": int(matrix[1, 0]), "tp": int(matrix[1, 1])},
+        "label_names": {f"test_recall_label_{k}": LABEL_NAMES[k] for k in LABEL_RECALL_METRICS},
+        "test_manifest_sha256": test_manifest.sha256,
+        "synthetic": synthetic,
+    }
+    artifacts = [
+        plots.confusion_matrix_plot(matrix, out_dir / "confusion_matrix.png",
+                                    threshold=threshold, synthetic=synthetic),
+        plots.roc_pr_plot(y, scores, out_dir / "roc_pr_curves.png", threshold=threshold,
+                          synthetic=synthetic),
+    ]
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(report, indent=2))
+    artifacts.append(metrics_path)
+    return Evaluation(metrics, threshold, test_manifest.sha256, artifacts)
+
+
+def log_evaluation(run_id: str, evaluation: Evaluation, model_id: str | None = None) -> None:
+    """Log metrics, the test manifest tag and the artifacts on an existing run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    mlflow.log_metrics(evaluation.metrics, run_id=run_id, model_id=model_id)
+    client.set_tag(run_id, "test_manifest_sha256", evaluation.test_manifest_sha256)
+    for path in evaluation.artifacts:
+        client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+
+
+def _run_threshold(run) -> float:
+    value = run.data.metrics.get("decision_threshold")
+    if value is None:
+        raise ConfigError(f"run {run.info.run_id} has no decision_threshold metric")
+    return float(value)
+
+
+def evaluate_run(settings: Settings | None = None, run_id: str = "") -> dict[str, float]:
+    """Load a training run's model, evaluate it on the test split, log the results on it.
+
+    The threshold is the run's ``decision_threshold`` (chosen on validation data at
+    training time). Returns the logged metrics plus ``decision_threshold``.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from mammo_pipeline.tracking import configure_mlflow
+
+    s = settings or get_settings()
+    configure_mlflow(s)
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise MammoError(f"no MLflow run {run_id!r} at {s.mlflow_tracking_uri}") from exc
+    model_uri = run.data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
+    model = mlflow.keras.load_model(model_uri)
+    synthetic = run.data.tags.get("synthetic") == "true"
+    with tempfile.TemporaryDirectory(prefix="mammo-eval-") as tmp:
+        evaluation = evaluate_model(model, s, _run_threshold(run), Path(tmp), synthetic=synthetic)
+        log_evaluation(run_id, evaluation, run.data.tags.get("model_id"))
+    return {**evaluation.metrics, "decision_threshold": evaluation.threshold}

@@ -1,0 +1,528 @@
+"""Training of the VGG16 classifier, tracked as one MLflow run, evaluated at the end.
+
+Phase 1 trains the head with the VGG16 base frozen. When augmentation is off, the base runs
+once over the training and validation records and the head is fitted on the pooled
+features (seconds per epoch on a CPU); the full model shares the trained head, so the
+logged model is the same either way. Phase 2 (``fine_tune_epochs > 0`` and
+``trainable_blocks > 0``) unfreezes the top VGG16 blocks at ``fine_tune_learning_rate``.
+Adam with cosine decay, class weights from the label counts, early stopping and the best
+checkpoint on validation ROC AUC (``val_auc``), mixed precision only when a GPU is visible.
+
+MLflow run contents: every setting as a parameter, per-epoch ``loss``, ``auc``,
+``precision``, ``recall``, ``val_*`` and ``learning_rate``; ``val_roc_auc``,
+``val_pr_auc``, ``val_recall_at_threshold``, ``val_precision_at_threshold`` and
+``decision_threshold``; the test metrics of :mod:`mammo_pipeline.evaluate`; tags
+``weights_source``, ``weights_random``, ``git_commit``, ``synthetic``,
+``data_manifest_sha256``, ``test_manifest_sha256``,
+``airflow_run_id`` (when given), ``feature_cache``, ``model_uri``, ``model_id``; the data
+manifest as the dataset input (context ``training``) and as ``data/manifest.json``; the
+model as ``mlflow.keras`` flavour named ``model`` with metadata ``decision_threshold`` and
+``image_size``; ``training_curves.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mammo_pipeline.config import Settings, get_settings
+from mammo_pipeline.data.manifest import DataManifest, build_manifest, held_out_files
+from mammo_pipeline.data.pipeline import PipelineOptions, make_dataset, read_labels
+from mammo_pipeline.errors import ConfigError, DataError
+from mammo_pipeline.model import ModelSpec, resolve_weights, weights_source
+
+#: Settings that ``train_model(overrides=...)`` and Airflow Params may change.
+OVERRIDABLE = {
+    "epochs", "batch_size", "learning_rate", "image_size", "trainable_blocks", "max_records",
+    "fine_tune_epochs", "fine_tune_learning_rate", "weights", "augment", "head_units",
+    "dropout", "early_stopping_patience", "seed", "target_recall", "val_fraction",
+}
+#: Settings logged as run parameters.
+PARAM_FIELDS = (
+    "image_size", "weights", "head_units", "dropout", "trainable_blocks", "batch_size",
+    "epochs", "fine_tune_epochs", "learning_rate", "fine_tune_learning_rate",
+    "early_stopping_patience", "val_fraction", "max_records", "augment", "cache",
+    "shuffle_buffer", "seed", "target_recall",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a training produced; :meth:`to_dict` is JSON-safe (Airflow XCom)."""
+
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    decision_threshold: float
+    metrics: dict[str, float]
+    data_manifest_sha256: str
+    test_manifest_sha256: str
+    weights_source: str
+    synthetic: bool
+    n_train: int
+    n_val: int
+    feature_cache: bool
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+
+        return clean(asdict(self))
+
+
+def apply_overrides(settings: Settings, overrides: dict[str, Any] | None) -> Settings:
+    """A new validated Settings with ``overrides`` (None values ignored) applied."""
+    values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(values) - OVERRIDABLE
+    if unknown:
+        raise ConfigError(f"unknown training override(s): {sorted(unknown)}")
+    if not values:
+        return settings
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{**settings.model_dump(), **values})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid training override: {exc}") from exc
+
+
+def gpu_available() -> bool:
+    """Whether the Keras backend sees a GPU (TensorFlow or JAX; False on any doubt)."""
+    import keras
+
+    try:
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if keras.backend.backend() == "jax":
+            import jax
+
+            return any(d.platform == "gpu" for d in jax.devices())
+        if keras.backend.backend() == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - a broken driver means no GPU
+        return False
+    return False
+
+
+def setup_precision() -> bool:
+    """mixed_float16 on a GPU, float32 elsewhere; returns whether mixed precision is on."""
+    import keras
+
+    mixed = gpu_available()
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    return mixed
+
+
+def class_weights(counts: dict[int, int]) -> dict[int, float]:
+    """Balanced weights ``n / (2 n_c)`` of label_normal from 5-class label counts."""
+    n_pos = sum(c for k, c in counts.items() if k > 0)
+    n_neg = counts.get(0, 0)
+    n = n_pos + n_neg
+    if n_pos == 0 or n_neg == 0:
+        raise DataError(None, f"training split needs both classes, label counts {counts}")
+    return {0: n / (2.0 * n_neg), 1: n / (2.0 * n_pos)}
+
+
+@dataclass
+class TrainData:
+    files: list[Path]
+    settings: Settings
+    n_train: int
+    n_val: int
+    label_counts: dict[int, int]
+    val_labels: np.ndarray
+
+    def opts(self, subset: str, training: bool, **kw: Any) -> PipelineOptions:
+        s = self.settings
+        return PipelineOptions(
+            image_size=s.image_size, batch_size=s.batch_size, training=training,
+            augment=s.augment, cache="memory" if s.cache != "none" else "none",
+            shuffle_buffer=s.shuffle_buffer, seed=s.seed, max_records=s.max_records,
+            subset=subset, val_fraction=s.val_fraction, **kw,  # type: ignore[arg-type]
+        )
+
+    def dataset(self, subset: str, training: bool, **kw: Any):
+        return make_dataset(self.files, self.opts(subset, training, **kw))
+
+
+def prepare_data(settings: Settings, files: Sequence[Path]) -> TrainData:
+    """Label counts of the train split and labels of the validation split (no decoding)."""
+    base = TrainData(list(files), settings, 0, 0, {}, np.zeros(0))
+    train_labels = read_labels(files, base.opts("train", False))
+    val_labels = read_labels(files, base.opts("validation", False))
+    if val_labels.size == 0 or (val_labels > 0).sum() == 0:
+        raise DataError(None, f"validation split ({val_labels.size} records) has no positive "
+                              "example; use more records or a larger val_fraction")
+    values, counts = np.unique(train_labels, return_counts=True)
+    label_counts = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+    return TrainData(list(files), settings, int(train_labels.size), int(val_labels.size),
+                     label_counts, (val_labels > 0).astype(np.int32))
+
+
+# --- fitting -----------------------------------------------------------------------------
+
+class _EpochLogger:
+    """Keras callback factory logging each epoch's metrics (and learning rate) to MLflow."""
+
+    @staticmethod
+    def make(optimizer):
+        import keras
+        import mlflow
+
+        class EpochLogger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                metrics = {k: float(v) for k, v in (logs or {}).items()}
+                lr = keras.ops.convert_to_numpy(optimizer.learning_rate)
+                metrics["learning_rate"] = float(lr)
+                mlflow.log_metrics(metrics, step=epoch + 1)
+
+        return EpochLogger()
+
+
+def _compile(model, learning_rate: float, steps: int):
+    import keras
+
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(1, steps), alpha=0.1
+    )
+    optimizer = keras.optimizers.Adam(schedule)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.BinaryCrossentropy(),
+        metrics=[
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ],
+    )
+    return optimizer
+
+
+def _callbacks(optimizer, checkpoint: Path, patience: int, best: float | None):
+    import keras
+
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoint), monitor="val_auc", mode="max", save_best_only=True,
+            save_weights_only=True, initial_value_threshold=best, verbose=0,
+        ),
+        _EpochLogger.make(optimizer),
+    ]
+
+
+def _merge(history: dict[str, list[float]], new: dict[str, list]) -> None:
+    for k, v in new.items():
+        history.setdefault(k, []).extend(float(x) for x in v)
+
+
+def _best(history: dict[str, list[float]]) -> float | None:
+    values = [v for v in history.get("val_auc", []) if math.isfinite(v)]
+    return max(values) if values else None
+
+
+def extract_features(extractor, dataset) -> np.ndarray:
+    """Pooled VGG16 features of every image of ``dataset`` (one pass, with progress)."""
+    return np.asarray(extractor.predict(dataset, verbose=1), dtype=np.float32)
+
+
+def fit_head_on_features(model, data: TrainData, tmp: Path, history: dict) -> np.ndarray:
+    """Phase 1 with cached features; returns validation scores of the best head."""
+    from mammo_pipeline.model import feature_extractor, head_of
+
+    s = data.settings
+    extractor = feature_extractor(model)
+    print(f"Caching VGG16 features of {data.n_train} training and {data.n_val} "
+          "validation records (base frozen, no augmentation)")
+    x_train = extract_features(extractor, data.dataset("train", False))
+    y_train = (read_labels(data.files, data.opts("train", False)) > 0).astype(np.float32)
+    x_val = extract_features(extractor, data.dataset("validation", False))
+    y_val = data.val_labels.astype(np.float32)
+    head = head_of(model)
+    steps = math.ceil(data.n_train / s.batch_size) * s.epochs
+    optimizer = _compile(head, s.learning_rate, steps)
+    ckpt = tmp / "head_best.weights.h5"
+    result = head.fit(
+        x_train, y_train, batch_size=s.batch_size, epochs=s.epochs, shuffle=True,
+        validation_data=(x_val, y_val), class_weight=class_weights(data.label_counts),
+        callbacks=_callbacks(optimizer, ckpt, s.early_stopping_patience, None), verbose=2,
+    )
+    _merge(history, result.history)
+    if ckpt.is_file():
+        head.load_weights(str(ckpt))
+    return np.asarray(head.predict(x_val, verbose=0), dtype=np.float64).reshape(-1)
+
+
+def fit_full(model, data: TrainData, tmp: Path, history: dict, *, phase: int) -> bool:
+    """Fit the full model (frozen base in phase 1 with augmentation, or phase 2 fine-tuning).
+
+    Returns whether a new best checkpoint was restored.
+    """
+    s = data.settings
+    epochs = s.epochs if phase == 1 else s.fine_tune_epochs
+    lr = s.learning_rate if phase == 1 else s.fine_tune_learning_rate
+    steps = math.ceil(data.n_train / s.batch_size) * epochs
+    optimizer = _compile(model, lr, steps)
+    ckpt = tmp / f"phase{phase}_best.weights.h5"
+    done = len(history.get("loss", []))
+    result = model.fit(
+        data.dataset("train", True), validation_data=data.dataset("validation", False),
+        initial_epoch=done, epochs=done + epochs, class_weight=class_weights(data.label_counts),
+        callbacks=_callbacks(optimizer, ckpt, s.early_stopping_patience, _best(history)),
+        verbose=2,
+    )
+    _merge(history, result.history)
+    if ckpt.is_file():
+        model.load_weights(str(ckpt))
+        return True
+    return False
+
+
+def fit(model, data: TrainData, tmp: Path) -> tuple[dict, np.ndarray, bool, int]:
+    """Both phases; returns (history, validation scores, feature_cache used, phase-1 epochs)."""
+    from mammo_pipeline.evaluate import predict_scores
+    from mammo_pipeline.model import set_trainable_blocks
+
+    s = data.settings
+    history: dict[str, list[float]] = {}
+    cached = not s.augment
+    set_trainable_blocks(model, 0)
+    if cached:
+        val_scores = fit_head_on_features(model, data, tmp, history)
+    else:
+        fit_full(model, data, tmp, history, phase=1)
+        val_scores = None
+    phase1_epochs = len(history.get("loss", []))
+    if s.fine_tune_epochs > 0 and s.trainable_blocks > 0:
+        phase1 = tmp / "phase1.weights.h5"
+        model.save_weights(str(phase1))
+        set_trainable_blocks(model, s.trainable_blocks)
+        print(f"Fine-tuning the top {s.trainable_blocks} VGG16 block(s) "
+              f"at learning rate {s.fine_tune_learning_rate}")
+        if fit_full(model, data, tmp, history, phase=2):
+            val_scores = None
+        else:  # phase 2 never beat phase 1
+            model.load_weights(str(phase1))
+        set_trainable_blocks(model, 0)
+    if val_scores is None:
+        val_scores = predict_scores(model, data.dataset("validation", False))
+    return history, val_scores, cached, phase1_epochs
+
+
+# --- MLflow ------------------------------------------------------------------------------
+
+def resolve_files(settings: Settings, files: Sequence[Path | str] | None,
+                  manifest: DataManifest | None) -> list[Path]:
+    from mammo_pipeline.data.tfrecord_io import list_tfrecords
+
+    if files:
+        return [Path(f) for f in files]
+    if manifest is not None:
+        return manifest.paths
+    found = list_tfrecords(settings.validated)
+    if not found:
+        raise DataError(settings.validated, "no tfrecord files to train on")
+    return found
+
+
+def _params(s: Settings, data: TrainData, mixed: bool, cached: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {f: getattr(s, f) for f in PARAM_FIELDS}
+    params.update(
+        n_train=data.n_train, n_val=data.n_val, mixed_precision=mixed, feature_cache=cached,
+        class_weight=json.dumps(class_weights(data.label_counts)),
+        train_label_counts=json.dumps(data.label_counts), optimizer="adam+cosine_decay",
+        keras_backend=_backend(),
+    )
+    return params
+
+
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+def _tags(s: Settings, manifest: DataManifest, airflow_run_id: str | None) -> dict[str, str]:
+    from mammo_pipeline.tracking import git_commit
+
+    tags = {
+        "weights_source": weights_source(s.weights),
+        "weights_random": str(s.weights == "none").lower(),
+        "git_commit": git_commit(),
+        "synthetic": str(manifest.synthetic).lower(),
+        "data_manifest_sha256": manifest.sha256,
+        "mlflow.note.content": _note(s, manifest),
+    }
+    if airflow_run_id:
+        tags["airflow_run_id"] = airflow_run_id
+    return tags
+
+
+def _note(s: Settings, manifest: DataManifest) -> str:
+    parts = [f"VGG16 transfer learning at {s.image_size}px on {manifest.total_records} records."]
+    if s.weights == "none":
+        parts.append("RANDOM weights (weights=none): not a useful model, for tests/demos.")
+    if manifest.synthetic:
+        parts.append("Trained on SYNTHETIC data.")
+    return " ".join(parts)
+
+
+def log_dataset(manifest: DataManifest, out: Path) -> None:
+    """The manifest as the run's MLflow dataset input and as ``data/manifest.json``."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    path = manifest.write(out / "manifest.json")
+    mlflow.log_artifact(str(path), "data")
+    source_uri = str(Path(manifest.files[0].path).parent) if manifest.files else str(path)
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(source_uri)
+    dataset = MetaDataset(
+        source=source,
+        name=f"mammo-train-{manifest.total_records}",
+        digest=manifest.sha256[:32],
+    )
+    mlflow.log_input(dataset, context="training",
+                     tags={"manifest_sha256": manifest.sha256,
+                           "synthetic": str(manifest.synthetic).lower()})
+
+
+@contextmanager
+def _example_dir_fix():
+    """Work around mlflow.keras.save_model (MLflow 3.17) writing the input example before it
+    creates the model directory (FileNotFoundError on input_example.json)."""
+    import mlflow.keras.save as keras_save
+
+    original = keras_save._save_example
+
+    def save_example(mlflow_model, input_example, path):
+        os.makedirs(path, exist_ok=True)
+        return original(mlflow_model, input_example, path)
+
+    keras_save._save_example = save_example
+    try:
+        yield
+    finally:
+        keras_save._save_example = original
+
+
+def log_keras_model(model, threshold: float, image_size: int, tags: dict[str, str]):
+    """``mlflow.keras.log_model`` with signature, input example and the threshold metadata."""
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = np.full((1, image_size, image_size, 1), 128.0, dtype=np.float32)
+    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
+    requirements = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}", "numpy"]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        requirements.append(f"tensorflow=={tf.__version__}")
+    with _example_dir_fix():
+        return mlflow.keras.log_model(
+            model, name="model", signature=signature, input_example=example,
+            pip_requirements=requirements,
+            metadata={"decision_threshold": float(threshold), "image_size": int(image_size)},
+            tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")},
+        )
+
+
+def train_model(
+    settings: Settings | None = None,
+    files: list[Path] | None = None,
+    manifest: DataManifest | None = None,
+    overrides: dict[str, Any] | None = None,
+    airflow_run_id: str | None = None,
+    evaluate: bool = True,
+) -> TrainResult:
+    """Train, log, evaluate: one MLflow run. With ``evaluate=False`` the test-split evaluation
+    is left to :func:`mammo_pipeline.evaluate.evaluate_run` (the DAG runs it as its own task,
+    off the GPU queue). ``files`` default to the manifest's or to the
+    tfrecords in ``settings.validated``; the test split is ``settings.test_split``."""
+    import keras
+    import mlflow
+
+    from mammo_pipeline import plots
+    from mammo_pipeline.evaluate import (
+        binary_metrics,
+        choose_threshold,
+        evaluate_model,
+        log_evaluation,
+    )
+    from mammo_pipeline.model import build_model
+    from mammo_pipeline.tracking import configure_mlflow
+
+    s = apply_overrides(settings or get_settings(), overrides)
+    paths = resolve_files(s, files, manifest)
+    manifest = manifest or build_manifest(paths)
+    held_out_files(s.test_split)  # fail before training when the test split is missing
+    resolve_weights(s.weights)  # fail fast (e.g. offline without the ImageNet file)
+    keras.utils.set_random_seed(s.seed)
+    mixed = setup_precision()
+    experiment_id = configure_mlflow(s)
+    data = prepare_data(s, paths)
+    spec = ModelSpec(s.image_size, s.weights, tuple(s.head_units), s.dropout)  # type: ignore[arg-type]
+    model = build_model(spec)
+    tags = _tags(s, manifest, airflow_run_id)
+    with mlflow.start_run(experiment_id=experiment_id) as run, \
+            tempfile.TemporaryDirectory(prefix="mammo-train-") as tmp_name:
+        tmp = Path(tmp_name)
+        run_id = run.info.run_id
+        mlflow.set_tags(tags)
+        log_dataset(manifest, tmp)
+        history, val_scores, cached, phase1 = fit(model, data, tmp)
+        mlflow.log_params(_params(s, data, mixed, cached))
+        threshold = choose_threshold(data.val_labels, val_scores, s.target_recall)
+        val = binary_metrics(data.val_labels, val_scores, threshold, prefix="val_")
+        val_metrics = {"val_roc_auc": val["val_roc_auc"], "val_pr_auc": val["val_pr_auc"],
+                       "val_recall_at_threshold": val["val_recall"],
+                       "val_precision_at_threshold": val["val_precision"],
+                       "decision_threshold": threshold}
+        mlflow.log_metrics(val_metrics)
+        curves = plots.training_curves(
+            history, tmp / "training_curves.png", synthetic=manifest.synthetic,
+            phase_boundary=phase1 if phase1 < len(history.get("loss", [])) else None,
+        )
+        mlflow.log_artifact(str(curves))
+        info = log_keras_model(model, threshold, s.image_size, tags)
+        mlflow.set_tags({"model_uri": info.model_uri, "model_id": info.model_id or "",
+                         "feature_cache": str(cached).lower()})
+        mlflow.log_metrics(val_metrics, model_id=info.model_id)
+        evaluation = None
+        if evaluate:
+            evaluation = evaluate_model(model, s, threshold, tmp / "evaluation",
+                                        synthetic=manifest.synthetic)
+            log_evaluation(run_id, evaluation, info.model_id)
+    return TrainResult(
+        run_id=run_id, experiment_id=experiment_id, model_uri=info.model_uri,
+        decision_threshold=threshold,
+        metrics={**val_metrics, **(evaluation.metrics if evaluation else {})},
+        data_manifest_sha256=manifest.sha256,
+        test_manifest_sha256=evaluation.test_manifest_sha256 if evaluation else "",
+        weights_source=weights_source(s.weights), synthetic=manifest.synthetic,
+        n_train=data.n_train, n_val=data.n_val, feature_cache=cached, history=history,
+    )
