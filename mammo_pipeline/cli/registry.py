@@ -1,9 +1,281 @@
-"""`mammo` commands of the registry stage (placeholder until that stage lands)."""
+"""``mammo registry``: register, gate and review model versions in the MLflow registry.
+
+Exit codes: 0 when the command ran (a FAILED gate included, unless ``--strict``), 1 when it
+could not run (unknown version, store unreachable, nothing to roll back...), 2 from
+``gate --strict`` when the version failed the gate.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
 
+if TYPE_CHECKING:
+    from mammo_pipeline.config import Settings
+    from mammo_pipeline.registry import ReviewResult
 
-def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the top-level `mammo` app."""
+app = typer.Typer(
+    help="Model registry: gate, promote, list, compare, approve, reject, roll back.",
+    no_args_is_help=True,
+)
+
+
+def _settings() -> Settings:
+    from mammo_pipeline.config import get_settings
+
+    return get_settings()
+
+
+def _echo_result(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@app.command("register")
+def register_cmd(
+    run_id: Annotated[str, typer.Option("--run-id", help="MLflow run of the training")],
+    airflow_run_id: Annotated[str | None, typer.Option(help="Airflow run id to record")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Register the model of a training run (idempotent: a run is registered once)."""
+    from mammo_pipeline.registry import register_run
+
+    ref = register_run(_settings(), run_id, airflow_run_id)
+    if as_json:
+        return _echo_result(ref.to_dict(), True)
+    what = "registered as" if ref.created else "already registered as"
+    typer.echo(f"run {ref.run_id} {what} {ref.name} version {ref.version} ({ref.source})")
+
+
+@app.command("gate")
+def gate_cmd(
+    version: Annotated[str, typer.Option("--version", "-v", help="model version to gate")],
+    min_precision: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="default: settings.min_precision")
+    ] = None,
+    min_recall: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="default: settings.min_recall")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only check: write no tag, move no alias")
+    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="exit 2 when the gate fails")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Check a version against the thresholds and the champion, then promote it or not."""
+    from mammo_pipeline.registry import apply_decision, gate_version
+    from mammo_pipeline.review import checks_text
+
+    s = _settings()
+    decision = gate_version(s, version, min_precision, min_recall)
+    result = None if dry_run else apply_decision(s, version, decision)
+    if as_json:
+        _echo_result(
+            {"decision": decision.to_dict(), "promotion": result.to_dict() if result else None},
+            True,
+        )
+    else:
+        champ = f"v{decision.champion_version}" if decision.champion_version else "none"
+        typer.echo(
+            f"gate {s.registered_model_name} v{version} (champion: {champ}, "
+            f"tolerance {s.regression_tolerance})"
+        )
+        typer.echo(checks_text(decision.checks))
+        verdict = result.verdict if result else decision.verdict
+        colour = typer.colors.GREEN if verdict == "passed" else typer.colors.RED
+        typer.secho(f"verdict: {verdict.upper()}", fg=colour, bold=True)
+        for reason in result.reasons if result is not None else decision.reasons:
+            typer.echo(f"  - {reason}")
+        if result is not None:
+            moves = ", ".join(f"{a} -> v{v}" for a, v in result.aliases_set.items()) or "none"
+            typer.echo(f"aliases moved: {moves}")
+            if result.awaiting_approval:
+                typer.echo(f"awaiting approval: mammo registry approve {version} --reason TEXT")
+            for note in result.notes:
+                typer.echo(f"note: {note}")
+            if result.report_artifact:
+                typer.echo(f"review report: run artifact {result.report_artifact}")
+        else:
+            typer.echo("dry run: no tag written, no alias moved")
+    failed = (result.verdict if result else decision.verdict) != "passed"
+    if strict and failed:
+        raise typer.Exit(2)
+
+
+@app.command("list")
+def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """All versions with aliases, gate verdict and key test metrics."""
+    from mammo_pipeline.registry import list_versions
+    from mammo_pipeline.review import text_table
+
+    s = _settings()
+    rows = list_versions(s)
+    if as_json:
+        return _echo_result(
+            {"name": s.registered_model_name, "versions": [r.to_dict() for r in rows]}, True
+        )
+    if not rows:
+        typer.echo(f"{s.registered_model_name}: no versions registered")
+        return None
+    typer.echo(f"{s.registered_model_name} ({s.mlflow_tracking_uri})")
+    typer.echo(
+        text_table(
+            (
+                "version",
+                "aliases",
+                "gate",
+                "review",
+                "precision",
+                "recall",
+                "f1",
+                "roc_auc",
+                "threshold",
+                "created",
+                "run",
+            ),
+            [
+                (
+                    r.version,
+                    ",".join(r.aliases) or "-",
+                    r.gate,
+                    r.review or "-",
+                    r.metrics.get("test_precision"),
+                    r.metrics.get("test_recall"),
+                    r.metrics.get("test_f1"),
+                    r.metrics.get("test_roc_auc"),
+                    r.metrics.get("decision_threshold"),
+                    r.created,
+                    (r.run_id or "-")[:12],
+                )
+                for r in rows
+            ],
+        )
+    )
+    return None
+
+
+@app.command("show")
+def show_cmd(
+    version: Annotated[str, typer.Argument(help="model version")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """A version beside the champion, metric by metric, with links to its plots."""
+    from mammo_pipeline.registry import review_context
+    from mammo_pipeline.review import checks_text, metric_rows, text_table
+
+    ctx = review_context(_settings(), version)
+    rows = metric_rows(ctx)
+    if as_json:
+        return _echo_result(
+            {
+                "name": ctx.model_name,
+                "version": ctx.version,
+                "aliases": ctx.aliases,
+                "champion_version": ctx.champion_version,
+                "tags": ctx.tags,
+                "metrics": [r.__dict__ for r in rows],
+                "links": ctx.links,
+            },
+            True,
+        )
+    champ = f"v{ctx.champion_version}" if ctx.champion_version else "none"
+    typer.echo(
+        f"{ctx.model_name} v{ctx.version}  aliases: {', '.join(ctx.aliases) or '-'}  "
+        f"gate: {ctx.gate}  review: {ctx.tags.get('review', '-')}  champion: {champ}"
+        + ("  [SYNTHETIC DATA]" if ctx.synthetic else "")
+    )
+    typer.echo(f"run: {ctx.run_id or '-'}")
+    if ctx.tags.get("gate_reasons"):
+        typer.echo(f"gate reasons: {ctx.tags['gate_reasons']}")
+    if ctx.tags.get("review"):
+        typer.echo(
+            f"review: {ctx.tags['review']} by {ctx.tags.get('review_by', '?')} at "
+            f"{ctx.tags.get('review_at', '?')}: {ctx.tags.get('review_reason', '')}"
+        )
+    typer.echo("")
+    typer.echo(
+        text_table(
+            ("metric", "candidate", f"champion {champ}", "delta", "threshold", "verdict"),
+            [
+                (
+                    r.metric,
+                    r.candidate,
+                    r.champion,
+                    (r.candidate - r.champion)
+                    if isinstance(r.candidate, float) and isinstance(r.champion, float)
+                    else None,
+                    r.threshold or "-",
+                    r.verdict or "-",
+                )
+                for r in rows
+            ],
+        )
+    )
+    if ctx.decision is not None:
+        typer.echo(f"\nlast gate checks ({ctx.decision.evaluated_at}):")
+        typer.echo(checks_text(ctx.decision.checks))
+    for key in ("data_manifest_sha256", "test_manifest_sha256", "git_commit", "airflow_run_id"):
+        if ctx.tags.get(key):
+            typer.echo(f"{key}: {ctx.tags[key]}")
+    if ctx.links:
+        typer.echo("\nplots and reports:")
+        for name, link in sorted(ctx.links.items()):
+            typer.echo(f"  {name}: {link}")
+    return None
+
+
+def _print_review(result: ReviewResult, as_json: bool) -> None:
+    if as_json:
+        return _echo_result(result.to_dict(), True)
+    typer.echo(result.message or f"{result.action} v{result.version}")
+    typer.echo(
+        f"by {result.who} at {result.at}: {result.reason}\n"
+        f"champion: {result.champion_after or '-'}  previous: {result.previous_after or '-'}  "
+        f"challenger: {result.challenger_after or '-'}"
+    )
+    return None
+
+
+@app.command("approve")
+def approve_cmd(
+    version: Annotated[str, typer.Argument(help="model version")],
+    reason: Annotated[str, typer.Option("--reason", help="why (recorded on the version)")],
+    who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Make a version the champion even if the automatic gate failed (gate=manual)."""
+    from mammo_pipeline.registry import approve
+
+    _print_review(approve(_settings(), version, reason, who), as_json)
+
+
+@app.command("reject")
+def reject_cmd(
+    version: Annotated[str, typer.Argument(help="model version")],
+    reason: Annotated[str, typer.Option("--reason", help="why (recorded on the version)")],
+    who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Reject a version (it loses challenger/previous and fails later gates). Not the champion."""
+    from mammo_pipeline.registry import reject
+
+    _print_review(reject(_settings(), version, reason, who), as_json)
+
+
+@app.command("rollback")
+def rollback_cmd(
+    reason: Annotated[str | None, typer.Option("--reason", help="why")] = None,
+    who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Put the previous champion back (alias champion -> previous)."""
+    from mammo_pipeline.registry import rollback
+
+    _print_review(rollback(_settings(), reason, who), as_json)
+
+
+def register(main_app: typer.Typer) -> None:
+    """Add ``mammo registry ...`` to the top-level app."""
+    main_app.add_typer(app, name="registry")
