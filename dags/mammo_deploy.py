@@ -16,12 +16,23 @@ from airflow.sdk import Param, dag, task
     catchup=False,
     max_active_runs=1,
     params={
-        "action": Param("deploy", enum=["deploy", "rollback"],
-                        description="deploy a version, or roll the champion back to previous"),
-        "version": Param(None, type=["null", "integer"], minimum=1,
-                         description="version to deploy (empty: the current champion)"),
-        "reason": Param("manual redeploy", type="string", minLength=3,
-                        description="recorded on the model version"),
+        "action": Param(
+            "deploy",
+            enum=["deploy", "rollback"],
+            description="deploy a version, or roll the champion back to previous",
+        ),
+        "version": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="version to deploy (empty: the current champion)",
+        ),
+        "reason": Param(
+            "manual redeploy",
+            type="string",
+            minLength=3,
+            description="recorded on the model version",
+        ),
     },
     tags=["mammo", "serving"],
     doc_md="""

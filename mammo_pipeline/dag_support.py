@@ -18,24 +18,57 @@ VALIDATE_EVERY_MINUTES_DEFAULT = 5
 #: JSON Schema of each manual-trigger parameter of ``mammo_retrain``. ``null`` means
 #: "use the configured default" (MAMMO_* settings), so a plain trigger needs no form input.
 RETRAIN_PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
-    "epochs": {"type": ["null", "integer"], "minimum": 1, "maximum": 500,
-               "description": "training epochs of phase 1 (frozen base)"},
-    "batch_size": {"type": ["null", "integer"], "minimum": 1, "maximum": 1024,
-                   "description": "images per training step"},
-    "learning_rate": {"type": ["null", "number"], "exclusiveMinimum": 0, "maximum": 1,
-                      "description": "Adam learning rate of phase 1"},
-    "image_size": {"type": ["null", "integer"], "minimum": 32, "maximum": 512,
-                   "description": "model input side in pixels (299 = native)"},
-    "trainable_blocks": {"type": ["null", "integer"], "minimum": 0, "maximum": 5,
-                         "description": "top VGG16 conv blocks fine-tuned in phase 2"},
-    "max_records": {"type": ["null", "integer"], "minimum": 1,
-                    "description": "cap on training records (quick runs)"},
-    "min_precision": {"type": ["null", "number"], "minimum": 0, "maximum": 1,
-                      "description": "gate: minimum test precision"},
-    "min_recall": {"type": ["null", "number"], "minimum": 0, "maximum": 1,
-                   "description": "gate: minimum test recall"},
-    "require_approval": {"type": ["null", "boolean"],
-                         "description": "wait for a human approval before promoting"},
+    "epochs": {
+        "type": ["null", "integer"],
+        "minimum": 1,
+        "maximum": 500,
+        "description": "training epochs of phase 1 (frozen base)",
+    },
+    "batch_size": {
+        "type": ["null", "integer"],
+        "minimum": 1,
+        "maximum": 1024,
+        "description": "images per training step",
+    },
+    "learning_rate": {
+        "type": ["null", "number"],
+        "exclusiveMinimum": 0,
+        "maximum": 1,
+        "description": "Adam learning rate of phase 1",
+    },
+    "image_size": {
+        "type": ["null", "integer"],
+        "minimum": 32,
+        "maximum": 512,
+        "description": "model input side in pixels (299 = native)",
+    },
+    "trainable_blocks": {
+        "type": ["null", "integer"],
+        "minimum": 0,
+        "maximum": 5,
+        "description": "top VGG16 conv blocks fine-tuned in phase 2",
+    },
+    "max_records": {
+        "type": ["null", "integer"],
+        "minimum": 1,
+        "description": "cap on training records (quick runs)",
+    },
+    "min_precision": {
+        "type": ["null", "number"],
+        "minimum": 0,
+        "maximum": 1,
+        "description": "gate: minimum test precision",
+    },
+    "min_recall": {
+        "type": ["null", "number"],
+        "minimum": 0,
+        "maximum": 1,
+        "description": "gate: minimum test recall",
+    },
+    "require_approval": {
+        "type": ["null", "boolean"],
+        "description": "wait for a human approval before promoting",
+    },
 }
 
 

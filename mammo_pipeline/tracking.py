@@ -33,8 +33,10 @@ def configure_mlflow(settings: Settings | None = None) -> str:
     exp = client.get_experiment_by_name(s.mlflow_experiment)
     if exp is None:
         remote = uri.startswith(("http://", "https://"))
-        location = None if remote and not s.mlflow_artifact_location else artifact_root_uri(
-            s.mlflow_artifact_location
+        location = (
+            None
+            if remote and not s.mlflow_artifact_location
+            else artifact_root_uri(s.mlflow_artifact_location)
         )
         exp_id = client.create_experiment(s.mlflow_experiment, artifact_location=location)
     else:

@@ -18,8 +18,23 @@ def mammo(*args, check=False):
 
 def test_synth_then_inspect(tmp_path):
     out = tmp_path / "syn"
-    r = mammo("data", "synth", "--out", str(out), "--n", "30", "--files", "2", "--test-n", "5",
-              "--positive-fraction", "0.2", "--compress", "gzip", check=True)
+    r = mammo(
+        "data",
+        "synth",
+        "--out",
+        str(out),
+        "--n",
+        "30",
+        "--files",
+        "2",
+        "--test-n",
+        "5",
+        "--positive-fraction",
+        "0.2",
+        "--compress",
+        "gzip",
+        check=True,
+    )
     assert "SYNTHETIC" in r.stdout
     assert len(list(out.glob("*.tfrecords.gz"))) == 2
     r = mammo("data", "inspect", str(out), "--json", "--grid", str(tmp_path / "g.png"), check=True)

@@ -41,7 +41,10 @@ def parsed(tmp_path_factory):
     env = airflow_env(Settings(airflow_home=home, data_dir=home / "data"))
     r = subprocess.run(
         [sys.executable, "-c", PARSE_SCRIPT, str(DAGS_FOLDER), json.dumps(HEAVY)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout[r.stdout.index("JSON") + 4 :])
@@ -70,16 +73,25 @@ def test_retrain_graph_queues_and_params(parsed):
     assert tasks["train"]["retries"] >= 1
     assert all(t["queue"] != "gpu" for name, t in tasks.items() if name != "train")
     chain = ["snapshot", "train", "evaluate", "register", "gate", "route"]
-    for a, b in zip(chain, chain[1:]):
+    for a, b in zip(chain, chain[1:], strict=False):
         assert b in tasks[a]["downstream"], (a, b)
     assert set(tasks["route"]["downstream"]) == {
-        "await_approval", "approval_not_required", "report_gate_failure"
+        "await_approval",
+        "approval_not_required",
+        "report_gate_failure",
     }
     assert "promote" in tasks["await_approval"]["downstream"]
     assert "deploy" in tasks["promote"]["downstream"]
     assert set(dag["params"]) >= {
-        "epochs", "batch_size", "learning_rate", "image_size", "trainable_blocks",
-        "max_records", "min_precision", "min_recall", "require_approval",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "image_size",
+        "trainable_blocks",
+        "max_records",
+        "min_precision",
+        "min_recall",
+        "require_approval",
     }
 
 

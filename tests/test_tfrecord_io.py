@@ -44,7 +44,9 @@ def test_round_trip_is_bit_exact(tmp_path, compression):
     images, labels = make_tiles(7)
     path = tmp_path / "x.tfrecords"
     n = write_records(
-        path, (encode_tile(i, int(lab)) for i, lab in zip(images, labels)), compression=compression
+        path,
+        (encode_tile(i, int(lab)) for i, lab in zip(images, labels, strict=False)),
+        compression=compression,
     )
     assert n == 7
     assert detect_compression(path) == compression
@@ -60,7 +62,9 @@ def test_tensorflow_reads_our_files_and_we_read_tensorflows(tmp_path, compressio
     images, labels = make_tiles(5, seed=3)
     ours = tmp_path / "ours.tfrecords"
     write_records(
-        ours, (encode_tile(i, int(lab)) for i, lab in zip(images, labels)), compression=compression
+        ours,
+        (encode_tile(i, int(lab)) for i, lab in zip(images, labels, strict=False)),
+        compression=compression,
     )
     for i, raw in enumerate(tf.data.TFRecordDataset(str(ours), compression_type=compression)):
         ex = tf.train.Example.FromString(raw.numpy())
@@ -77,7 +81,7 @@ def test_tensorflow_reads_our_files_and_we_read_tensorflows(tmp_path, compressio
 def test_corruption_is_reported_with_the_record_index(tmp_path):
     images, labels = make_tiles(3)
     path = tmp_path / "x.tfrecords"
-    write_records(path, (encode_tile(i, int(lab)) for i, lab in zip(images, labels)))
+    write_records(path, (encode_tile(i, int(lab)) for i, lab in zip(images, labels, strict=False)))
     data = bytearray(path.read_bytes())
     record_len = len(data) // 3
     data[record_len + 500] ^= 0xFF  # a pixel of record 1

@@ -13,8 +13,6 @@ from mammo_pipeline.data.schema import LABEL_NAMES
 app = typer.Typer(help="Synthetic data and data inspection.", no_args_is_help=True)
 
 
-
-
 @app.command()
 def synth(
     out: Annotated[Path, typer.Option(help="output directory")],
@@ -70,7 +68,9 @@ def inspect(
         typer.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
     else:
         for s in summaries:
-            labels = ", ".join(f"{k}:{LABEL_NAMES.get(k, '?')}={v}" for k, v in s.label_counts.items())
+            labels = ", ".join(
+                f"{k}:{LABEL_NAMES.get(k, '?')}={v}" for k, v in s.label_counts.items()
+            )
             typer.echo(
                 f"{s.path}  [{s.kind}, compression={s.compression}]  records={s.records}  "
                 f"positive={s.label_normal_counts.get(1, 0)} ({s.positive_fraction:.1%})"

@@ -1,1 +1,1 @@
-"""Data layer: the DDSM / CBIS-DDSM tfrecord contract, readers, writers, pipeline, synthetic data."""
+"""Data layer: the DDSM tfrecord contract, readers, writers, pipeline, synthetic data."""

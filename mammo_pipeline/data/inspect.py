@@ -105,9 +105,12 @@ def summarize_numpy(data_path: Path) -> FileSummary:
         "numpy",
         records=len(split),
         compression="none",
-        label_counts={int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True))},
+        label_counts={
+            int(k): int(v) for k, v in zip(*np.unique(labels, return_counts=True), strict=False)
+        },
         label_normal_counts={
-            int(k): int(v) for k, v in zip(*np.unique(split.label_normal, return_counts=True))
+            int(k): int(v)
+            for k, v in zip(*np.unique(split.label_normal, return_counts=True), strict=False)
         },
     )
 

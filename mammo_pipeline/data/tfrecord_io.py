@@ -191,6 +191,4 @@ def list_tfrecords(directory: Path | str) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(directory, "no such directory")
-    return sorted(
-        p for p in directory.iterdir() if p.is_file() and is_tfrecord_path(p.name)
-    )
+    return sorted(p for p in directory.iterdir() if p.is_file() and is_tfrecord_path(p.name))
