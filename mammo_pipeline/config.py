@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     api_key: str | None = None
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(
-        120_000_000, ge=1024, description="decompression-bomb guard: width*height cap"
+        40_000_000, ge=1024, description="decompression-bomb guard: width*height cap"
     )
     serve_version: str | None = Field(
         None, description="registry version to serve; unset = the 'champion' alias"

@@ -1,9 +1,98 @@
-"""`mammo` commands of the serve stage (placeholder until that stage lands)."""
+"""`mammo deploy`, `mammo serve`, `mammo predict`, `mammo stop`: the serve stage's commands."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from mammo_pipeline.config import get_settings
+from mammo_pipeline.errors import MammoError
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the top-level `mammo` app."""
+
+    @app.command("deploy")
+    def deploy(
+        version: str | None = typer.Option(
+            None, "--version", help="registry version (default: the 'champion' alias)"
+        ),
+        as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    ) -> None:
+        """Blue/green deploy: start beside the live service, smoke-test, switch."""
+        from mammo_pipeline.deploy import deploy_version
+
+        result = deploy_version(get_settings(), version)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            for step in result.steps:
+                typer.echo(f"- {step}")
+            typer.echo(result.message)
+        if not result.ok:
+            rolled = result.alias_rolled_back_to
+            extra = f"; alias 'champion' rolled back to {rolled}" if rolled else ""
+            raise MammoError(f"deploy failed: {result.message}{extra}")
+
+    @app.command("serve")
+    def serve(
+        version: str | None = typer.Option(
+            None, "--version", help="registry version (default: MAMMO_SERVE_VERSION / champion)"
+        ),
+    ) -> None:
+        """Run the prediction service in the foreground on serve_host:serve_port."""
+        from mammo_pipeline.deploy import serve_foreground
+
+        settings = get_settings()
+        serve_foreground(settings, version or settings.serve_version)
+
+    @app.command("stop")
+    def stop() -> None:
+        """Stop the locally deployed service and its live-port proxy."""
+        from mammo_pipeline.deploy import stop_service
+
+        stopped = stop_service(get_settings())
+        typer.echo(f"stopped {stopped}" if stopped else "nothing was running")
+
+    @app.command("predict")
+    def predict(
+        image: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+        url: str | None = typer.Option(None, "--url", help="service URL (default: live port)"),
+        timeout: float = typer.Option(60.0, "--timeout"),
+    ) -> None:
+        """Send IMAGE to the service and print its answer as JSON."""
+        import httpx
+
+        settings = get_settings()
+        base = url or f"http://{settings.serve_host}:{settings.serve_port}"
+        if base.split("://", 1)[-1].startswith("0.0.0.0"):
+            base = base.replace("0.0.0.0", "127.0.0.1", 1)
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        try:
+            with image.open("rb") as fh:
+                resp = httpx.post(
+                    f"{base.rstrip('/')}/predict",
+                    files={"image": (image.name, fh)},
+                    headers=headers,
+                    timeout=timeout,
+                )
+        except httpx.HTTPError as exc:
+            raise MammoError(f"cannot reach the service at {base}: {exc}") from None
+        if resp.status_code != 200:
+            raise MammoError(f"HTTP {resp.status_code}: {error_message(resp)}")
+        typer.echo(json.dumps(resp.json(), indent=2))
+
+
+def error_message(resp: object) -> str:
+    """The ``error`` text of a service answer (BentoML wraps it in a list)."""
+    try:
+        body = resp.json()  # type: ignore[attr-defined]
+    except ValueError:
+        return str(getattr(resp, "text", ""))[:300]
+    if isinstance(body, list) and body:
+        body = body[0]
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
+    return str(body)[:300]

@@ -1,0 +1,220 @@
+"""Resolve the model version to serve in the MLflow registry, import it into the BentoML model
+store (tag ``<name>:v<registry version>``) and load it.
+
+The version is ``settings.serve_version`` (``MAMMO_SERVE_VERSION``) when set, else the one the
+``champion`` alias points at. The BentoML store lives under ``settings.bentoml_store`` (never
+``~/bentoml`` implicitly). Importing is idempotent: a store entry whose ``mlflow_run_id`` label
+matches is reused, one from another registry with the same version number is replaced.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mammo_pipeline.config import Settings
+from mammo_pipeline.errors import ConfigError, MammoError
+
+if TYPE_CHECKING:
+    from bentoml import Model as BentoModel
+
+CHAMPION = "champion"
+MLFLOW_SUBDIR = "mlflow_model"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the service reports about the model it serves (``GET /model``)."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: list[str]
+    decision_threshold: float
+    image_size: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    trained_at: str | None = None
+    bento_tag: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _client(settings: Settings):
+    from mlflow import MlflowClient
+
+    return MlflowClient(
+        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
+
+
+def _use_registry(settings: Settings) -> None:
+    """Point MLflow's fluent API (``models:/`` URIs) at the configured store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def resolve_version(settings: Settings, version: str | int | None = None) -> str:
+    """The registry version to serve: explicit, ``MAMMO_SERVE_VERSION``, else ``@champion``."""
+    from mlflow.exceptions import MlflowException
+
+    name = settings.registered_model_name
+    chosen = version if version is not None else settings.serve_version
+    client = _client(settings)
+    try:
+        if chosen is not None:
+            return str(client.get_model_version(name, str(chosen)).version)
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException as exc:
+        what = f"version {chosen}" if chosen is not None else f"alias '{CHAMPION}'"
+        raise ConfigError(
+            f"registered model '{name}' has no {what} in {settings.mlflow_tracking_uri}: "
+            f"{exc.message}"
+        ) from None
+
+
+def describe_version(settings: Settings, version: str) -> ModelInfo:
+    """Metadata of one registry version: threshold, test metrics, aliases, trained-at."""
+    import mlflow
+
+    _use_registry(settings)
+    name = settings.registered_model_name
+    client = _client(settings)
+    mv = client.get_model_version(name, version)
+    run = client.get_run(mv.run_id) if mv.run_id else None
+    run_metrics = dict(run.data.metrics) if run else {}
+    tags = dict(mv.tags or {})
+
+    metrics: dict[str, float] = {}
+    for key, value in {**run_metrics, **tags}.items():
+        if key.startswith("test_") and (num := _float(value)) is not None:
+            metrics[key] = num
+
+    metadata: dict[str, Any] = {}
+    try:
+        info = mlflow.models.get_model_info(f"models:/{name}/{version}")
+        metadata = dict(info.metadata or {})
+    except Exception:  # noqa: BLE001 - metadata is optional, tags/metrics come first
+        metadata = {}
+
+    threshold = _float(tags.get("decision_threshold"))
+    if threshold is None:
+        threshold = _float(run_metrics.get("decision_threshold"))
+    if threshold is None:
+        threshold = _float(metadata.get("decision_threshold"))
+    if threshold is None:
+        raise MammoError(f"{name} version {version} has no decision_threshold (tag or metric)")
+    size = metadata.get("image_size")
+    image_size = int(size) if size is not None else settings.image_size
+
+    trained_at = None
+    if run is not None and run.info.start_time:
+        trained_at = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC).isoformat()
+    return ModelInfo(
+        name=name,
+        version=str(mv.version),
+        run_id=mv.run_id or "",
+        aliases=sorted(mv.aliases or []),
+        decision_threshold=threshold,
+        image_size=image_size,
+        metrics=metrics,
+        trained_at=trained_at,
+    )
+
+
+def bento_tag(settings: Settings, version: str) -> str:
+    """BentoML tag of a registry version: ``<sanitised name>:v<version>``."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", settings.registered_model_name.lower()).strip("-._")
+    return f"{name or 'model'}:v{version}"
+
+
+def model_store(settings: Settings):
+    """The BentoML model store under ``settings.bentoml_store`` (created on demand)."""
+    from bentoml._internal.models.model import ModelStore
+
+    path = settings.bentoml_store.resolve() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return ModelStore(str(path))
+
+
+def import_version(settings: Settings, info: ModelInfo) -> BentoModel:
+    """Copy the MLflow model of ``info`` into the BentoML store (idempotent); returns it."""
+    import bentoml
+    import mlflow
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    _use_registry(settings)
+    store = model_store(settings)
+    tag = bento_tag(settings, info.version)
+    try:
+        existing = bentoml.models.get(tag, _model_store=store)
+        if existing.info.labels.get("mlflow_run_id") == info.run_id:
+            return existing
+        store.delete(tag)
+    except NotFound:
+        pass
+    labels = {
+        "mlflow_model": info.name,
+        "mlflow_version": info.version,
+        "mlflow_run_id": info.run_id,
+    }
+    meta = {
+        "decision_threshold": info.decision_threshold,
+        "image_size": info.image_size,
+        "tracking_uri": settings.mlflow_tracking_uri,
+    }
+    try:
+        with bentoml.models.create(tag, labels=labels, metadata=meta, _model_store=store) as bm:
+            dst = Path(bm.path) / MLFLOW_SUBDIR
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{info.name}/{info.version}",
+                tracking_uri=settings.mlflow_tracking_uri,
+            )
+            shutil.copytree(local, dst)
+    except BentoMLException:
+        # another process imported the same tag meanwhile
+        return bentoml.models.get(tag, _model_store=store)
+    return bentoml.models.get(tag, _model_store=store)
+
+
+def load_keras(bento_model: BentoModel):
+    """The Keras model stored in a BentoML model entry."""
+    import mlflow
+
+    return mlflow.keras.load_model(str(Path(bento_model.path) / MLFLOW_SUBDIR))
+
+
+def load_from_registry(settings: Settings, version: str):
+    """The Keras model of a registry version loaded straight from MLflow (in-process check)."""
+    import mlflow
+
+    _use_registry(settings)
+    return mlflow.keras.load_model(f"models:/{settings.registered_model_name}/{version}")
+
+
+def load_served_model(settings: Settings, version: str | None = None) -> tuple[Any, ModelInfo]:
+    """Resolve, import into BentoML and load: returns ``(keras_model, info)``."""
+    resolved = resolve_version(settings, version)
+    info = describe_version(settings, resolved)
+    bm = import_version(settings, info)
+    model = load_keras(bm)
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
+        raise MammoError(f"model input shape {shape} is not (None, S, S, 1)")
+    info = ModelInfo(**{**info.to_dict(), "image_size": int(shape[1]), "bento_tag": str(bm.tag)})
+    return model, info

@@ -1,0 +1,169 @@
+"""Decoding of uploaded images for the prediction service (and ``mammo predict``).
+
+An upload is one file: PNG, JPEG, TIFF, PGM (8 or 16 bit, grey or colour) or a ``.npy`` array.
+The format is recognised from the file's magic bytes, never from its name or a header sent by
+the client. Every check that can fail raises :class:`InputError` with a message meant for the
+client (the service maps it to a 4xx) and never includes pixel data:
+
+- size: the byte count is checked before anything is decoded (``max_upload_bytes``);
+- decompression bombs: the declared width x height is checked against ``max_image_pixels``
+  from the header, before the pixels are decompressed; Pillow's own bomb guard is an error;
+- truncated or corrupt files, unsupported formats, empty bodies;
+- ``.npy``: loaded with ``allow_pickle=False``; only uint8/uint16/float arrays of rank 2 or
+  rank 3 (H x W x 1/3/4) are accepted.
+
+The pixels are then converted exactly as in training by the shared
+:func:`mammo_pipeline.data.preprocess.to_uint8_gray` and
+:func:`mammo_pipeline.data.preprocess.prepare_image`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from mammo_pipeline.data.preprocess import prepare_image, to_uint8_gray
+from mammo_pipeline.errors import MammoError
+
+#: Magic bytes of the accepted formats.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"P5", "pgm"),
+    (b"P2", "pgm"),
+    (b"\x93NUMPY", "npy"),
+)
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "pgm": "PPM"}
+_NPY_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
+
+SUPPORTED = "PNG, JPEG, TIFF, PGM or .npy"
+
+
+class InputError(MammoError):
+    """An upload that cannot be used; ``status`` is the HTTP status the service answers."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def sniff_format(data: bytes) -> str:
+    """The format name of ``data`` from its magic bytes, or raise :class:`InputError`."""
+    if not data:
+        raise InputError("empty upload: send one image file (" + SUPPORTED + ")")
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    raise InputError(f"not a supported image: expected {SUPPORTED}")
+
+
+def check_size(n_bytes: int, max_bytes: int) -> None:
+    """Raise a 413 :class:`InputError` when an upload is over the configured limit."""
+    if n_bytes > max_bytes:
+        raise InputError(
+            f"upload of {n_bytes} bytes is over the limit of {max_bytes} bytes", status=413
+        )
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise InputError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise InputError(
+            f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels "
+            "(decompression-bomb guard)",
+            status=413,
+        )
+
+
+def _decode_npy(data: bytes, max_pixels: int) -> np.ndarray:
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:  # object arrays (pickle refused), bad header
+        raise InputError(f"unreadable .npy array: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"truncated or corrupt .npy array: {exc}") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(".npy upload must hold one array")
+    if arr.dtype.type not in _NPY_DTYPES:
+        raise InputError(
+            f".npy array has dtype {arr.dtype}; expected uint8, uint16 or float "
+            "(float in 0..1 or 0..255)"
+        )
+    ok_rank = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3, 4))
+    if not ok_rank:
+        raise InputError(
+            f".npy array has shape {arr.shape}; expected H x W or H x W x 1 (or 3/4 channels)"
+        )
+    _check_pixels(int(arr.shape[1]), int(arr.shape[0]), max_pixels)
+    return arr
+
+
+def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    # Pillow's own guard uses the same cap (set, not scoped: warnings filters are not
+    # thread-safe); the explicit check below runs before any pixel is decompressed.
+    if Image.MAX_IMAGE_PIXELS != max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+        width, height = img.size
+        _check_pixels(width, height, max_pixels)
+        img.load()
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"image rejected by the decompression-bomb guard: {exc}", 413) from None
+    except UnidentifiedImageError:
+        raise InputError(f"corrupt {fmt.upper()} file: cannot identify the image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(f"truncated or corrupt {fmt.upper()} file: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the upload's fault
+        raise InputError(f"cannot decode {fmt.upper()} file: {type(exc).__name__}") from None
+
+    mode = img.mode
+    if mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+        mode = "RGB"
+    elif mode == "LA":
+        img = img.getchannel("L")
+        mode = "L"
+    arr = np.asarray(img)
+    if mode == "I" or mode.startswith("I;"):
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
+            raise InputError(f"{fmt.upper()} image has integer pixels outside 0..65535")
+        arr = arr.astype(np.uint16)
+    elif mode == "F":
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Bytes of one upload -> H x W x 1 uint8 grayscale (the training input's pixel form)."""
+    check_size(len(data), max_bytes)
+    fmt = sniff_format(data)
+    arr = _decode_npy(data, max_pixels) if fmt == "npy" else _decode_pil(data, fmt, max_pixels)
+    try:
+        return to_uint8_gray(arr)
+    except ValueError as exc:
+        raise InputError(f"unusable pixel data: {exc}") from None
+
+
+def decode_path(path: Path, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Like :func:`decode_image` for a file on disk; the size is checked before reading."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(f"cannot read upload: {exc.strerror}") from None
+    check_size(size, max_bytes)
+    return decode_image(path.read_bytes(), max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def to_model_input(gray: np.ndarray, image_size: int) -> np.ndarray:
+    """H x W x 1 uint8 -> image_size x image_size x 1 float32 in 0..255 (shared with training)."""
+    return np.asarray(prepare_image(gray, image_size), dtype=np.float32)

@@ -1,0 +1,1 @@
+"""The BentoML service of mammo-mlops (``serving.service:MammoClassifier``) and its build."""

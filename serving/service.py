@@ -1,0 +1,435 @@
+"""The BentoML prediction service of the champion mammogram classifier (one service class).
+
+Start: ``bentoml serve serving.service:MammoClassifier --port 3000`` (or ``mammo serve``).
+At start the service resolves the version to serve (``MAMMO_SERVE_VERSION`` or the
+``champion`` alias of ``MAMMO_REGISTERED_MODEL_NAME`` in ``MAMMO_MLFLOW_TRACKING_URI``),
+imports it into the BentoML model store under ``MAMMO_BENTOML_HOME`` (tag
+``<name>:v<version>``), loads it and logs which version it serves.
+
+Endpoints:
+
+- ``POST /predict``: multipart field ``image`` (PNG, JPEG, TIFF, PGM or ``.npy``) ->
+  ``{probability, label, threshold, model_name, model_version}``;
+- ``POST /predict_batch``: multipart fields ``images`` (up to ``serve_max_batch_size``) -> a
+  list of the same objects, in order;
+- ``GET /model``: name, version, aliases, test metrics, threshold, trained-at;
+- ``/livez``, ``/readyz`` (503 until the model is loaded), ``/metrics``: BentoML's own.
+
+Batching: every request is decoded and preprocessed on its own (a bad upload fails only its
+own request with a 4xx), then the model-input tensors of all concurrent requests are
+coalesced by :class:`AdaptiveBatcher` into one ``predict_on_batch`` call of at most
+``serve_max_batch_size`` images, waiting at most ``serve_max_latency_ms`` for requests that
+are still being decoded (never when a request is alone). BentoML's ``batchable=True`` was not
+used: it batches the raw uploads before they are validated, so one bad file would fail every
+request merged with it, and images of different sizes cannot be concatenated.
+
+Guarding (:class:`RequestGuard`, an ASGI middleware): the API key (``MAMMO_API_KEY``, sent as
+``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) is required on everything but the probes
+and ``/metrics``; request bodies over the size limit get 413 before anything is parsed;
+``GET /model`` is answered there (BentoML API routes are POST-only); 4xx bodies are always
+``{"error": message}``. BentoML's multipart parsing is hardened (no URL fetching for file
+fields, malformed bodies are 400s, see :func:`_harden_multipart`). No pixel data is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.exceptions import BadInput, BentoMLException
+
+from mammo_pipeline.config import Settings, get_settings
+from mammo_pipeline.serving_io import InputError, decode_path, to_model_input
+
+logger = logging.getLogger("bentoml.mammo")  # under BentoML's configured logger
+
+OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+UPLOAD_PATHS = frozenset({"/predict", "/predict_batch"})
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+# --------------------------------------------------------------------------------------
+# Hardening of BentoML 1.4's multipart parsing (pinned version): a string where a file is
+# expected would make BentoML download it as a URL, and a malformed multipart body escapes as
+# a 500. Both become 400s here.
+def _harden_multipart() -> None:
+    from _bentoml_impl import serde
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+
+    cls = serde.MultipartSerde
+    if getattr(cls, "_mammo_hardened", False):
+        return
+    original_parse = cls.parse_request
+
+    async def ensure_file(obj: Any) -> Any:
+        from starlette.datastructures import UploadFile
+
+        if isinstance(obj, UploadFile):
+            return obj
+        raise BadInput("expected an uploaded file, got a text field (URLs are not fetched)")
+
+    async def parse_request(self: Any, request: Any, model_cls: Any) -> Any:
+        try:
+            return await original_parse(self, request, model_cls)
+        except (HTTPException, MultiPartException) as exc:
+            detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
+            raise BadInput(f"malformed multipart body: {detail}") from None
+        except (UnicodeDecodeError, KeyError) as exc:
+            raise BadInput(f"malformed form body: {type(exc).__name__}") from None
+
+    cls.ensure_file = staticmethod(ensure_file)  # type: ignore[method-assign]
+    cls.parse_request = parse_request  # type: ignore[method-assign]
+    cls._mammo_hardened = True  # type: ignore[attr-defined]
+
+
+_harden_multipart()
+
+
+# --------------------------------------------------------------------------------------
+class AdaptiveBatcher:
+    """Coalesce single-image predictions of concurrent requests into bounded batches."""
+
+    def __init__(self, predict: Any, max_batch_size: int, max_latency_ms: float) -> None:
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_latency_s = max_latency_ms / 1000.0
+        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[float]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.preparing = 0  # requests being decoded that will submit soon
+
+    def _start(self) -> asyncio.Queue[tuple[np.ndarray, asyncio.Future[float]]]:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        return self._queue
+
+    async def submit(self, items: list[np.ndarray]) -> list[float]:
+        """Model probabilities for model-input tensors (S x S x 1 float32 each)."""
+        queue = self._start()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for x in items:
+            fut: asyncio.Future[float] = loop.create_future()
+            queue.put_nowait((x, fut))
+            futures.append(fut)
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.max_latency_s
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if self.preparing <= 0 or remaining <= 0:
+                    break
+                # short polls rather than wait_for(queue.get()), which can lose an item when
+                # it arrives just as the timeout cancels the get (Python 3.11)
+                await asyncio.sleep(min(remaining, 0.0005))
+            live = [(x, f) for x, f in batch if not f.done()]
+            if not live:
+                continue
+            try:
+                probs = await anyio.to_thread.run_sync(self._predict, [x for x, _ in live])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                logger.exception("model prediction failed for a batch of %d", len(live))
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), p in zip(live, probs, strict=True):
+                if not fut.done():
+                    fut.set_result(float(p))
+
+
+# --------------------------------------------------------------------------------------
+class RequestGuard:
+    """ASGI middleware: API key, body-size limit and ``GET /model``, before BentoML parses."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        s = get_settings()
+        self.api_key = s.api_key or None
+        self.max_body = s.max_upload_bytes * s.serve_max_batch_size + MULTIPART_OVERHEAD
+        self.max_single = s.max_upload_bytes + MULTIPART_OVERHEAD
+
+    @staticmethod
+    async def _send_json(send: Any, status: int, body: Any, headers: dict[str, str] | None = None):
+        payload = json.dumps(body).encode()
+        raw = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+        ]
+        raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        if self.api_key is None:
+            return True
+        given = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+        auth = headers.get(b"authorization", b"").decode("latin-1").strip()
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "").rstrip("/") or "/"
+        if path in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        if not self._authorised(headers):
+            return await self._send_json(
+                send, 401, {"error": "missing or invalid API key"}, {"www-authenticate": "Bearer"}
+            )
+        if path == "/model" and scope.get("method") == "GET":
+            service = _current
+            if service is None or not service.__is_ready__():
+                return await self._send_json(send, 503, {"error": "model not loaded yet"})
+            return await self._send_json(send, 200, service.describe())
+        if path not in UPLOAD_PATHS:
+            return await self.app(scope, receive, send)
+        limit = self.max_single if path == "/predict" else self.max_body
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await self._send_json(send, 400, {"error": "bad Content-Length"})
+            if declared > limit:
+                return await self._send_json(
+                    send, 413, {"error": f"request body of {declared} bytes is over the limit"}
+                )
+            return await self.app(scope, receive, _unwrap_errors(send))
+        # No Content-Length (chunked): read up to the limit, then replay to the app.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                return await self._send_json(send, 413, {"error": "request body over the limit"})
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay_receive() -> Any:
+            return replay.pop() if replay else await receive()
+
+        return await self.app(scope, replay_receive, _unwrap_errors(send))
+
+
+def _unwrap_errors(send: Any) -> Any:
+    """BentoML 1.4 answers a 4xx body as ``[{"error": ...}]``; clients get ``{"error": ...}``."""
+    held: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def wrapped(message: Any) -> None:
+        if message["type"] == "http.response.start" and message.get("status", 200) >= 400:
+            held["start"] = message
+            return
+        if "start" not in held or message["type"] != "http.response.body":
+            return await send(message)
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        try:
+            parsed = json.loads(body)
+            if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
+                body = json.dumps(parsed[0]).encode()
+        except ValueError:
+            pass
+        start = dict(held.pop("start"))
+        start["headers"] = [
+            (k, str(len(body)).encode() if k.lower() == b"content-length" else v)
+            for k, v in start.get("headers", [])
+        ]
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return wrapped
+
+
+_current: MammoClassifier | None = None
+
+
+def _http_error(exc: InputError) -> BentoMLException:
+    if exc.status == 400:
+        return BadInput(str(exc))
+    return BentoMLException(str(exc), error_code=HTTPStatus(exc.status))
+
+
+def _stop_arbiter() -> None:
+    """Make ``bentoml serve`` exit when the model cannot load (its process manager, circus,
+    would otherwise restart the worker forever and the server would never become ready)."""
+    import signal
+
+    ppid = os.getppid()
+    try:
+        parent = Path(f"/proc/{ppid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if parent.startswith(b"circusd"):
+        os.kill(ppid, signal.SIGTERM)
+
+
+def _service_settings() -> Settings:
+    return get_settings()
+
+
+# --------------------------------------------------------------------------------------
+@bentoml.service(
+    name="mammo_classifier",
+    workers=1,
+    traffic={"timeout": 60, "max_concurrency": 256},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+    metrics={"enabled": True},
+)
+class MammoClassifier:
+    """Serves one registry version of the classifier (reported in every answer)."""
+
+    def __init__(self) -> None:
+        from mammo_pipeline.model_loader import load_served_model
+
+        global _current
+        self.settings = _service_settings()
+        self._ready = False
+        started = time.perf_counter()
+        try:
+            self.model, self.info = load_served_model(self.settings)
+        except Exception:
+            logger.exception("cannot load the model to serve; the server exits")
+            _stop_arbiter()
+            raise
+        self.image_size = self.info.image_size
+        self.threshold = float(self.info.decision_threshold)
+        self._limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.batcher = AdaptiveBatcher(
+            self._infer,
+            self.settings.serve_max_batch_size,
+            self.settings.serve_max_latency_ms,
+        )
+        for n in (1, 2, self.settings.serve_max_batch_size):  # trace once, batch dim relaxed
+            self._predict_array(np.zeros((n, self.image_size, self.image_size, 1), np.float32))
+        to_model_input(np.zeros((8, 8, 1), np.uint8), self.image_size)  # warm the TF ops
+        self._ready = True
+        _current = self
+        logger.info(
+            "serving %s version %s (bento model %s, threshold %.4f, input %dpx) ready in %.1fs",
+            self.info.name,
+            self.info.version,
+            self.info.bento_tag,
+            self.threshold,
+            self.image_size,
+            time.perf_counter() - started,
+        )
+
+    def __is_ready__(self) -> bool:
+        return self._ready
+
+    def _infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Model-input tensors (S x S x 1 float32) -> probabilities, in one model call."""
+        return self._predict_array(np.stack(inputs))
+
+    def _predict_array(self, batch: np.ndarray) -> np.ndarray:
+        out = self.model.predict_on_batch(batch)
+        return np.asarray(out, dtype=np.float64).reshape(-1)
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata of the served version (``GET /model``)."""
+        info = self.info.to_dict()
+        info["threshold"] = info.pop("decision_threshold")
+        info["max_batch_size"] = self.settings.serve_max_batch_size
+        return info
+
+    def _answer(self, probability: float) -> dict[str, Any]:
+        return {
+            "probability": probability,
+            "label": "positive" if probability >= self.threshold else "negative",
+            "threshold": self.threshold,
+            "model_name": self.info.name,
+            "model_version": self.info.version,
+        }
+
+    def _prepare(self, path: Path) -> np.ndarray:
+        s = self.settings
+        try:
+            gray = decode_path(path, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels)
+            return to_model_input(gray, self.image_size)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - decoding failures are the upload's fault
+            raise InputError(f"cannot use this image: {type(exc).__name__}") from None
+
+    async def _prepare_many(self, paths: list[Path]) -> list[np.ndarray]:
+        """Decode + preprocess in a few worker threads (bounded: memory of large images, TF
+        contention); the batcher knows how many are coming."""
+        self.batcher.preparing += len(paths)
+        done = 0
+        try:
+            out = []
+            for i, path in enumerate(paths):
+                try:
+                    out.append(
+                        await anyio.to_thread.run_sync(self._prepare, path, limiter=self._limiter)
+                    )
+                except InputError as exc:
+                    if len(paths) > 1:
+                        exc = InputError(f"image {i}: {exc}", exc.status)
+                    raise _http_error(exc) from None
+                finally:
+                    done += 1
+                    self.batcher.preparing -= 1
+            return out
+        finally:
+            self.batcher.preparing -= len(paths) - done
+
+    @bentoml.api(route="/predict")
+    async def predict(self, image: Path) -> dict[str, Any]:
+        """One image -> probability and label from the served version."""
+        x = await self._prepare_many([image])
+        (p,) = await self.batcher.submit(x)
+        return self._answer(p)
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, images: list[Path]) -> list[dict[str, Any]]:
+        """Several images in one request -> one answer each, in order."""
+        if not images:
+            raise BadInput("send at least one file in the 'images' field")
+        if len(images) > self.settings.serve_max_batch_size:
+            raise BadInput(
+                f"{len(images)} images is over the batch limit of "
+                f"{self.settings.serve_max_batch_size}"
+            )
+        xs = await self._prepare_many(images)
+        probs = await self.batcher.submit(xs)
+        return [self._answer(p) for p in probs]
+
+
+MammoClassifier.add_asgi_middleware(RequestGuard)
