@@ -82,7 +82,20 @@ def train_candidate(
         airflow_run_id=airflow_run_id,
         evaluate=False,
     )
+    _link_data_docs(s, result.run_id)
     return result.to_dict()
+
+
+def _link_data_docs(settings: Settings, run_id: str) -> None:
+    """Tag the training run with where the validation Data Docs of its data are."""
+    import mlflow
+
+    from mammo_pipeline.validation.gx_context import data_docs_dir
+
+    index = data_docs_dir(settings) / "index.html"
+    if index.is_file():
+        client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+        client.set_tag(run_id, "data_docs", index.as_uri())
 
 
 def evaluate_candidate(trained: dict[str, Any]) -> dict[str, Any]:

@@ -92,7 +92,8 @@ def world(tmp_path_factory):
 def _client(w: Env):
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=w.settings.mlflow_tracking_uri)
+    uri = w.settings.mlflow_tracking_uri
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _aliases(w: Env) -> dict[str, str]:
@@ -115,6 +116,9 @@ def test_validate_then_retrain_deploys_a_champion(world):
     version = _client(world).get_model_version(world.settings.registered_model_name, "1")
     assert version.tags["gate"] == "passed"
     assert version.tags.get("airflow_run_id", "").startswith("manual__")
+    run = _client(world).get_run(version.run_id)
+    assert run.data.tags["data_docs"].endswith("index.html")  # validation linked from the run
+    assert {"test_precision", "test_recall", "decision_threshold"} <= set(run.data.metrics)
     # the live service answers with the champion
     url = f"http://127.0.0.1:{world.settings.serve_port}"
     with urllib.request.urlopen(f"{url}/model", timeout=30) as resp:
