@@ -23,8 +23,15 @@ def airflow_env(
     executor: str = "LocalExecutor",
     api_port: int = 8080,
     extra: dict[str, str] | None = None,
+    celery_broker_url: str | None = None,
+    celery_result_backend: str | None = None,
 ) -> dict[str, str]:
-    """A full environment (``os.environ`` plus Airflow and MAMMO_* variables)."""
+    """A full environment (``os.environ`` plus Airflow and MAMMO_* variables).
+
+    For the distributed shape (``executor="CeleryExecutor"``) pass the broker (e.g.
+    ``redis://host:6379/0``) and the result backend (e.g. ``db+postgresql://...``); they are
+    only set when given.
+    """
     home = Path(settings.airflow_home).resolve()
     env = dict(os.environ)
     env.update(
@@ -46,6 +53,10 @@ def airflow_env(
             ),
         }
     )
+    if celery_broker_url:
+        env["AIRFLOW__CELERY__BROKER_URL"] = celery_broker_url
+    if celery_result_backend:
+        env["AIRFLOW__CELERY__RESULT_BACKEND"] = celery_result_backend
     # The settings travel to task processes as MAMMO_* variables.
     for name, value in settings.model_dump(exclude_none=True).items():
         key = f"MAMMO_{name.upper()}"

@@ -1,0 +1,455 @@
+"""docker-compose.yml checked without a Docker engine: it parses, validates against the
+Compose Specification's JSON schema (vendored), every command it runs is a real entry point
+of the project with valid arguments, every build context and Dockerfile exists, the GPU
+worker listens on queue ``gpu`` with an NVIDIA device reservation, health checks and start
+order are in place, and secrets come only from ``.env`` (``.env.example`` lists them all).
+
+The vendored schema ``docker/compose-spec.schema.json`` is ``schemas/compose.schema.json`` of
+the npm package ``dclint`` 3.1.0 (MIT; its ``update-compose-schema`` script downloads it from
+the compose-spec/compose-spec repository), copied unchanged; ``SCHEMA_SHA256`` pins it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+SCHEMA = REPO / "docker" / "compose-spec.schema.json"
+SCHEMA_SOURCE = "npm: dclint@3.1.0, package/schemas/compose.schema.json (compose-spec schema)"
+SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d496"
+
+REQUIRED_SERVICES = {
+    "postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
+    "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu",
+    "mlflow", "bentoml",
+}  # fmt: skip
+MUST_HAVE_HEALTHCHECK = {
+    "postgres", "redis", "airflow-apiserver", "airflow-scheduler", "mlflow", "bentoml",
+    "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu",
+}  # fmt: skip
+PROJECT_PROGRAMS = {"airflow", "mlflow", "mammo", "bentoml"}
+# the only other programs a shell script of ours may run (airflow-init)
+SHELL_UTILITIES = {"set", "mkdir", "umask", "printf", "echo", "exec"}
+# programs allowed in health checks of our image, besides the project's
+HEALTHCHECK_PROGRAMS = {"curl", "celery"}
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|FERNET|API_KEY|TOKEN|ACCESS_KEY", re.I)
+NOT_A_SECRET = re.compile(r"_FILE$")  # a path to a secret, not the secret
+VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+# ------------------------------------------------------------------------------ loading
+@cache
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@cache
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f".env.example: not KEY=VALUE: {line!r}"
+        values[key.strip()] = value.strip()
+    return values
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's variable interpolation (``${V}``, ``${V:-d}``, ``${V-d}``, ``${V:?e}``,
+    ``$$``) with ``env`` as the ``.env`` file."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if op in (":-", "-"):
+            present = name in env and (env[name] != "" or op == "-")
+            return env[name] if present else arg
+        if op in (":?", "?"):
+            if name not in env or (op == ":?" and env[name] == ""):
+                raise AssertionError(f"required variable {name} is unset: {arg}")
+        return env.get(name, "")
+
+    return VAR.sub(sub, value.replace("$$", "\0")).replace("\0", "$")
+
+
+def walk_strings(node: Any, path: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk_strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk_strings(v, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def our_services() -> dict[str, dict]:
+    """Services built from the project's Dockerfile (the rest are pinned upstream images)."""
+    return {n: s for n, s in compose()["services"].items() if "build" in s}
+
+
+def as_argv(command: Any) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def split_commands(argv: list[str]) -> list[list[str]]:
+    """The programs a command runs: itself, or each simple command of a ``bash -c`` script
+    (lines and ``&&``/``||``/``;`` lists)."""
+    if argv[:1] in (["bash"], ["sh"]) and "-c" in argv:
+        script = argv[argv.index("-c") + 1]
+        out = []
+        for line in script.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            for part in re.split(r"&&|\|\||;", line):
+                words = shlex.split(part.split(">", 1)[0] if part.lstrip().startswith("printf")
+                                    else part)  # fmt: skip
+                if words:
+                    out.append(words)
+        return out
+    return [argv]
+
+
+def healthcheck_argvs(service: dict) -> list[list[str]]:
+    test = (service.get("healthcheck") or {}).get("test")
+    if not test:
+        return []
+    if isinstance(test, str):
+        return [shlex.split(test)]
+    kind, rest = test[0], test[1:]
+    if kind == "CMD-SHELL":
+        return [shlex.split(p) for p in re.split(r"\|\||&&|\|", rest[0]) if p.strip()]
+    return [list(rest)] if kind == "CMD" else []
+
+
+def all_program_argvs(env: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """(service, argv) of every project program run by a command of our services."""
+    out = []
+    for name, svc in our_services().items():
+        if "command" not in svc:
+            continue
+        argv = [interpolate(a, env) for a in as_argv(svc["command"])]
+        for cmd in split_commands(argv):
+            out.append((name, cmd))
+    return out
+
+
+# ------------------------------------------------------------------------------ CLIs
+@cache
+def airflow_parse_errors(argvs_json: str) -> dict[str, str]:
+    """Parse each argv with Airflow's own CLI parser (no command runs), in a subprocess so
+    that Airflow's configuration is not loaded into the test process."""
+    code = r"""
+import json, sys, io, contextlib
+from airflow.cli.cli_parser import get_parser
+parser = get_parser()
+errors = {}
+for argv in json.loads(sys.stdin.read()):
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+            ns = parser.parse_args(argv)
+        if not hasattr(ns, "func"):
+            errors[" ".join(argv)] = "not a command"
+    except SystemExit:
+        errors[" ".join(argv)] = buf.getvalue().strip().splitlines()[-1:]
+print(json.dumps(errors))
+"""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+        r = subprocess.run(
+            [sys.executable, "-c", code], input=argvs_json, capture_output=True, text=True,
+            timeout=120, env=env,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def click_check(group: Any, prog: str, args: list[str]) -> str | None:
+    """Resolve ``args`` through a click group down to a command and parse its options
+    (no callback runs); returns an error message or ``None``."""
+    cmd, rest, name = group, list(args), prog
+    while hasattr(cmd, "get_command") and hasattr(cmd, "list_commands"):  # a group
+        if not rest or rest[0].startswith("-"):
+            return f"{name}: a subcommand is required"
+        sub = cmd.get_command(cmd.context_class(cmd), rest[0])
+        if sub is None:
+            return f"{name}: no such command {rest[0]!r}"
+        cmd, name, rest = sub, f"{name} {rest[0]}", rest[1:]
+    try:
+        cmd.make_context(name, rest)
+    except Exception as exc:  # click's (or typer's bundled click's) usage errors
+        fmt = getattr(exc, "format_message", None)
+        return f"{name}: {type(exc).__name__}: {fmt() if fmt else exc}"
+    return None
+
+
+def cli_group(program: str) -> Any:
+    if program == "mammo":
+        import typer
+
+        from mammo_pipeline.cli.main import app
+
+        return typer.main.get_command(app)
+    if program == "mlflow":
+        from mlflow.cli import cli
+
+        return cli
+    if program == "bentoml":
+        from bentoml_cli.cli import cli
+
+        return cli
+    raise KeyError(program)
+
+
+# ------------------------------------------------------------------------------ tests
+def test_vendored_schema_is_the_recorded_file():
+    digest = hashlib.sha256(SCHEMA.read_bytes()).hexdigest()
+    assert digest == SCHEMA_SHA256, f"{SCHEMA} changed; re-vendor from {SCHEMA_SOURCE}"
+    assert json.loads(SCHEMA.read_text())["title"] == "Compose Specification"
+
+
+def test_compose_file_validates_against_the_compose_specification():
+    schema = json.loads(SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(compose()), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors[:20])
+
+
+def test_schema_really_rejects_a_broken_file():
+    """Guard against a schema that accepts anything."""
+    schema = json.loads(SCHEMA.read_text())
+    broken = {"services": {"x": {"image": "y", "depends_on": {"z": {"condition": "ready"}}}}}
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
+    broken = {"services": {"x": {"image": "y", "helthcheck": {}}}}
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken))
+
+
+def test_required_services_and_volumes():
+    services = compose()["services"]
+    assert REQUIRED_SERVICES <= set(services), REQUIRED_SERVICES - set(services)
+    volumes = set(compose().get("volumes") or {})
+    for needed in ("postgres-data", "mammo-data", "mlflow-artifacts", "airflow-logs"):
+        assert needed in volumes
+    mounts = {n: {str(v).split(":")[0] for v in s.get("volumes", [])} for n, s in services.items()}
+    assert "mlflow-artifacts" in mounts["mlflow"]
+    assert "postgres-data" in mounts["postgres"]
+    for worker in ("airflow-worker", "airflow-worker-gpu"):
+        assert {"mammo-data", "airflow-logs"} <= mounts[worker], mounts[worker]
+
+
+def test_health_checks_and_start_order():
+    services = compose()["services"]
+    for name in MUST_HAVE_HEALTHCHECK:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    for name, svc in services.items():
+        for dep, spec in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            if spec.get("condition") == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep}'s health"
+    airflow = [n for n in services if n.startswith("airflow-") and n != "airflow-init"]
+    for name in airflow:
+        deps = services[name]["depends_on"]
+        assert deps["postgres"]["condition"] == "service_healthy", name
+        assert deps["redis"]["condition"] == "service_healthy", name
+        assert deps["airflow-init"]["condition"] == "service_completed_successfully", name
+    for name in ("airflow-worker", "airflow-worker-gpu"):
+        deps = services[name]["depends_on"]
+        assert deps["airflow-apiserver"]["condition"] == "service_healthy"
+        assert deps["mlflow"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["bentoml"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    init_deps = services["airflow-init"]["depends_on"]
+    assert {"postgres", "redis"} <= set(init_deps)
+
+
+def test_build_contexts_and_dockerfiles_exist():
+    assert our_services(), "no service is built from the project"
+    for name, svc in our_services().items():
+        build = svc["build"]
+        if isinstance(build, str):
+            build = {"context": build}
+        context = (REPO / build.get("context", ".")).resolve()
+        assert context.is_dir(), f"{name}: build context {context} does not exist"
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
+        text = dockerfile.read_text()
+        for arg in build.get("args") or {}:
+            assert re.search(rf"^ARG {arg}\b", text, re.M), f"{name}: ARG {arg} not declared"
+
+
+def test_dockerfile_is_slim_non_root_and_installs_from_the_lock():
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^ARG PYTHON_VERSION=3\.11$", text, re.M)
+    assert "FROM python:${PYTHON_VERSION}-slim" in text
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0"), users
+    assert 'pip install -c requirements.lock -e ".[${TF_EXTRA}]"' in text
+    assert re.search(r"^ARG TF_EXTRA=cpu$", text, re.M)
+    extras = {a["TF_EXTRA"] for s in our_services().values() if (a := s["build"].get("args"))}
+    assert extras == {"cpu", "gpu"}, extras
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r"^cpu = \[", pyproject, re.M) and re.search(r"^gpu = \[", pyproject, re.M)
+    # every COPY source exists and no secret is baked in
+    for src in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
+        for item in src.split():
+            assert (REPO / item).exists(), f"COPY {item}: missing"
+    for line in text.splitlines():
+        if line.startswith(("ENV", "ARG", "    ")) and SECRET_KEY.search(line.split("=")[0]):
+            raise AssertionError(f"secret-like setting baked into the image: {line!r}")
+    ignored = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    for path in (".venv", "data", "mlruns", ".demo", ".airflow", ".env"):
+        assert path in ignored, f".dockerignore does not exclude {path}"
+    for needed in ("pyproject.toml", "requirements.lock", "README.md", "mammo_pipeline",
+                   "serving", "dags", "expectations"):  # fmt: skip
+        assert needed not in ignored, f".dockerignore excludes {needed}, which the build needs"
+
+
+def test_gpu_worker_listens_on_queue_gpu_with_an_nvidia_reservation():
+    services = compose()["services"]
+    gpu = services["airflow-worker-gpu"]
+    argv = as_argv(gpu["command"])
+    assert argv[:3] == ["airflow", "celery", "worker"], argv
+    queues = argv[argv.index("--queues") + 1].split(",")
+    assert "gpu" in queues, queues
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
+               for d in devices), devices  # fmt: skip
+    assert gpu["build"]["args"]["TF_EXTRA"] == "gpu"
+    cpu = as_argv(services["airflow-worker"]["command"])
+    assert "default" in cpu[cpu.index("--queues") + 1].split(",")
+    # the queue and pool the DAG uses are the ones the stack provides
+    from mammo_pipeline.dag_support import GPU_POOL, GPU_QUEUE
+
+    assert GPU_QUEUE == "gpu"
+    init = " ".join(as_argv(services["airflow-init"]["command"]))
+    assert f"airflow pools set {GPU_POOL} " in init
+
+
+def test_every_command_is_a_real_entry_point_of_the_project():
+    env = env_example()
+    airflow_argvs = []
+    problems = []
+    for name, svc in our_services().items():
+        assert "command" in svc, f"{name}: no command (the image's default is only --help)"
+        assert "entrypoint" not in svc, f"{name}: overrides the image's entrypoint"
+    for name, argv in all_program_argvs(env):
+        program = argv[0]
+        if program in SHELL_UTILITIES:
+            continue
+        if program not in PROJECT_PROGRAMS:
+            problems.append(f"{name}: runs {program!r}, not a project entry point")
+        elif program == "airflow":
+            airflow_argvs.append(argv[1:])
+        else:
+            err = click_check(cli_group(program), program, argv[1:])
+            if err:
+                problems.append(f"{name}: {err}")
+    for name, svc in our_services().items():
+        for argv in healthcheck_argvs(svc):
+            argv = [interpolate(a, env) for a in argv]
+            if argv[0] == "airflow":
+                airflow_argvs.append(argv[1:])
+            elif argv[0] == "celery":
+                app = argv[argv.index("--app") + 1].rsplit(".", 1)[0]
+                import importlib.util
+
+                if importlib.util.find_spec(app) is None:
+                    problems.append(f"{name}: celery app module {app} not found")
+            elif argv[0] not in HEALTHCHECK_PROGRAMS | PROJECT_PROGRAMS:
+                problems.append(f"{name}: healthcheck runs {argv[0]!r}")
+    assert airflow_argvs, "no airflow command found"
+    errors = airflow_parse_errors(json.dumps(airflow_argvs))
+    problems += [f"airflow {k}: {v}" for k, v in errors.items()]
+    assert not problems, "\n".join(problems)
+
+
+def test_command_checker_catches_bad_commands():
+    assert click_check(cli_group("mammo"), "mammo", ["serve"]) is None
+    assert click_check(cli_group("mammo"), "mammo", ["srve"])
+    assert click_check(cli_group("mammo"), "mammo", ["serve", "--nope"])
+    assert click_check(cli_group("mlflow"), "mlflow", ["server", "--port", "x"])
+    errors = airflow_parse_errors(
+        json.dumps(
+            [["celery", "worker", "--queues", "gpu"], ["celery", "wroker"], ["scheduler", "--nope"]]
+        )
+    )
+    assert set(errors) == {"celery wroker", "scheduler --nope"}, errors
+
+
+def test_mlflow_is_a_tracking_server_on_postgres_serving_artifacts():
+    env = env_example()
+    mlflow = compose()["services"]["mlflow"]
+    argv = [interpolate(a, env) for a in as_argv(mlflow["command"])]
+    assert argv[:2] == ["mlflow", "server"]
+    assert "--serve-artifacts" in argv and "--artifacts-destination" in argv
+    backend = interpolate(mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"], env)
+    assert backend.startswith("postgresql+psycopg2://") and "@postgres:5432/" in backend
+    common = compose()["x-airflow-common"]["environment"]
+    assert common["MAMMO_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert common["MAMMO_MLFLOW_ARTIFACT_LOCATION"] == ""  # the server's artifact proxy
+    assert common["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert interpolate(common["AIRFLOW__CELERY__BROKER_URL"], env).startswith("redis://")
+    assert interpolate(common["AIRFLOW__CELERY__RESULT_BACKEND"], env).startswith("db+postgresql")
+    assert common["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith(
+        "http://airflow-apiserver:8080/"
+    )
+
+
+def test_no_literal_secrets_and_env_example_covers_every_variable():
+    doc = compose()
+    used = set()
+    for _, value in walk_strings(doc):
+        used |= {m.group(1) for m in VAR.finditer(value.replace("$$", ""))}
+    env = env_example()
+    missing = used - set(env)
+    assert not missing, f".env.example lacks {sorted(missing)}"
+    # every secret-like environment value is a ${VAR} reference, never a literal
+    for path, value in walk_strings(doc):
+        key = path.rsplit(".", 1)[-1]
+        if (
+            ".environment." in f".{path}"
+            and SECRET_KEY.search(key)
+            and not NOT_A_SECRET.search(key)
+        ):
+            assert "${" in value, f"{path} has a literal value"
+        for m in re.finditer(r"://[^:/@\s]*:([^@/\s]+)@", value):
+            assert m.group(1).startswith("${"), f"{path}: literal password in a URL"
+    # the example's secrets are placeholders, and .env itself is never committed
+    for key, value in env.items():
+        if SECRET_KEY.search(key) and not key.startswith("AWS_"):
+            assert "change-me" in value, f".env.example {key} is not a placeholder"
+    assert re.search(r"^\.env$", (REPO / ".gitignore").read_text(), re.M)
+    # the compose file resolves with the example's values (as `docker compose config` would)
+    for _, value in walk_strings(doc):
+        interpolate(value, env)
+
+
+def test_interpolation_helper():
+    env = {"A": "1", "E": ""}
+    assert interpolate("${A}-${B:-x}-${E:-y}-${E-z}-$$HOME", env) == "1-x-y--$HOME"
+    with pytest.raises(AssertionError):
+        interpolate("${MISSING:?set it}", env)
