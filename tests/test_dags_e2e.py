@@ -155,7 +155,10 @@ def test_failing_gate_leaves_a_challenger_and_deploys_nothing(world):
     assert "nothing is deployed" in out
     from mammo_pipeline.deploy import read_state
 
-    assert str(read_state(world.settings).get("version")) == before["champion"]
+    assert str(read_state(world.settings)["backend"]["version"]) == before["champion"]
+    url = f"http://127.0.0.1:{world.settings.serve_port}/model"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        assert str(json.loads(resp.read())["version"]) == before["champion"]
 
 
 def test_invalid_params_are_refused(world):
