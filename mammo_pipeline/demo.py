@@ -42,12 +42,14 @@ DEMO_SETTINGS = {
     "airflow_home": str(DEMO_DIR / "airflow"),
     "image_size": "64",
     "weights": "none",
-    "epochs": "15",
+    "epochs": "60",  # head epochs on cached features cost well under a second each
+    "early_stopping_patience": "10",
     "batch_size": "32",
     "augment": "false",
+    "val_fraction": "0.25",
+    "target_recall": "0.85",
     "min_precision": "0.30",
-    "min_recall": "0.60",
-    "target_recall": "0.80",
+    "min_recall": "0.70",
     "serve_port": str(SERVE_PORT),
 }
 
@@ -111,11 +113,25 @@ def start_services(env: dict[str, str]) -> None:
         raise RuntimeError(f"Airflow api-server did not come up; see {logs}")
 
 
+def _json_list(out: str) -> list[dict]:
+    """The JSON list in an Airflow CLI's output, which also carries log lines and warnings."""
+    decoder = json.JSONDecoder()
+    for line_start in [0] + [i + 1 for i, ch in enumerate(out) if ch == "\n"]:
+        if out.startswith("[", line_start):
+            try:
+                value, _ = decoder.raw_decode(out[line_start:])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, list):
+                return value
+    return []
+
+
 def wait_for_dags(env: dict[str, str], dag_ids: list[str], timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        listed = json.loads(airflow(env, "dags", "list", "-o", "json", check=False) or "[]")
-        found = {d["dag_id"] for d in listed}
+        listed = _json_list(airflow(env, "dags", "list", "-o", "json", check=False))
+        found = {d.get("dag_id") for d in listed}
         if set(dag_ids) <= found:
             for d in dag_ids:
                 airflow(env, "dags", "unpause", d)
@@ -141,19 +157,19 @@ def make_data(settings: Settings, n: int, test_n: int) -> None:
 
 
 def _runs(env: dict[str, str], dag_id: str) -> list[dict]:
-    out = airflow(env, "dags", "list-runs", dag_id, "-o", "json", check=False)
-    try:
-        return json.loads(out or "[]")
-    except json.JSONDecodeError:
-        return []
+    return _json_list(airflow(env, "dags", "list-runs", dag_id, "-o", "json", check=False))
 
 
 def _task_states(env: dict[str, str], dag_id: str, run_id: str) -> dict[str, str]:
     out = airflow(env, "tasks", "states-for-dag-run", dag_id, run_id, "-o", "json", check=False)
-    try:
-        return {t["task_id"]: t["state"] or "none" for t in json.loads(out or "[]")}
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return {}
+    return {t.get("task_id"): t.get("state") or "none" for t in _json_list(out)}
+
+
+def _started_after(run: dict, after: float) -> bool:
+    from datetime import datetime
+
+    started = run.get("start_date")
+    return bool(started) and datetime.fromisoformat(started).timestamp() >= after
 
 
 def follow(env: dict[str, str], dag_id: str, timeout: float, after: float) -> dict:
@@ -162,8 +178,8 @@ def follow(env: dict[str, str], dag_id: str, timeout: float, after: float) -> di
     shown: dict[str, str] = {}
     t0 = time.time()
     while time.time() < deadline:
-        runs = [r for r in _runs(env, dag_id) if r.get("state")]
-        run = runs[0] if runs else None
+        runs = [r for r in _runs(env, dag_id) if _started_after(r, after) and r.get("state")]
+        run = min(runs, key=lambda r: r["start_date"]) if runs else None
         if run:
             states = _task_states(env, dag_id, run["run_id"])
             for task, state in states.items():
@@ -176,7 +192,8 @@ def follow(env: dict[str, str], dag_id: str, timeout: float, after: float) -> di
     raise RuntimeError(f"{dag_id} did not finish within {timeout:.0f}s")
 
 
-def report(settings: Settings) -> None:
+def report(settings: Settings) -> bool:
+    """Print the gate decision, the served version and a prediction; True if one was served."""
     import urllib.request
 
     import numpy as np
@@ -211,12 +228,15 @@ def report(settings: Settings) -> None:
             timeout=60,
         )
         say(f"prediction for a SYNTHETIC positive tile ({sample.name}): {out.stdout.strip()}")
+        served = out.returncode == 0
     except OSError as exc:
         say(f"the service at {url} did not answer: {exc}")
+        served = False
     say(f"\nAirflow UI : http://127.0.0.1:{AIRFLOW_PORT}")
     say(f"MLflow UI  : http://127.0.0.1:{MLFLOW_PORT}")
     say(f"Service    : {url}  (POST /predict, GET /model)")
     say("Stop everything with: make stop")
+    return served
 
 
 def run(n: int, test_n: int) -> int:
@@ -228,10 +248,12 @@ def run(n: int, test_n: int) -> int:
         f"{settings.image_size}px instead of 299, VGG16 with RANDOM weights (weights=none: "
         "ImageNet weights cannot be downloaded here); everything under .demo/"
     )
+    for d in (settings.landing, settings.validated, settings.quarantine, settings.test_split):
+        d.mkdir(parents=True, exist_ok=True)
     start_services(env)
     wait_for_dags(env, ["mammo_validate_incoming", "mammo_retrain", "mammo_deploy"])
-    t_drop = time.time()
     make_data(settings, n, test_n)
+    t_drop = time.time()
     say("• Waiting for mammo_validate_incoming (runs every minute) …")
     follow(env, "mammo_validate_incoming", 600, t_drop)
     say("• Waiting for mammo_retrain (triggered by the validated-data Asset) …")
@@ -240,8 +262,12 @@ def run(n: int, test_n: int) -> int:
         f"• mammo_retrain finished: {run_info['state']} "
         f"({time.time() - t_start:.0f}s since the demo started)"
     )
-    report(settings)
-    return 0 if run_info["state"] == "success" else 1
+    served = report(settings)
+    if run_info["state"] != "success" or not served:
+        say("The demo did not end with a served model: see the task logs in the Airflow UI "
+            f"or under {settings.airflow_home}/logs.")
+        return 1
+    return 0
 
 
 def stop() -> None:

@@ -121,12 +121,14 @@ def build_base(image_size: int, weights: str):
 
 
 def build_head(n_features: int, head_units: tuple[int, int], dropout: float):
-    """Two dense layers with dropout and one float32 sigmoid output, on pooled features."""
+    """Feature normalisation, two dense layers with dropout and one float32 sigmoid output."""
     import keras
     from keras import layers
 
     inp = keras.Input((n_features,), name="features")
-    x = inp
+    # Pooled VGG16 features differ in scale by orders of magnitude (more so with random
+    # weights); normalising them lets the dense layers train at one learning rate.
+    x = layers.BatchNormalization(name="feature_norm")(inp)
     for i, units in enumerate(head_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
         x = layers.Dropout(dropout, name=f"dropout_{i}")(x)

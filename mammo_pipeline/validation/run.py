@@ -262,6 +262,7 @@ def _validate_in_pool(run: _Run, files: list[Path], workers: int) -> list[FileRe
     (so duplicate detection and name collisions do not depend on timing)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.auto import tqdm
 
@@ -279,7 +280,13 @@ def _validate_in_pool(run: _Run, files: list[Path], workers: int) -> list[FileRe
         ):
 
             def decide(future: Any = future, path: Path = path) -> FileResult:
-                sha, profile = future.result()
+                try:
+                    sha, profile = future.result()
+                except BrokenProcessPool:
+                    # Worker processes cannot start everywhere (e.g. inside an Airflow task
+                    # whose __main__ cannot be re-imported by "spawn"): profile here instead.
+                    log.warning("worker pool unavailable; validating %s in-process", path.name)
+                    return run.validate_file(path)
                 if profile is None:
                     skipped = run.skipped(path, sha)
                     assert skipped is not None
