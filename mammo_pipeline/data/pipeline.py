@@ -1,8 +1,8 @@
 """The ``tf.data`` input pipeline for training and evaluation.
 
 files -> interleave(TFRecordDataset, per-file compression detected) -> [take max_records]
-      -> parallel parse + decode + resize -> [cache] -> [shuffle] -> batch
-      -> [training-only augmentation, vectorised and seeded] -> prefetch
+      -> [subset] -> [cache raw records] -> [shuffle] -> batch
+      -> parse + decode + resize per batch -> [training-only augmentation, seeded] -> prefetch
 
 ``subset="train"|"validation"`` keeps one side of a deterministic split that hashes each
 record's image bytes (:func:`in_subset`), so a tile never changes side as files arrive.
@@ -59,16 +59,18 @@ def _feature_spec():
     }
 
 
-def parse_and_decode(serialized, image_size: int):
-    """One serialized Example -> (image float32 S x S x 1, label_normal int32, label int32)."""
+def parse_and_decode_batch(serialized, image_size: int):
+    """A batch of serialized Examples -> (images B x S x S x 1 float32, label_normal, label).
+
+    Parsing, decoding and resizing whole batches is several times faster than per record.
+    """
     import tensorflow as tf
 
-    feats = tf.io.parse_single_example(serialized, _feature_spec())
+    feats = tf.io.parse_example(serialized, _feature_spec())
     pixels = tf.io.decode_raw(feats[IMAGE_KEY], tf.uint8)
-    pixels = tf.reshape(pixels, [SOURCE_SIZE, SOURCE_SIZE, CHANNELS])
-    image = prepare_image(pixels, image_size)
+    pixels = tf.reshape(pixels, [-1, SOURCE_SIZE, SOURCE_SIZE, CHANNELS])
     return (
-        image,
+        prepare_image(pixels, image_size),
         tf.cast(feats[LABEL_NORMAL_KEY], tf.int32),
         tf.cast(feats[LABEL_KEY], tf.int32),
     )
@@ -121,7 +123,12 @@ def augment_batch(images, seed):
     return tf.clip_by_value(images, 0.0, 255.0)
 
 
-def _finish(ds, opts: PipelineOptions, cardinality_known: bool = False):
+def _finish(ds, opts: PipelineOptions, decode_batch):
+    """cache -> shuffle -> batch -> decode (vectorised) -> augment -> prefetch.
+
+    The cache holds the compact undecoded elements (89 kB per tile, 4x less than decoded
+    299 px float32), so caching the full public training set stays within memory.
+    """
     import tensorflow as tf
 
     if opts.cache == "memory":
@@ -132,6 +139,7 @@ def _finish(ds, opts: PipelineOptions, cardinality_known: bool = False):
     if opts.training:
         ds = ds.shuffle(opts.shuffle_buffer, seed=opts.seed, reshuffle_each_iteration=True)
     ds = ds.batch(opts.batch_size, drop_remainder=opts.drop_remainder)
+    ds = ds.map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if opts.training and opts.augment:
         seeds = tf.data.Dataset.random(seed=opts.seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
@@ -172,16 +180,11 @@ def _records(files: Sequence[Path | str], opts: PipelineOptions):
 
 def make_dataset(files: Sequence[Path | str], opts: PipelineOptions | None = None):
     """A batched ``tf.data.Dataset`` over tfrecord files in the public schema."""
-    import tensorflow as tf
 
     opts = opts or PipelineOptions()
-    ds = _records(files, opts)
-    ds = ds.map(
-        lambda s: parse_and_decode(s, opts.image_size),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
+    return _finish(
+        _records(files, opts), opts, lambda s: parse_and_decode_batch(s, opts.image_size)
     )
-    return _finish(ds, opts)
 
 
 def read_labels(files: Sequence[Path | str], opts: PipelineOptions | None = None):
@@ -230,9 +233,4 @@ def numpy_dataset(split: NumpySplit, opts: PipelineOptions | None = None):
     )
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n))
-    ds = ds.map(
-        lambda img, ln, lab: (prepare_image(img, opts.image_size), ln, lab),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return _finish(ds, opts)
+    return _finish(ds, opts, lambda img, ln, lab: (prepare_image(img, opts.image_size), ln, lab))
