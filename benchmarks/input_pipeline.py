@@ -64,13 +64,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = [Path(f) for f in generate(tmp, args.n, files=4, progress=False).train_files]
         raw = rate(lambda: tf.data.TFRecordDataset([str(f) for f in files]), args.n)
-        opts = dict(image_size=args.image_size, batch_size=args.batch_size, training=True,
-                    cache="none", shuffle_buffer=256)
+        opts = dict(
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            training=True,
+            cache="none",
+            shuffle_buffer=256,
+        )
         plain = rate(lambda: make_dataset(files, PipelineOptions(**opts, augment=False)), args.n)
         aug = rate(lambda: make_dataset(files, PipelineOptions(**opts, augment=True)), args.n)
     step = vgg_step_rate(args.image_size, args.batch_size)
-    print(f"SYNTHETIC data, {args.n} records, image size {args.image_size}, "
-          f"{os.cpu_count()} CPU(s)")
+    print(
+        f"SYNTHETIC data, {args.n} records, image size {args.image_size}, {os.cpu_count()} CPU(s)"
+    )
     print(f"(a) raw TFRecordDataset:         {raw:10.1f} records/s")
     print(f"(b) pipeline, no augmentation:   {plain:10.1f} images/s")
     print(f"(b') pipeline, augmentation:     {aug:10.1f} images/s")

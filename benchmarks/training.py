@@ -45,8 +45,13 @@ def main() -> None:
     model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
     with tempfile.TemporaryDirectory() as tmp:
         files = [Path(f) for f in generate(tmp, args.n, files=4, progress=False).train_files]
-        opts = PipelineOptions(image_size=args.image_size, batch_size=args.batch_size,
-                               training=True, augment=False, cache="memory")
+        opts = PipelineOptions(
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            training=True,
+            augment=False,
+            cache="memory",
+        )
         ds = make_dataset(files, opts)
         t_pipe = timed_epoch(lambda: model.fit(ds, epochs=1, verbose=0))
         xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
@@ -58,9 +63,12 @@ def main() -> None:
     head = head_of(model)
     head.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
     t_head = timed_epoch(
-        lambda: head.fit(feats, y, batch_size=args.batch_size, epochs=1, verbose=0))
-    print(f"SYNTHETIC data, {args.n} records, image size {args.image_size}, "
-          f"batch {args.batch_size}, {os.cpu_count()} CPU(s), backend {keras.backend.backend()}")
+        lambda: head.fit(feats, y, batch_size=args.batch_size, epochs=1, verbose=0)
+    )
+    print(
+        f"SYNTHETIC data, {args.n} records, image size {args.image_size}, "
+        f"batch {args.batch_size}, {os.cpu_count()} CPU(s), backend {keras.backend.backend()}"
+    )
     print(f"frozen-base epoch, tfrecord pipeline: {t_pipe:8.3f} s ({args.n / t_pipe:.1f} img/s)")
     print(f"frozen-base epoch, in-memory tensors: {t_mem:8.3f} s ({args.n / t_mem:.1f} img/s)")
     print(f"ratio pipeline/in-memory throughput = {t_mem / t_pipe:.3f}   (aim >= 0.95)")

@@ -264,8 +264,10 @@ def run(n: int, test_n: int) -> int:
     )
     served = report(settings)
     if run_info["state"] != "success" or not served:
-        say("The demo did not end with a served model: see the task logs in the Airflow UI "
-            f"or under {settings.airflow_home}/logs.")
+        say(
+            "The demo did not end with a served model: see the task logs in the Airflow UI "
+            f"or under {settings.airflow_home}/logs."
+        )
         return 1
     return 0
 

@@ -46,6 +46,7 @@ from typing import Any
 
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import MammoError
+from mammo_pipeline.processes import descendants
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_TARGET = "serving.service:MammoClassifier"
@@ -148,26 +149,6 @@ def _ours(pid: int) -> bool:
     return any(word in cmd for word in (b"bentoml", b"circusd", b"mammo_pipeline.deploy"))
 
 
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (BentoML's workers run in their own process groups)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _signal_all(pids: list[int], sig: signal.Signals) -> None:
     for target in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -179,14 +160,14 @@ def stop_process(pid: int | None, timeout: float = 20.0) -> None:
     if not pid or not _alive(pid) or not _ours(pid):
         _CHILDREN.pop(pid or -1, None)
         return
-    family = _descendants(pid)
+    family = descendants(pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     _signal_all([pid], signal.SIGTERM)
     end = time.monotonic() + timeout
     while time.monotonic() < end and (_alive(pid) or any(_alive(p) for p in family)):
         time.sleep(0.1)
-    family += [p for p in _descendants(pid) if p not in family] if _alive(pid) else []
+    family += [p for p in descendants(pid) if p not in family] if _alive(pid) else []
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     _signal_all([p for p in [pid, *family] if _alive(p)], signal.SIGKILL)

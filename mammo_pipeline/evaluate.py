@@ -29,15 +29,6 @@ from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.data.schema import LABEL_NAMES
 from mammo_pipeline.errors import ConfigError, MammoError
 
-TEST_METRICS = (
-    "test_precision",
-    "test_recall",
-    "test_f1",
-    "test_accuracy",
-    "test_specificity",
-    "test_roc_auc",
-    "test_pr_auc",
-)
 LABEL_RECALL_METRICS = {k: f"test_recall_label_{k}" for k in LABEL_NAMES if k > 0}
 ARTIFACT_DIR = "evaluation"
 MODEL_URI_TAG = "model_uri"
@@ -163,17 +154,23 @@ def evaluate_model(
     report = {
         "decision_threshold": threshold,
         "metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()},
-        "confusion_matrix": {"tn": int(matrix[0, 0]), "fp": int(matrix[0, 1]),
-                             "fn": int(matrix[1, 0]), "tp": int(matrix[1, 1])},
+        "confusion_matrix": {
+            "tn": int(matrix[0, 0]),
+            "fp": int(matrix[0, 1]),
+            "fn": int(matrix[1, 0]),
+            "tp": int(matrix[1, 1]),
+        },
         "label_names": {f"test_recall_label_{k}": LABEL_NAMES[k] for k in LABEL_RECALL_METRICS},
         "test_manifest_sha256": test_manifest.sha256,
         "synthetic": synthetic,
     }
     artifacts = [
-        plots.confusion_matrix_plot(matrix, out_dir / "confusion_matrix.png",
-                                    threshold=threshold, synthetic=synthetic),
-        plots.roc_pr_plot(y, scores, out_dir / "roc_pr_curves.png", threshold=threshold,
-                          synthetic=synthetic),
+        plots.confusion_matrix_plot(
+            matrix, out_dir / "confusion_matrix.png", threshold=threshold, synthetic=synthetic
+        ),
+        plots.roc_pr_plot(
+            y, scores, out_dir / "roc_pr_curves.png", threshold=threshold, synthetic=synthetic
+        ),
     ]
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(report, indent=2))

@@ -27,7 +27,10 @@ def _suffix(synthetic: bool) -> str:
 
 
 def training_curves(
-    history: Mapping[str, Sequence[float]], out: Path | str, *, synthetic: bool = False,
+    history: Mapping[str, Sequence[float]],
+    out: Path | str,
+    *,
+    synthetic: bool = False,
     phase_boundary: int | None = None,
 ) -> Path:
     """Loss and ROC AUC per epoch, training and validation, one panel each."""
@@ -62,15 +65,27 @@ def confusion_matrix_plot(
     ax.set_ylabel("true")
     top = matrix.max() if matrix.size else 0
     for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(int(v)), ha="center", va="center",
-                color="white" if v > top / 2 else "black", fontsize=13)
-    ax.set_title(f"Test confusion matrix, threshold {threshold:.3f}{_suffix(synthetic)}",
-                 fontsize=9)
+        ax.text(
+            j,
+            i,
+            str(int(v)),
+            ha="center",
+            va="center",
+            color="white" if v > top / 2 else "black",
+            fontsize=13,
+        )
+    ax.set_title(
+        f"Test confusion matrix, threshold {threshold:.3f}{_suffix(synthetic)}", fontsize=9
+    )
     return _save(fig, out)
 
 
 def roc_pr_plot(
-    y_true: np.ndarray, scores: np.ndarray, out: Path | str, *, threshold: float,
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    out: Path | str,
+    *,
+    threshold: float,
     synthetic: bool = False,
 ) -> Path:
     """ROC and precision-recall curves with the operating point at ``threshold`` marked."""
@@ -84,14 +99,19 @@ def roc_pr_plot(
         fpr, tpr, _ = roc_curve(y_true, scores)
         ax1.plot(fpr, tpr, label=f"ROC AUC {auc(fpr, tpr):.3f}")
         ax1.plot([0, 1], [0, 1], ":", color="grey")
-        ax1.plot((pred & neg).sum() / neg.sum(), (pred & pos).sum() / pos.sum(), "ro",
-                 label="threshold")
+        ax1.plot(
+            (pred & neg).sum() / neg.sum(), (pred & pos).sum() / pos.sum(), "ro", label="threshold"
+        )
         precision, recall, _ = precision_recall_curve(y_true, scores)
         ax2.plot(recall, precision, label="PR curve")
         ax2.axhline(pos.mean(), linestyle=":", color="grey", label="prevalence")
         if pred.any():
-            ax2.plot((pred & pos).sum() / pos.sum(), (pred & pos).sum() / pred.sum(), "ro",
-                     label="threshold")
+            ax2.plot(
+                (pred & pos).sum() / pos.sum(),
+                (pred & pos).sum() / pred.sum(),
+                "ro",
+                label="threshold",
+            )
     ax1.set(xlabel="false positive rate", ylabel="true positive rate (recall)", title="ROC")
     ax2.set(xlabel="recall", ylabel="precision", title="Precision-recall")
     for ax in (ax1, ax2):

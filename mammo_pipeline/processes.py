@@ -46,6 +46,27 @@ def is_alive(pid: int) -> bool:
     return True
 
 
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid``, read from /proc (children that started their own
+    process group, such as BentoML's workers, are not reached by killing the group)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def start(
     state_file: Path,
     name: str,

@@ -43,16 +43,43 @@ from mammo_pipeline.model import ModelSpec, resolve_weights, weights_source
 
 #: Settings that ``train_model(overrides=...)`` and Airflow Params may change.
 OVERRIDABLE = {
-    "epochs", "batch_size", "learning_rate", "image_size", "trainable_blocks", "max_records",
-    "fine_tune_epochs", "fine_tune_learning_rate", "weights", "augment", "head_units",
-    "dropout", "early_stopping_patience", "seed", "target_recall", "val_fraction",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "image_size",
+    "trainable_blocks",
+    "max_records",
+    "fine_tune_epochs",
+    "fine_tune_learning_rate",
+    "weights",
+    "augment",
+    "head_units",
+    "dropout",
+    "early_stopping_patience",
+    "seed",
+    "target_recall",
+    "val_fraction",
 }
 #: Settings logged as run parameters.
 PARAM_FIELDS = (
-    "image_size", "weights", "head_units", "dropout", "trainable_blocks", "batch_size",
-    "epochs", "fine_tune_epochs", "learning_rate", "fine_tune_learning_rate",
-    "early_stopping_patience", "val_fraction", "max_records", "augment", "cache",
-    "shuffle_buffer", "seed", "target_recall",
+    "image_size",
+    "weights",
+    "head_units",
+    "dropout",
+    "trainable_blocks",
+    "batch_size",
+    "epochs",
+    "fine_tune_epochs",
+    "learning_rate",
+    "fine_tune_learning_rate",
+    "early_stopping_patience",
+    "val_fraction",
+    "max_records",
+    "augment",
+    "cache",
+    "shuffle_buffer",
+    "seed",
+    "target_recall",
 )
 
 
@@ -156,10 +183,17 @@ class TrainData:
     def opts(self, subset: str, training: bool, **kw: Any) -> PipelineOptions:
         s = self.settings
         return PipelineOptions(
-            image_size=s.image_size, batch_size=s.batch_size, training=training,
-            augment=s.augment, cache="memory" if s.cache != "none" else "none",
-            shuffle_buffer=s.shuffle_buffer, seed=s.seed, max_records=s.max_records,
-            subset=subset, val_fraction=s.val_fraction, **kw,  # type: ignore[arg-type]
+            image_size=s.image_size,
+            batch_size=s.batch_size,
+            training=training,
+            augment=s.augment,
+            cache="memory" if s.cache != "none" else "none",
+            shuffle_buffer=s.shuffle_buffer,
+            seed=s.seed,
+            max_records=s.max_records,
+            subset=subset,
+            val_fraction=s.val_fraction,
+            **kw,  # type: ignore[arg-type]
         )
 
     def dataset(self, subset: str, training: bool, **kw: Any):
@@ -172,15 +206,25 @@ def prepare_data(settings: Settings, files: Sequence[Path]) -> TrainData:
     train_labels = read_labels(files, base.opts("train", False))
     val_labels = read_labels(files, base.opts("validation", False))
     if val_labels.size == 0 or (val_labels > 0).sum() == 0:
-        raise DataError(None, f"validation split ({val_labels.size} records) has no positive "
-                              "example; use more records or a larger val_fraction")
+        raise DataError(
+            None,
+            f"validation split ({val_labels.size} records) has no positive "
+            "example; use more records or a larger val_fraction",
+        )
     values, counts = np.unique(train_labels, return_counts=True)
     label_counts = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
-    return TrainData(list(files), settings, int(train_labels.size), int(val_labels.size),
-                     label_counts, (val_labels > 0).astype(np.int32))
+    return TrainData(
+        list(files),
+        settings,
+        int(train_labels.size),
+        int(val_labels.size),
+        label_counts,
+        (val_labels > 0).astype(np.int32),
+    )
 
 
 # --- fitting -----------------------------------------------------------------------------
+
 
 class _EpochLogger:
     """Keras callback factory logging each epoch's metrics (and learning rate) to MLflow."""
@@ -225,8 +269,13 @@ def _callbacks(optimizer, checkpoint: Path, patience: int, best: float | None):
     return [
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience),
         keras.callbacks.ModelCheckpoint(
-            str(checkpoint), monitor="val_auc", mode="max", save_best_only=True,
-            save_weights_only=True, initial_value_threshold=best, verbose=0,
+            str(checkpoint),
+            monitor="val_auc",
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best,
+            verbose=0,
         ),
         _EpochLogger.make(optimizer),
     ]
@@ -253,8 +302,10 @@ def fit_head_on_features(model, data: TrainData, tmp: Path, history: dict) -> np
 
     s = data.settings
     extractor = feature_extractor(model)
-    print(f"Caching VGG16 features of {data.n_train} training and {data.n_val} "
-          "validation records (base frozen, no augmentation)")
+    print(
+        f"Caching VGG16 features of {data.n_train} training and {data.n_val} "
+        "validation records (base frozen, no augmentation)"
+    )
     x_train = extract_features(extractor, data.dataset("train", False))
     y_train = (read_labels(data.files, data.opts("train", False)) > 0).astype(np.float32)
     x_val = extract_features(extractor, data.dataset("validation", False))
@@ -264,9 +315,15 @@ def fit_head_on_features(model, data: TrainData, tmp: Path, history: dict) -> np
     optimizer = _compile(head, s.learning_rate, steps)
     ckpt = tmp / "head_best.weights.h5"
     result = head.fit(
-        x_train, y_train, batch_size=s.batch_size, epochs=s.epochs, shuffle=True,
-        validation_data=(x_val, y_val), class_weight=class_weights(data.label_counts),
-        callbacks=_callbacks(optimizer, ckpt, s.early_stopping_patience, None), verbose=2,
+        x_train,
+        y_train,
+        batch_size=s.batch_size,
+        epochs=s.epochs,
+        shuffle=True,
+        validation_data=(x_val, y_val),
+        class_weight=class_weights(data.label_counts),
+        callbacks=_callbacks(optimizer, ckpt, s.early_stopping_patience, None),
+        verbose=2,
     )
     _merge(history, result.history)
     if ckpt.is_file():
@@ -287,8 +344,11 @@ def fit_full(model, data: TrainData, tmp: Path, history: dict, *, phase: int) ->
     ckpt = tmp / f"phase{phase}_best.weights.h5"
     done = len(history.get("loss", []))
     result = model.fit(
-        data.dataset("train", True), validation_data=data.dataset("validation", False),
-        initial_epoch=done, epochs=done + epochs, class_weight=class_weights(data.label_counts),
+        data.dataset("train", True),
+        validation_data=data.dataset("validation", False),
+        initial_epoch=done,
+        epochs=done + epochs,
+        class_weight=class_weights(data.label_counts),
         callbacks=_callbacks(optimizer, ckpt, s.early_stopping_patience, _best(history)),
         verbose=2,
     )
@@ -318,8 +378,10 @@ def fit(model, data: TrainData, tmp: Path) -> tuple[dict, np.ndarray, bool, int]
         phase1 = tmp / "phase1.weights.h5"
         model.save_weights(str(phase1))
         set_trainable_blocks(model, s.trainable_blocks)
-        print(f"Fine-tuning the top {s.trainable_blocks} VGG16 block(s) "
-              f"at learning rate {s.fine_tune_learning_rate}")
+        print(
+            f"Fine-tuning the top {s.trainable_blocks} VGG16 block(s) "
+            f"at learning rate {s.fine_tune_learning_rate}"
+        )
         if fit_full(model, data, tmp, history, phase=2):
             val_scores = None
         else:  # phase 2 never beat phase 1
@@ -332,8 +394,10 @@ def fit(model, data: TrainData, tmp: Path) -> tuple[dict, np.ndarray, bool, int]
 
 # --- MLflow ------------------------------------------------------------------------------
 
-def resolve_files(settings: Settings, files: Sequence[Path | str] | None,
-                  manifest: DataManifest | None) -> list[Path]:
+
+def resolve_files(
+    settings: Settings, files: Sequence[Path | str] | None, manifest: DataManifest | None
+) -> list[Path]:
     from mammo_pipeline.data.tfrecord_io import list_tfrecords
 
     if files:
@@ -349,9 +413,13 @@ def resolve_files(settings: Settings, files: Sequence[Path | str] | None,
 def _params(s: Settings, data: TrainData, mixed: bool, cached: bool) -> dict[str, Any]:
     params: dict[str, Any] = {f: getattr(s, f) for f in PARAM_FIELDS}
     params.update(
-        n_train=data.n_train, n_val=data.n_val, mixed_precision=mixed, feature_cache=cached,
+        n_train=data.n_train,
+        n_val=data.n_val,
+        mixed_precision=mixed,
+        feature_cache=cached,
         class_weight=json.dumps(class_weights(data.label_counts)),
-        train_label_counts=json.dumps(data.label_counts), optimizer="adam+cosine_decay",
+        train_label_counts=json.dumps(data.label_counts),
+        optimizer="adam+cosine_decay",
         keras_backend=_backend(),
     )
     return params
@@ -405,9 +473,11 @@ def log_dataset(manifest: DataManifest, out: Path) -> None:
         name=f"mammo-train-{manifest.total_records}",
         digest=manifest.sha256[:32],
     )
-    mlflow.log_input(dataset, context="training",
-                     tags={"manifest_sha256": manifest.sha256,
-                           "synthetic": str(manifest.synthetic).lower()})
+    mlflow.log_input(
+        dataset,
+        context="training",
+        tags={"manifest_sha256": manifest.sha256, "synthetic": str(manifest.synthetic).lower()},
+    )
 
 
 @contextmanager
@@ -444,7 +514,10 @@ def log_keras_model(model, threshold: float, image_size: int, tags: dict[str, st
         requirements.append(f"tensorflow=={tf.__version__}")
     with _example_dir_fix():
         return mlflow.keras.log_model(
-            model, name="model", signature=signature, input_example=example,
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
             pip_requirements=requirements,
             metadata={"decision_threshold": float(threshold), "image_size": int(image_size)},
             tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")},
@@ -488,8 +561,10 @@ def train_model(
     spec = ModelSpec(s.image_size, s.weights, tuple(s.head_units), s.dropout)  # type: ignore[arg-type]
     model = build_model(spec)
     tags = _tags(s, manifest, airflow_run_id)
-    with mlflow.start_run(experiment_id=experiment_id) as run, \
-            tempfile.TemporaryDirectory(prefix="mammo-train-") as tmp_name:
+    with (
+        mlflow.start_run(experiment_id=experiment_id) as run,
+        tempfile.TemporaryDirectory(prefix="mammo-train-") as tmp_name,
+    ):
         tmp = Path(tmp_name)
         run_id = run.info.run_id
         mlflow.set_tags(tags)
@@ -498,31 +573,48 @@ def train_model(
         mlflow.log_params(_params(s, data, mixed, cached))
         threshold = choose_threshold(data.val_labels, val_scores, s.target_recall)
         val = binary_metrics(data.val_labels, val_scores, threshold, prefix="val_")
-        val_metrics = {"val_roc_auc": val["val_roc_auc"], "val_pr_auc": val["val_pr_auc"],
-                       "val_recall_at_threshold": val["val_recall"],
-                       "val_precision_at_threshold": val["val_precision"],
-                       "decision_threshold": threshold}
+        val_metrics = {
+            "val_roc_auc": val["val_roc_auc"],
+            "val_pr_auc": val["val_pr_auc"],
+            "val_recall_at_threshold": val["val_recall"],
+            "val_precision_at_threshold": val["val_precision"],
+            "decision_threshold": threshold,
+        }
         mlflow.log_metrics(val_metrics)
         curves = plots.training_curves(
-            history, tmp / "training_curves.png", synthetic=manifest.synthetic,
+            history,
+            tmp / "training_curves.png",
+            synthetic=manifest.synthetic,
             phase_boundary=phase1 if phase1 < len(history.get("loss", [])) else None,
         )
         mlflow.log_artifact(str(curves))
         info = log_keras_model(model, threshold, s.image_size, tags)
-        mlflow.set_tags({"model_uri": info.model_uri, "model_id": info.model_id or "",
-                         "feature_cache": str(cached).lower()})
+        mlflow.set_tags(
+            {
+                "model_uri": info.model_uri,
+                "model_id": info.model_id or "",
+                "feature_cache": str(cached).lower(),
+            }
+        )
         mlflow.log_metrics(val_metrics, model_id=info.model_id)
         evaluation = None
         if evaluate:
-            evaluation = evaluate_model(model, s, threshold, tmp / "evaluation",
-                                        synthetic=manifest.synthetic)
+            evaluation = evaluate_model(
+                model, s, threshold, tmp / "evaluation", synthetic=manifest.synthetic
+            )
             log_evaluation(run_id, evaluation, info.model_id)
     return TrainResult(
-        run_id=run_id, experiment_id=experiment_id, model_uri=info.model_uri,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_uri=info.model_uri,
         decision_threshold=threshold,
         metrics={**val_metrics, **(evaluation.metrics if evaluation else {})},
         data_manifest_sha256=manifest.sha256,
         test_manifest_sha256=evaluation.test_manifest_sha256 if evaluation else "",
-        weights_source=weights_source(s.weights), synthetic=manifest.synthetic,
-        n_train=data.n_train, n_val=data.n_val, feature_cache=cached, history=history,
+        weights_source=weights_source(s.weights),
+        synthetic=manifest.synthetic,
+        n_train=data.n_train,
+        n_val=data.n_val,
+        feature_cache=cached,
+        history=history,
     )

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mammo_pipeline.processes import descendants
+
 BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -117,24 +119,6 @@ def _with_db(dsn: str, database: str, scheme: str | None = None) -> str:
     return urllib.parse.urlunsplit(
         (scheme or parts.scheme, parts.netloc, f"/{database}", parts.query, "")
     )
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def live_in_groups(pgids: set[int]) -> list[int]:
@@ -418,7 +402,7 @@ class DistributedStack:
         family: dict[str, list[int]] = {}
         for c in reversed(self.components):
             if c.proc.poll() is None:
-                family[c.name] = _descendants(c.proc.pid)
+                family[c.name] = descendants(c.proc.pid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(c.proc.pid, signal.SIGTERM)
                 stopped.append(c.name)

@@ -16,7 +16,8 @@ import pytest
 
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import ConfigError
-from mammo_pipeline.evaluate import LABEL_RECALL_METRICS, TEST_METRICS, choose_threshold
+from mammo_pipeline.evaluate import LABEL_RECALL_METRICS, choose_threshold
+from mammo_pipeline.gate import TEST_METRICS
 
 ARTIFACTS = {
     "training_curves.png",
@@ -31,8 +32,15 @@ def _settings(store: Path, test_dir: Path, **kw) -> Settings:
     base = dict(
         mlflow_tracking_uri=f"sqlite:///{store}/mlflow.db",
         mlflow_artifact_location=str(store / "art"),
-        weights="none", image_size=32, epochs=2, batch_size=32, augment=False,
-        head_units=(32, 16), val_fraction=0.25, test_dir=test_dir, target_recall=0.85,
+        weights="none",
+        image_size=32,
+        epochs=2,
+        batch_size=32,
+        augment=False,
+        head_units=(32, 16),
+        val_fraction=0.25,
+        test_dir=test_dir,
+        target_recall=0.85,
     )
     return Settings(**{**base, **kw})
 
@@ -134,9 +142,18 @@ def test_logged_model_loads_in_fresh_process(trained, tmp_path):
         "np.save(sys.argv[4], np.asarray(m.predict(np.load(sys.argv[3]), verbose=0)))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, settings.mlflow_tracking_uri, result.model_uri,
-         str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-c",
+            code,
+            settings.mlflow_tracking_uri,
+            result.model_uri,
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(None, 32, 32, 1) (None, 1)" in out.stdout
@@ -166,13 +183,20 @@ def test_augmented_fine_tuning_path(synthetic_dir, tmp_path):
 
     from mammo_pipeline.train import train_model
 
-    settings = _settings(tmp_path, synthetic_dir, augment=True, epochs=1, fine_tune_epochs=1,
-                         trainable_blocks=1)
+    settings = _settings(
+        tmp_path, synthetic_dir, augment=True, epochs=1, fine_tune_epochs=1, trainable_blocks=1
+    )
     result = train_model(settings, files=_files(synthetic_dir), overrides={"batch_size": 40})
     assert not result.feature_cache and len(result.history["loss"]) == 2
     model = mlflow.keras.load_model(result.model_uri)
     assert [layer.name for layer in model.layers] == [
-        "image", "to_rgb", "vgg_preprocess", "vgg16", "pool", "head"]
+        "image",
+        "to_rgb",
+        "vgg_preprocess",
+        "vgg16",
+        "pool",
+        "head",
+    ]
     assert _run(settings, result.run_id).data.params["batch_size"] == "40"
 
 
@@ -196,8 +220,9 @@ def test_overrides_and_missing_weights(synthetic_dir, tmp_path):
     with pytest.raises(ConfigError, match="invalid"):
         apply_overrides(settings, {"epochs": 0})
     with pytest.raises(ConfigError, match="does not exist"):
-        train_model(settings, files=_files(synthetic_dir),
-                    overrides={"weights": str(tmp_path / "vgg16.h5")})
+        train_model(
+            settings, files=_files(synthetic_dir), overrides={"weights": str(tmp_path / "vgg16.h5")}
+        )
 
 
 def test_content_split_is_deterministic_and_disjoint(synthetic_dir):
@@ -233,12 +258,27 @@ def test_model_learns_synthetic_task(tmp_path):
     env = {
         "MAMMO_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
         "MAMMO_MLFLOW_ARTIFACT_LOCATION": str(tmp_path / "art"),
-        "MAMMO_TEST_DIR": str(data), "MAMMO_WEIGHTS": weights, "MAMMO_AUGMENT": "false",
-        "MAMMO_EARLY_STOPPING_PATIENCE": "5", "MAMMO_VAL_FRACTION": "0.2",
+        "MAMMO_TEST_DIR": str(data),
+        "MAMMO_WEIGHTS": weights,
+        "MAMMO_AUGMENT": "false",
+        "MAMMO_EARLY_STOPPING_PATIENCE": "5",
+        "MAMMO_VAL_FRACTION": "0.2",
     }
     get_settings.cache_clear()
-    out = CliRunner(env=env).invoke(app, ["train", "--data", str(data), "--image-size", "64",
-                                          "--epochs", "25", "--batch-size", "32"])
+    out = CliRunner(env=env).invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--image-size",
+            "64",
+            "--epochs",
+            "25",
+            "--batch-size",
+            "32",
+        ],
+    )
     assert out.exit_code == 0, out.output[-3000:]
     assert "MLflow run id:" in out.output and "SYNTHETIC" in out.output
     auc = float(out.output.split("test_roc_auc")[1].split()[0])

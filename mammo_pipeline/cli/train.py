@@ -11,9 +11,17 @@ from mammo_pipeline.errors import MammoError
 
 #: Rows of the printed test-metric table, in this order.
 TABLE_METRICS = (
-    "test_roc_auc", "test_pr_auc", "test_recall", "test_precision", "test_specificity",
-    "test_f1", "test_accuracy", "test_recall_label_1", "test_recall_label_2",
-    "test_recall_label_3", "test_recall_label_4",
+    "test_roc_auc",
+    "test_pr_auc",
+    "test_recall",
+    "test_precision",
+    "test_specificity",
+    "test_f1",
+    "test_accuracy",
+    "test_recall_label_1",
+    "test_recall_label_2",
+    "test_recall_label_3",
+    "test_recall_label_4",
 )
 
 
@@ -68,18 +76,23 @@ def register(app: typer.Typer) -> None:
             if not files:
                 raise MammoError(f"no tfrecord files in {', '.join(map(str, data))}")
         overrides = dict(
-            epochs=epochs, fine_tune_epochs=fine_tune_epochs, batch_size=batch_size,
-            learning_rate=learning_rate, image_size=image_size,
-            trainable_blocks=trainable_blocks, max_records=max_records, weights=weights,
+            epochs=epochs,
+            fine_tune_epochs=fine_tune_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            image_size=image_size,
+            trainable_blocks=trainable_blocks,
+            max_records=max_records,
+            weights=weights,
             augment=augment,
         )
-        result = train_model(get_settings(), files=files, overrides=overrides,
-                             airflow_run_id=airflow_run_id)
+        result = train_model(
+            get_settings(), files=files, overrides=overrides, airflow_run_id=airflow_run_id
+        )
         if result.synthetic:
             typer.secho("Trained on SYNTHETIC data.", fg=typer.colors.YELLOW)
         if result.weights_source == "none":
-            typer.secho("Weights were randomly initialised (weights=none).",
-                        fg=typer.colors.YELLOW)
+            typer.secho("Weights were randomly initialised (weights=none).", fg=typer.colors.YELLOW)
         typer.echo(f"MLflow run id: {result.run_id}")
         typer.echo(f"model: {result.model_uri}")
         typer.echo(f"test metrics ({int(result.metrics.get('test_n', 0))} tiles):")

@@ -101,8 +101,7 @@ def _record_count(path: Path) -> int:
 def is_synthetic(paths: Iterable[Path]) -> bool:
     """True when a file name says 'synthetic' or its folder has the generator's marker."""
     return any(
-        "synthetic" in p.name.lower() or (p.parent / SYNTHETIC_MARKER_FILE).is_file()
-        for p in paths
+        "synthetic" in p.name.lower() or (p.parent / SYNTHETIC_MARKER_FILE).is_file() for p in paths
     )
 
 
@@ -116,8 +115,9 @@ def build_manifest(files: Iterable[Path | str]) -> DataManifest:
         if not p.is_file():
             raise DataError(p, "no such file")
         digest = file_sha256(p)
-        entries.append(ManifestFile(p.name, str(p), digest.sha256, digest.size_bytes,
-                                    _record_count(p)))
+        entries.append(
+            ManifestFile(p.name, str(p), digest.sha256, digest.size_bytes, _record_count(p))
+        )
     return DataManifest(tuple(entries), synthetic=is_synthetic(paths))
 
 
