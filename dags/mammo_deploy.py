@@ -8,6 +8,8 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from mammo_pipeline.dag_support import SERVING_QUEUE
+
 
 @dag(
     dag_id="mammo_deploy",
@@ -45,7 +47,7 @@ action is recorded as tags on the model version (who, when, why).
 """,
 )
 def mammo_deploy():
-    @task
+    @task(queue=SERVING_QUEUE)
     def redeploy(params: dict | None = None) -> dict:
         from mammo_pipeline.orchestration import manual_deploy
 

@@ -25,6 +25,7 @@ from mammo_pipeline.dag_support import (
     GPU_QUEUE,
     RETRAIN_CRON,
     RETRAIN_PARAM_SCHEMAS,
+    SERVING_QUEUE,
     VALIDATED_DATA_ASSET,
 )
 
@@ -55,7 +56,8 @@ data, or on a manual trigger. Trigger parameters left empty use the configured d
    version. A failed gate ends the run green: the version becomes `challenger` and
    `report_gate_failure` says why.
 6. `await_approval` (only when `require_approval`): a human approves in the Airflow UI.
-7. `promote`: alias `champion` (the former one becomes `previous`), then `deploy`.
+7. `promote`: alias `champion` (the former one becomes `previous`), then `deploy` (queue
+   `serving`: it runs on the host of the prediction service).
 """,
 )
 def mammo_retrain():
@@ -118,7 +120,7 @@ def mammo_retrain():
 
         return promote_candidate(decision)
 
-    @task
+    @task(queue=SERVING_QUEUE)
     def deploy(promoted: dict) -> dict:
         from mammo_pipeline.orchestration import deploy_champion
 

@@ -10,6 +10,8 @@ from typing import Any
 
 VALIDATED_DATA_ASSET = "mammo_validated_data"
 GPU_QUEUE = "gpu"
+#: Deploy tasks run where the service lives (the compose `bentoml` host: `mammo serving-node`).
+SERVING_QUEUE = "serving"
 GPU_POOL = "mammo_gpu"
 GPU_POOL_SLOTS = 1
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC

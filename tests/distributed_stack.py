@@ -13,7 +13,7 @@ The same roles as ``docker-compose.yml``, as plain processes on this machine:
 - ``mlflow server`` on the PostgreSQL database with a proxied artifact store under the
   stack's root;
 - ``airflow api-server``, ``scheduler``, ``dag-processor`` and ``celery worker --queues
-  default,gpu --concurrency 1`` with ``CeleryExecutor``; the REST API uses the
+  default,gpu,serving --concurrency 1`` with ``CeleryExecutor``; the REST API uses the
   SimpleAuthManager with a user and password (``POST /auth/token``), as in the compose file.
 
 Every process runs in its own process group and logs to ``<root>/logs/<name>.log``;
@@ -356,7 +356,7 @@ class DistributedStack:
         self.start("airflow-dag-processor", [airflow, "dag-processor"])
         self.start(
             "airflow-worker",
-            [airflow, "celery", "worker", "--queues", "default,gpu", "--concurrency", "1",
+            [airflow, "celery", "worker", "--queues", "default,gpu,serving", "--concurrency", "1",
              "--celery-hostname", f"mammo-worker-{self.tag}@%h"],
         )  # fmt: skip
 

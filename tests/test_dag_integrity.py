@@ -72,6 +72,8 @@ def test_retrain_graph_queues_and_params(parsed):
     assert tasks["train"]["queue"] == "gpu" and tasks["train"]["pool"] == "mammo_gpu"
     assert tasks["train"]["retries"] >= 1
     assert all(t["queue"] != "gpu" for name, t in tasks.items() if name != "train")
+    assert tasks["deploy"]["queue"] == "serving"  # runs where the service lives
+    assert parsed["dags"]["mammo_deploy"]["tasks"]["redeploy"]["queue"] == "serving"
     chain = ["snapshot", "train", "evaluate", "register", "gate", "route"]
     for a, b in zip(chain, chain[1:], strict=False):
         assert b in tasks[a]["downstream"], (a, b)

@@ -1,4 +1,4 @@
-"""`mammo deploy`, `mammo serve`, `mammo predict`, `mammo stop`: the serve stage's commands."""
+"""`mammo deploy`, `serve`, `serving-node`, `predict`, `stop`: the serve stage's commands."""
 
 from __future__ import annotations
 
@@ -35,6 +35,27 @@ def register(app: typer.Typer) -> None:
             rolled = result.alias_rolled_back_to
             extra = f"; alias 'champion' rolled back to {rolled}" if rolled else ""
             raise MammoError(f"deploy failed: {result.message}{extra}")
+
+    @app.command("serving-node")
+    def serving_node(
+        queues: str = typer.Option("serving", help="Celery queue(s) of the deploy tasks"),
+        concurrency: int = typer.Option(1, min=1, help="Celery worker concurrency"),
+    ) -> None:
+        """Run a serving host of the distributed stack: deploy the current champion (if there
+        is one) behind the live port, then become an Airflow Celery worker on the `serving`
+        queue, so that the DAGs' deploy tasks run here, where the service lives."""
+        import os
+
+        from mammo_pipeline.deploy import deploy_version
+
+        try:
+            result = deploy_version(get_settings())
+            typer.echo(result.message)
+        except MammoError as exc:  # no champion yet: the first retrain's deploy starts it
+            typer.echo(f"nothing deployed at start: {exc}")
+        argv = ["airflow", "celery", "worker", "--queues", queues,
+                "--concurrency", str(concurrency), "--celery-hostname", "serving@%h"]
+        os.execvp(argv[0], argv)
 
     @app.command("serve")
     def serve(
