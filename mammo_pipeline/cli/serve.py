@@ -53,8 +53,17 @@ def register(app: typer.Typer) -> None:
             typer.echo(result.message)
         except MammoError as exc:  # no champion yet: the first retrain's deploy starts it
             typer.echo(f"nothing deployed at start: {exc}")
-        argv = ["airflow", "celery", "worker", "--queues", queues,
-                "--concurrency", str(concurrency), "--celery-hostname", "serving@%h"]
+        argv = [
+            "airflow",
+            "celery",
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--celery-hostname",
+            "serving@%h",
+        ]
         os.execvp(argv[0], argv)
 
     @app.command("serve")
