@@ -46,7 +46,7 @@ from typing import Any
 
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import MammoError
-from mammo_pipeline.processes import descendants
+from mammo_pipeline.processes import descendants, is_alive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_TARGET = "serving.service:MammoClassifier"
@@ -128,16 +128,7 @@ def _alive(pid: int | None) -> bool:
     child = _CHILDREN.get(pid)
     if child is not None:
         return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie of ours counts as dead
-        return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
+    return is_alive(pid)
 
 
 def _ours(pid: int) -> bool:

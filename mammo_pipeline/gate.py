@@ -37,6 +37,15 @@ TEST_METRICS: tuple[str, ...] = (
     "test_roc_auc",
     "test_pr_auc",
 )
+#: Provenance tags of a training run, copied onto its model version and shown to reviewers.
+RUN_TAGS_COPIED: tuple[str, ...] = (
+    "data_manifest_sha256",
+    "test_manifest_sha256",
+    "git_commit",
+    "airflow_run_id",
+    "weights_source",
+    "synthetic",
+)
 #: Metrics on which a candidate must not be worse than the champion (beyond the tolerance).
 REGRESSION_METRICS: tuple[str, ...] = ("test_precision", "test_recall", "test_roc_auc")
 #: Metrics that must lie in [0, 1]: a value outside is a broken run, never a pass.

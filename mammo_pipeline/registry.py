@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.gate import (
+    RUN_TAGS_COPIED,
     TEST_METRICS,
     ChampionInfo,
     GateDecision,
@@ -54,15 +55,6 @@ PREVIOUS = "previous"
 CHALLENGER = "challenger"
 #: Artifact name under which the training run logs its model (``log_model(name="model")``).
 MODEL_NAME_IN_RUN = "model"
-#: Run tags copied onto the version.
-RUN_TAGS_COPIED: tuple[str, ...] = (
-    "data_manifest_sha256",
-    "test_manifest_sha256",
-    "git_commit",
-    "airflow_run_id",
-    "weights_source",
-    "synthetic",
-)
 #: Plots of a training run embedded in the review report.
 PLOT_ARTIFACTS: tuple[str, ...] = (
     "confusion_matrix.png",

@@ -19,6 +19,7 @@ from mammo_pipeline.gate import (
     CHECK_MIN_PRECISION,
     CHECK_MIN_RECALL,
     REGRESSION_METRICS,
+    RUN_TAGS_COPIED,
     TEST_METRICS,
     Check,
     GateDecision,
@@ -223,17 +224,7 @@ def render_html(ctx: ReviewContext) -> str:
             )
         out.append("</table>")
     # Provenance.
-    prov = [
-        (k, ctx.tags.get(k))
-        for k in (
-            "data_manifest_sha256",
-            "test_manifest_sha256",
-            "git_commit",
-            "airflow_run_id",
-            "weights_source",
-            "synthetic",
-        )
-    ]
+    prov = [(k, ctx.tags.get(k)) for k in RUN_TAGS_COPIED]
     out.append("<h2>Provenance</h2><table>")
     out.extend(f"<tr><th>{_e(k)}</th><td><code>{_e(v or '-')}</code></td></tr>" for k, v in prov)
     out.append("</table>")
