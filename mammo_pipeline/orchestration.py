@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mammo_pipeline.config import Settings, get_settings
-from mammo_pipeline.dag_support import params_to_overrides
+from mammo_pipeline.dag_support import RETRAIN_PARAM_SCHEMAS, params_to_overrides
 
 
 def _skip(reason: str) -> None:
@@ -22,9 +22,11 @@ def _skip(reason: str) -> None:
 def _settings(params: dict[str, Any] | None = None) -> Settings:
     """The configured settings, with the trigger's non-empty parameters applied (every
     trigger parameter is a settings field; the Params' JSON Schema already checked them)."""
-    overrides = params_to_overrides(params)
-    base = get_settings()
-    return Settings(**{**base.model_dump(), **overrides}) if overrides else base
+    from mammo_pipeline.train import apply_overrides
+
+    return apply_overrides(
+        get_settings(), params_to_overrides(params), allowed=RETRAIN_PARAM_SCHEMAS
+    )
 
 
 def _training_overrides(params: dict[str, Any] | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,12 +114,17 @@ class TrainResult:
         return clean(asdict(self))
 
 
-def apply_overrides(settings: Settings, overrides: dict[str, Any] | None) -> Settings:
-    """A new validated Settings with ``overrides`` (None values ignored) applied."""
+def apply_overrides(
+    settings: Settings,
+    overrides: dict[str, Any] | None,
+    allowed: Iterable[str] = OVERRIDABLE,
+) -> Settings:
+    """A new validated Settings with ``overrides`` (None values ignored) applied; names
+    outside ``allowed`` (by default the training settings) are refused."""
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = set(values) - OVERRIDABLE
+    unknown = set(values) - set(allowed)
     if unknown:
-        raise ConfigError(f"unknown training override(s): {sorted(unknown)}")
+        raise ConfigError(f"unknown override(s): {sorted(unknown)}")
     if not values:
         return settings
     from pydantic import ValidationError
@@ -127,7 +132,7 @@ def apply_overrides(settings: Settings, overrides: dict[str, Any] | None) -> Set
     try:
         return Settings(**{**settings.model_dump(), **values})
     except ValidationError as exc:
-        raise ConfigError(f"invalid training override: {exc}") from exc
+        raise ConfigError(f"invalid override: {exc}") from exc
 
 
 def gpu_available() -> bool:

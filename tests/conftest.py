@@ -25,6 +25,21 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     get_settings.cache_clear()
 
 
+#: MAMMO_* values for DAG runs on tiny SYNTHETIC data: 32 px, random weights, 2 epochs, a gate
+#: that always passes, BentoML side ports chosen free (shared by the end-to-end tests).
+TINY_RUN_SETTINGS: dict[str, str] = {
+    "image_size": "32",
+    "weights": "none",
+    "epochs": "2",
+    "batch_size": "32",
+    "augment": "false",
+    "head_units": "[32, 16]",
+    "min_precision": "0.0",
+    "min_recall": "0.0",
+    "serve_side_port": "0",
+}
+
+
 def make_tiles(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` random 299x299 uint8 tiles with labels cycling through 0..4."""
     rng = np.random.default_rng(seed)

@@ -18,6 +18,7 @@ import pytest
 
 from mammo_pipeline.airflow_env import airflow_env
 from mammo_pipeline.config import Settings
+from tests.conftest import TINY_RUN_SETTINGS
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -37,14 +38,7 @@ class Env:
             "mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
             "mlflow_artifact_location": str(root / "mlartifacts"),
             "airflow_home": str(root / "airflow"),
-            "image_size": "32",
-            "weights": "none",
-            "epochs": "2",
-            "batch_size": "32",
-            "augment": "false",
-            "head_units": "[32, 16]",
-            "min_precision": "0.0",
-            "min_recall": "0.0",
+            **TINY_RUN_SETTINGS,
             "serve_port": str(_free_port()),
         }
         os.environ.update({f"MAMMO_{k.upper()}": v for k, v in self.values.items()})

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_RUN_SETTINGS
 from tests.distributed_stack import (
     BIN,
     DistributedStack,
@@ -69,16 +70,8 @@ def stack(tmp_path_factory):
             {
                 "data_dir": str(root / "data"),
                 "airflow_home": str(root / "airflow"),
-                "image_size": "32",
-                "weights": "none",
-                "epochs": "2",
-                "batch_size": "32",
-                "augment": "false",
-                "head_units": "[32, 16]",
-                "min_precision": "0.0",
-                "min_recall": "0.0",
+                **TINY_RUN_SETTINGS,
                 "serve_port": str(free_port()),
-                "serve_side_port": "0",
                 "validation_workers": "1",
             }
         )

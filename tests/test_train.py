@@ -217,6 +217,9 @@ def test_overrides_and_missing_weights(synthetic_dir, tmp_path):
     assert apply_overrides(settings, {"epochs": 5, "max_records": None}).epochs == 5
     with pytest.raises(ConfigError, match="unknown"):
         apply_overrides(settings, {"colour": "red"})
+    with pytest.raises(ConfigError, match="unknown"):  # gate settings are not training's
+        apply_overrides(settings, {"min_recall": 0.5})
+    assert apply_overrides(settings, {"min_recall": 0.5}, allowed={"min_recall"}).min_recall == 0.5
     with pytest.raises(ConfigError, match="invalid"):
         apply_overrides(settings, {"epochs": 0})
     with pytest.raises(ConfigError, match="does not exist"):
