@@ -48,7 +48,7 @@ def _count_above(sorted_desc: np.ndarray, values: np.ndarray, *, inclusive: bool
 
 @dataclass(frozen=True)
 class BatchMetrics:
-    """Metrics of one scorer under ``B`` rows of count weights (arrays of shape ``(B,)``)."""
+    """Metrics of one scorer under ``B`` columns of count weights (arrays of shape ``(B,)``)."""
 
     roc_auc: np.ndarray
     average_precision: np.ndarray
@@ -129,19 +129,17 @@ class RankIndex:
         budget ``max_fp`` ``(B,)``: the lowest threshold whose weighted false positives
         stay ``<= max_fp``, i.e. whose specificity is at least ``1 - max_fp / negatives``,
         calls positive exactly the tiles scoring above the first negative (in descending
-        order) at which the cumulative negative weight exceeds the budget. Rows without
-        positives (or, for ROC AUC, negatives) give NaN.
+        order) at which the cumulative negative weight exceeds the budget. Resamples
+        without positives (or, for ROC AUC, negatives) give NaN.
         """
         cum_pos, cum_neg = self.cumulative(pos_counts, neg_counts)
         n_pos = cum_pos[-1]
         n_neg = cum_neg[-1]
-        above = np.take(
-            cum_neg, self.neg_above, axis=0
-        )  # weighted negatives scoring above each positive
+        # per positive: weighted negatives scoring above it / at or above it, and the
+        # true positives of the threshold equal to its score
+        above = np.take(cum_neg, self.neg_above, axis=0)
         at_or_above = np.take(cum_neg, self.neg_at_or_above, axis=0)
-        tp = np.take(
-            cum_pos, self.pos_at_or_above, axis=0
-        )  # true positives at the positive's own score
+        tp = np.take(cum_pos, self.pos_at_or_above, axis=0)
         beaten = above
         beaten += at_or_above
         beaten *= -0.5
