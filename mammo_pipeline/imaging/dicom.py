@@ -206,7 +206,10 @@ def read_dicom(data: bytes | Path | str, *, name: str | None = None) -> MedicalI
                 f"{label}: invalid Modality/VOI LUT or window ({type(exc).__name__}: "
                 f"{_redact(str(exc), ds)})"
             ) from exc
-        pixels = np.asarray(values, dtype=np.float64)
+        # Integers up to 24 bits are exact in float32; LUT/window output (float64) is narrowed
+        # at the end.
+        exact32 = np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize <= 2
+        pixels = np.asarray(values, dtype=np.float32 if exact32 else np.float64)
         if photometric == "MONOCHROME1":
             pixels = (lo + hi) - pixels
         if not np.all(np.isfinite(pixels)):
@@ -218,7 +221,7 @@ def read_dicom(data: bytes | Path | str, *, name: str | None = None) -> MedicalI
             f"{label}: unusable DICOM ({type(exc).__name__}: {_redact(str(exc), ds)})"
         ) from exc
     return MedicalImage(
-        pixels=pixels.astype(np.float32),
+        pixels=pixels.astype(np.float32, copy=False),
         pixel_spacing_mm=spacing,
         bits_stored=bits_stored,
         source="dicom",

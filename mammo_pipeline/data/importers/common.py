@@ -1,0 +1,98 @@
+"""What every importer shares: its errors, the label rule, seeded stable randomness, and the
+log of decisions (skipped rows, downscaled lesions, notes) that becomes the import report."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mammo_pipeline.errors import DataError, MammoError
+
+Split = Literal["train", "test"]
+LesionKind = Literal["calcification", "mass"]
+Warn = Callable[[str], None]
+
+#: The contract's physical pixel size: a 299-px tile covers 29.9 mm.
+TARGET_MM_PER_PX = 0.1
+
+
+class ImportFailedError(MammoError):
+    """Nothing could be imported (every row skipped); nothing was written."""
+
+
+class StrictImportError(MammoError):
+    """``strict`` was asked for and a row had to be skipped; nothing was written."""
+
+
+class CsvFormatError(DataError):
+    """A description CSV / info file that does not have the documented columns."""
+
+
+class OutputExistsError(DataError):
+    """An output file already exists and overwriting was not asked for."""
+
+
+def lesion_label(kind: LesionKind, malignant: bool) -> int:
+    """The contract's 5-class label: 1 benign calc., 2 benign mass, 3 malignant calc.,
+    4 malignant mass."""
+    if kind == "calcification":
+        return 3 if malignant else 1
+    if kind == "mass":
+        return 4 if malignant else 2
+    raise ValueError(f"unknown lesion kind {kind!r}")
+
+
+def stable_unit(key: str, seed: int) -> float:
+    """A number in [0, 1) that depends only on (seed, key): the same on every machine and
+    run, and unchanged when other keys are added (used for patient-level splits)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def stable_rng(seed: int, key: str) -> np.random.Generator:
+    """A generator seeded by (seed, key), independent of the order images are processed in."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return np.random.default_rng([int.from_bytes(digest[i : i + 4], "big") for i in (0, 4, 8)])
+
+
+@dataclass
+class ImportLog:
+    """Every decision an importer takes about its input, in the order taken.
+
+    ``skip`` records a row that produced no tile and reports it through ``warn`` (one line,
+    naming the file and row); with ``strict`` it raises :class:`StrictImportError` instead.
+    """
+
+    warn: Warn | None = None
+    strict: bool = False
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    downscaled: list[dict[str, Any]] = field(default_factory=list)
+    excluded_patients: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+
+    def skip(self, file: Path | str, row: int | None, reason: str) -> None:
+        where = f"{file}" if row is None else f"{file} row {row}"
+        message = f"{where}: skipped: {reason}"
+        if self.strict:
+            raise StrictImportError(f"{message} (strict mode: nothing was written)")
+        self.skipped.append({"file": str(file), "row": row, "reason": reason})
+        if self.warn is not None:
+            self.warn(message)
+
+    def note(self, kind: str, message: str, *, show: bool = False, **details: Any) -> None:
+        self.notes.append({"kind": kind, "message": message, **details})
+        if show and self.warn is not None:
+            self.warn(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "downscaled_lesions": self.downscaled,
+            "excluded_patients": self.excluded_patients,
+            "notes": self.notes,
+        }

@@ -1,0 +1,160 @@
+"""The part of an import that is the same for every source: turning one prepared image with
+its located lesions into lesion and normal tiles, and finishing the import (report, counts).
+
+Rule for normal tiles: they are cut only from an image all of whose lesions were located. If
+any lesion row of the image was skipped (missing ROI file, no coordinates, ...), its
+position is unknown and a "normal" tile could contain it, so that image gives no normals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from mammo_pipeline.data.importers.common import (
+    TARGET_MM_PER_PX,
+    ImportFailedError,
+    ImportLog,
+    Split,
+)
+from mammo_pipeline.data.importers.output import ImportOutputs, ImportWriter
+from mammo_pipeline.data.importers.tiling import Box, PreparedImage, lesion_tile, normal_tiles
+from mammo_pipeline.data.schema import LABEL_NAMES, SOURCE_SIZE
+
+#: Every report and summary says this: imported tiles are real patient data.
+REAL_TAG = "REAL"
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """A located lesion of one image: its box in prepared-image coordinates, its label and
+    where it came from (file, row, ...) for the report."""
+
+    box: Box
+    label: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    outputs: ImportOutputs
+    log: ImportLog
+    report: dict[str, Any]
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable counts per split and label, marked REAL."""
+        source = self.report.get("source", "?")
+        lines = []
+        for split, counts in self.outputs.counts.items():
+            total = sum(counts.values())
+            parts = ", ".join(f"{k}:{LABEL_NAMES[k]}={v}" for k, v in counts.items())
+            lines.append(f"{REAL_TAG} {source} {split}: {total} tiles ({parts})")
+        lines.append(
+            f"{len(self.log.skipped)} row(s) skipped, {len(self.log.downscaled)} lesion(s) "
+            f"downscaled to fit a tile, {len(self.log.excluded_patients)} patient(s) excluded"
+        )
+        return lines
+
+
+def emit_image_tiles(
+    writer: ImportWriter,
+    log: ImportLog,
+    prepared: PreparedImage,
+    *,
+    split: Split,
+    patient: str,
+    image_ref: str,
+    lesions: list[Lesion],
+    all_lesions_located: bool,
+    normals_per_image: int,
+    rng: np.random.Generator,
+    margin: float = 0.1,
+    min_breast_fraction: float = 0.8,
+) -> None:
+    """Write one lesion tile per lesion and up to ``normals_per_image`` normal tiles."""
+    base = {
+        "patient": patient,
+        "image": image_ref,
+        "pixel_spacing_mm": list(prepared.spacing_mm),
+        "spacing_from_file": prepared.spacing_from_file,
+    }
+    for lesion in lesions:
+        tile = lesion_tile(prepared, lesion.box, margin=margin)
+        details = {
+            **base,
+            **lesion.provenance,
+            "kind": "lesion",
+            "box_px": lesion.box.to_dict(),
+            "lesion_mm": round(tile.lesion_mm, 2),
+            "downscale": round(tile.downscale, 4),
+            "padded_at_border": tile.padded,
+        }
+        writer.add(tile.pixels, lesion.label, split, **details)
+        if tile.downscale > 1.0:
+            log.downscaled.append(
+                {
+                    "split": split,
+                    **{k: details[k] for k in ("patient", "image", "lesion_mm", "downscale")},
+                    **lesion.provenance,
+                }
+            )
+    if normals_per_image <= 0:
+        return
+    if not all_lesions_located:
+        log.note(
+            "no_normals",
+            f"{image_ref}: no normal tiles: a lesion of this image could not be located",
+            image=image_ref,
+        )
+        return
+    normals = normal_tiles(
+        prepared,
+        [lesion.box for lesion in lesions],
+        normals_per_image,
+        rng,
+        min_breast_fraction=min_breast_fraction,
+    )
+    for pixels, box in normals:
+        writer.add(pixels, 0, split, **base, kind="normal", box_px=box.to_dict())
+    if len(normals) < normals_per_image:
+        log.note(
+            "normal_shortfall",
+            f"{image_ref}: {len(normals)} of {normals_per_image} normal tiles fit on breast "
+            "tissue away from the lesions",
+            image=image_ref,
+            found=len(normals),
+        )
+
+
+def report_header(source: str, imported_from: dict[str, str], parameters: dict) -> dict:
+    """The fixed first part of every import report."""
+    return {
+        "data": REAL_TAG,
+        "source": source,
+        "imported_from": imported_from,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tile": {
+            "size_px": SOURCE_SIZE,
+            "mm_per_px": TARGET_MM_PER_PX,
+            "covers_mm": round(SOURCE_SIZE * TARGET_MM_PER_PX, 2),
+            "border_rule": "window stays centred on the lesion; outside the image is 0",
+        },
+        "parameters": parameters,
+    }
+
+
+def finish(writer: ImportWriter, log: ImportLog, report: dict[str, Any]) -> ImportResult:
+    """Commit the writer unless nothing was imported (then raise, leaving nothing behind)."""
+    if not writer.tiles:
+        reasons = "; ".join(sorted({s["reason"].split(":")[0] for s in log.skipped})[:3])
+        raise ImportFailedError(
+            f"nothing could be imported from {report.get('source')}: "
+            f"{len(log.skipped)} row(s) skipped"
+            + (f" ({reasons})" if reasons else "")
+            + "; see the warnings above"
+        )
+    outputs = writer.commit({**report, **log.to_dict()})
+    return ImportResult(outputs, log, writer.final_report)

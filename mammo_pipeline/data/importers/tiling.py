@@ -1,0 +1,177 @@
+"""Cutting contract tiles out of a whole mammogram at the contract's physical scale.
+
+An image is first *prepared* once: resampled to 0.1 mm per pixel, its breast segmented and
+its intensities windowed to 8 bits from the breast's percentiles (one window per image, so
+tiles of one image share a scale). Then:
+
+- a **lesion tile** is the 299 x 299 window centred on the lesion's bounding box. A lesion
+  whose box is larger than the tile (29.9 mm) is cut from a larger window (the box plus a
+  margin) and downscaled to 299 px; the factor is returned so it can be recorded. At the
+  image border the window is *not* shifted: the part outside the image is filled with 0
+  (black, the film background after windowing), so the lesion always sits at the centre.
+- a **normal tile** is a window lying wholly inside the image, mostly on breast tissue, that
+  overlaps no lesion box of that image and no other normal tile; positions are drawn by a
+  seeded generator among all the windows that qualify.
+
+Boxes are in *edge* coordinates of the prepared image: pixel ``i`` covers ``[i, i + 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mammo_pipeline.data.importers.common import TARGET_MM_PER_PX
+from mammo_pipeline.data.schema import SOURCE_SIZE
+from mammo_pipeline.imaging import MedicalImage, breast_mask, display_window, to_display_uint8
+from mammo_pipeline.imaging.resample import extract_tile, resample_to_spacing
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in edge coordinates (half-open: ``top <= y < bottom``)."""
+
+    top: float
+    left: float
+    bottom: float
+    right: float
+
+    @classmethod
+    def from_source(
+        cls, top: float, left: float, bottom: float, right: float, scale: tuple[float, float]
+    ) -> Box:
+        """A box given in edge coordinates of the original image, mapped by ``scale``."""
+        sy, sx = scale
+        return cls(top * sy, left * sx, bottom * sy, right * sx)
+
+    @property
+    def center_index(self) -> tuple[float, float]:
+        """The centre as a (row, col) pixel index."""
+        return (self.top + self.bottom) / 2 - 0.5, (self.left + self.right) / 2 - 0.5
+
+    @property
+    def max_side(self) -> float:
+        return max(self.bottom - self.top, self.right - self.left)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(float(getattr(self, k)), 2) for k in ("top", "left", "bottom", "right")}
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image at the target pixel size, windowed to uint8, with its breast mask."""
+
+    pixels: np.ndarray  # 2-D uint8
+    breast: np.ndarray  # 2-D bool, same shape
+    scale: tuple[float, float]  # new pixels per original pixel (row, col)
+    spacing_mm: tuple[float, float]  # of the original image
+    spacing_from_file: bool  # False: the caller's default was used
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+
+@dataclass(frozen=True)
+class LesionTile:
+    pixels: np.ndarray  # 299 x 299 uint8
+    downscale: float  # window side / tile side; 1.0 when the lesion fits
+    lesion_mm: float  # longest side of the lesion's box
+    padded: bool  # part of the window lay outside the image (filled with 0)
+
+
+def prepare(
+    image: MedicalImage,
+    *,
+    default_spacing_mm: float | None,
+    target_mm: float = TARGET_MM_PER_PX,
+) -> PreparedImage:
+    """Resample to ``target_mm``, segment the breast, window to uint8.
+
+    The image's own spacing wins; ``default_spacing_mm`` is used when it has none (and
+    ``spacing_from_file`` is False). ValueError when neither is known.
+    """
+    spacing = image.pixel_spacing_mm
+    from_file = spacing is not None
+    if spacing is None:
+        if default_spacing_mm is None:
+            raise ValueError("the image has no pixel spacing and no default was given")
+        spacing = (float(default_spacing_mm), float(default_spacing_mm))
+    resampled, scale = resample_to_spacing(image.pixels, spacing, target_mm)
+    breast = breast_mask(resampled)
+    pixels = to_display_uint8(resampled, display_window(resampled, breast))
+    return PreparedImage(pixels, breast, scale, (float(spacing[0]), float(spacing[1])), from_file)
+
+
+def lesion_tile(
+    prepared: PreparedImage,
+    box: Box,
+    *,
+    tile: int = SOURCE_SIZE,
+    margin: float = 0.1,
+    target_mm: float = TARGET_MM_PER_PX,
+) -> LesionTile:
+    """The tile centred on ``box``; a box longer than ``tile`` px is cut with ``margin``
+    (a fraction of its side) of context around it and downscaled to fit."""
+    side = tile
+    if box.max_side > tile:
+        side = int(math.ceil(box.max_side * (1.0 + margin)))
+    center = box.center_index
+    pixels = extract_tile(prepared.pixels, center, side, tile, fill=0)
+    h, w = prepared.shape
+    half = (side - 1) / 2
+    padded = (
+        center[0] - half < -0.5
+        or center[1] - half < -0.5
+        or center[0] + half > h - 0.5
+        or center[1] + half > w - 0.5
+    )
+    return LesionTile(pixels, side / tile, box.max_side * target_mm, bool(padded))
+
+
+def _block_invalid(valid: np.ndarray, box: Box, tile: int) -> None:
+    """Mark every window (by top-left corner) that overlaps ``box`` as invalid."""
+    # A window starting at r covers [r, r + tile): it overlaps when r < bottom and r + tile > top.
+    r_min = max(0, math.floor(box.top - tile) + 1)
+    r_max = min(valid.shape[0] - 1, math.ceil(box.bottom) - 1)
+    c_min = max(0, math.floor(box.left - tile) + 1)
+    c_max = min(valid.shape[1] - 1, math.ceil(box.right) - 1)
+    if r_min <= r_max and c_min <= c_max:
+        valid[r_min : r_max + 1, c_min : c_max + 1] = False
+
+
+def normal_tiles(
+    prepared: PreparedImage,
+    avoid: Sequence[Box],
+    count: int,
+    rng: np.random.Generator,
+    *,
+    tile: int = SOURCE_SIZE,
+    min_breast_fraction: float = 0.8,
+) -> list[tuple[np.ndarray, Box]]:
+    """Up to ``count`` tiles of tissue away from every box in ``avoid`` (may return fewer
+    when the breast has no more room), each with its box."""
+    h, w = prepared.shape
+    if count <= 0 or h < tile or w < tile:
+        return []
+    breast = prepared.breast.astype(np.int32)
+    sat = np.zeros((h + 1, w + 1), dtype=np.int64)
+    sat[1:, 1:] = breast.cumsum(axis=0).cumsum(axis=1)
+    area = sat[tile:, tile:] - sat[:-tile, tile:] - sat[tile:, :-tile] + sat[:-tile, :-tile]
+    valid = area >= min_breast_fraction * tile * tile
+    del sat, area
+    for box in avoid:
+        _block_invalid(valid, box, tile)
+    out: list[tuple[np.ndarray, Box]] = []
+    for _ in range(count):
+        candidates = np.flatnonzero(valid)
+        if candidates.size == 0:
+            break
+        r, c = divmod(int(candidates[rng.integers(candidates.size)]), valid.shape[1])
+        box = Box(float(r), float(c), float(r + tile), float(c + tile))
+        out.append((prepared.pixels[r : r + tile, c : c + tile].copy(), box))
+        _block_invalid(valid, box, tile)
+    return out
