@@ -8,9 +8,11 @@ from typing import Annotated
 
 import typer
 
+from mammo_pipeline.cli.data_import import import_app
 from mammo_pipeline.data.schema import LABEL_NAMES
 
 app = typer.Typer(help="Synthetic data and data inspection.", no_args_is_help=True)
+app.add_typer(import_app, name="import")  # mammo data import cbis-ddsm | mias
 
 
 @app.command()
