@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m mammo_pipeline.demo
+	$(BIN)/python -m mammo_pipeline.orchestration.demo
 
 stop:
-	-@test -x $(BIN)/python && $(BIN)/python -m mammo_pipeline.demo --stop
+	-@test -x $(BIN)/python && $(BIN)/python -m mammo_pipeline.orchestration.demo --stop
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

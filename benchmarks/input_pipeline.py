@@ -35,7 +35,7 @@ def vgg_step_rate(image_size: int, batch: int, steps: int = 3) -> float:
     import keras
     import numpy as np
 
-    from mammo_pipeline.model import ModelSpec, build_model, set_trainable_blocks
+    from mammo_pipeline.training.model import ModelSpec, build_model, set_trainable_blocks
 
     model = build_model(ModelSpec(image_size, "none", (256, 128), 0.5))
     set_trainable_blocks(model, 5)

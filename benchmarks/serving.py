@@ -54,7 +54,7 @@ def build_model(size: int, width: int):
 def register(settings, model) -> str:
     import mlflow
 
-    from mammo_pipeline.tracking import configure_mlflow
+    from mammo_pipeline.common.mlflow_access import configure_mlflow
 
     configure_mlflow(settings)
     with mlflow.start_run():
@@ -155,10 +155,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from mammo_pipeline import deploy
+    from mammo_pipeline.common.net import free_port
+    from mammo_pipeline.common.processes import spawn
     from mammo_pipeline.config import Settings
-    from mammo_pipeline.model_loader import load_from_registry
-    from mammo_pipeline.serving_io import decode_image, to_model_input
+    from mammo_pipeline.serving import backend
+    from mammo_pipeline.serving.image_io import decode_image, to_model_input
+    from mammo_pipeline.serving.model_loader import load_from_registry
 
     with tempfile.TemporaryDirectory(prefix="mammo-bench-") as tmp:
         root = Path(tmp)
@@ -169,14 +171,17 @@ def main(argv: list[str] | None = None) -> int:
             serve_max_batch_size=args.max_batch_size,
         )
         version = register(settings, build_model(args.size, args.width))
-        port = deploy.free_port()
+        port = free_port()
         log = root / "server.log"
-        proc = deploy._spawn(
-            deploy.serve_command("127.0.0.1", port), deploy.child_env(settings, version), log
+        proc = spawn(
+            backend.serve_command("127.0.0.1", port),
+            env=backend.child_env(settings, version),
+            log=log,
+            cwd=backend.REPO_ROOT,
         )
         try:
             url = f"http://127.0.0.1:{port}"
-            deploy.wait_ready(url, proc.pid, 300, log)
+            backend.wait_ready(url, proc.pid, 300, log)
 
             rng = np.random.default_rng(0)
             pixels = rng.integers(0, 256, (args.size, args.size), dtype=np.uint8)
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       after["batched_images_per_s"]],
             }  # fmt: skip
         finally:
-            deploy.stop_process(proc.pid)
+            backend.stop_process(proc.pid)
 
     by_c = {row["concurrency"]: row for row in service}
     ratio_32 = by_c[32]["requests_per_s"] / raw["batched_images_per_s"]

@@ -38,7 +38,7 @@ def main() -> None:
 
     from mammo_pipeline.data.pipeline import PipelineOptions, make_dataset
     from mammo_pipeline.data.synthetic import generate
-    from mammo_pipeline.model import ModelSpec, build_model, feature_extractor, head_of
+    from mammo_pipeline.training.model import ModelSpec, build_model, feature_extractor, head_of
 
     keras.utils.set_random_seed(0)
     model = build_model(ModelSpec(args.image_size, "none", (256, 128), 0.5))

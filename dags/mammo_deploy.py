@@ -1,6 +1,6 @@
 """mammo_deploy: manual redeploy of a model version, or rollback to the previous champion.
 
-Wiring only; the logic lives in ``mammo_pipeline.orchestration``.
+Wiring only; the logic lives in ``mammo_pipeline.orchestration.tasks``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from mammo_pipeline.dag_support import SERVING_QUEUE
+from mammo_pipeline.orchestration.params import SERVING_QUEUE
 
 
 @dag(
@@ -49,7 +49,7 @@ action is recorded as tags on the model version (who, when, why).
 def mammo_deploy():
     @task(queue=SERVING_QUEUE)
     def redeploy(params: dict | None = None) -> dict:
-        from mammo_pipeline.orchestration import manual_deploy
+        from mammo_pipeline.orchestration.tasks import manual_deploy
 
         return manual_deploy(params or {})
 

@@ -1,7 +1,7 @@
 """mammo_retrain: snapshot validated data, train on the GPU queue, evaluate, register, gate,
 optionally wait for a human approval, promote and deploy.
 
-Wiring only; the logic lives in ``mammo_pipeline.orchestration``.
+Wiring only; the logic lives in ``mammo_pipeline.orchestration.tasks``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from airflow.sdk import (
     task,
 )
 
-from mammo_pipeline.dag_support import (
+from mammo_pipeline.orchestration.params import (
     GPU_POOL,
     GPU_QUEUE,
     RETRAIN_CRON,
@@ -63,43 +63,43 @@ data, or on a manual trigger. Trigger parameters left empty use the configured d
 def mammo_retrain():
     @task
     def snapshot() -> dict:
-        from mammo_pipeline.orchestration import snapshot_validated
+        from mammo_pipeline.orchestration.tasks import snapshot_validated
 
         return snapshot_validated()
 
     @task(queue=GPU_QUEUE, pool=GPU_POOL, retries=1, retry_delay=timedelta(minutes=2))
     def train(manifest: dict, params: dict | None = None, run_id: str | None = None) -> dict:
-        from mammo_pipeline.orchestration import train_candidate
+        from mammo_pipeline.orchestration.tasks import train_candidate
 
         return train_candidate(manifest, params or {}, airflow_run_id=run_id)
 
     @task
     def evaluate(trained: dict) -> dict:
-        from mammo_pipeline.orchestration import evaluate_candidate
+        from mammo_pipeline.orchestration.tasks import evaluate_candidate
 
         return evaluate_candidate(trained)
 
     @task(retries=2, retry_delay=timedelta(seconds=30))
     def register(evaluated: dict, run_id: str | None = None) -> dict:
-        from mammo_pipeline.orchestration import register_candidate
+        from mammo_pipeline.orchestration.tasks import register_candidate
 
         return register_candidate(evaluated, airflow_run_id=run_id)
 
     @task
     def gate(registered: dict, params: dict | None = None) -> dict:
-        from mammo_pipeline.orchestration import gate_candidate
+        from mammo_pipeline.orchestration.tasks import gate_candidate
 
         return gate_candidate(registered, params or {})
 
     @task.branch
     def route(decision: dict, params: dict | None = None) -> str:
-        from mammo_pipeline.orchestration import route_after_gate
+        from mammo_pipeline.orchestration.tasks import route_after_gate
 
         return route_after_gate(decision, params or {})
 
     @task
     def report_gate_failure(decision: dict) -> dict:
-        from mammo_pipeline.orchestration import report_gate_failure as report
+        from mammo_pipeline.orchestration.tasks import report_gate_failure as report
 
         return report(decision)
 
@@ -116,13 +116,13 @@ def mammo_retrain():
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def promote(decision: dict) -> dict:
-        from mammo_pipeline.orchestration import promote_candidate
+        from mammo_pipeline.orchestration.tasks import promote_candidate
 
         return promote_candidate(decision)
 
     @task(queue=SERVING_QUEUE)
     def deploy(promoted: dict) -> dict:
-        from mammo_pipeline.orchestration import deploy_champion
+        from mammo_pipeline.orchestration.tasks import deploy_champion
 
         return deploy_champion(promoted)
 

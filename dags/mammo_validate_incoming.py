@@ -1,6 +1,6 @@
 """mammo_validate_incoming: validate new tfrecords in the landing directory.
 
-Wiring only; the logic lives in ``mammo_pipeline.orchestration``.
+Wiring only; the logic lives in ``mammo_pipeline.orchestration.tasks``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from mammo_pipeline.dag_support import VALIDATE_EVERY_MINUTES_DEFAULT, VALIDATED_DATA_ASSET
+from mammo_pipeline.orchestration.params import VALIDATE_EVERY_MINUTES_DEFAULT, VALIDATED_DATA_ASSET
 
 validated_data = Asset(VALIDATED_DATA_ASSET)
 every = int(os.environ.get("MAMMO_VALIDATE_EVERY_MINUTES", VALIDATE_EVERY_MINUTES_DEFAULT))
@@ -42,13 +42,13 @@ The Data Docs location and the per-file verdicts are in the XCom of `validate_la
 def mammo_validate_incoming():
     @task
     def validate_landing() -> dict:
-        from mammo_pipeline.orchestration import validate_incoming
+        from mammo_pipeline.orchestration.tasks import validate_incoming
 
         return validate_incoming()
 
     @task(outlets=[validated_data])
     def publish_validated(result: dict) -> list[str]:
-        from mammo_pipeline.orchestration import new_validated_files_or_skip
+        from mammo_pipeline.orchestration.tasks import new_validated_files_or_skip
 
         return new_validated_files_or_skip(result)
 

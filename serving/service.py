@@ -28,13 +28,12 @@ Guarding (:class:`RequestGuard`, an ASGI middleware): the API key (``MAMMO_API_K
 and ``/metrics``; request bodies over the size limit get 413 before anything is parsed;
 ``GET /model`` is answered there (BentoML API routes are POST-only); 4xx bodies are always
 ``{"error": message}``. BentoML's multipart parsing is hardened (no URL fetching for file
-fields, malformed bodies are 400s, see :func:`_harden_multipart`). No pixel data is logged.
+fields, malformed bodies are 400s: :mod:`mammo_pipeline.common.compat`). No pixel data is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -48,8 +47,10 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException
 
+from mammo_pipeline.common.auth import key_matches, presented_key
+from mammo_pipeline.common.compat import harden_bentoml_multipart
 from mammo_pipeline.config import Settings, get_settings
-from mammo_pipeline.serving_io import InputError, decode_path, to_model_input
+from mammo_pipeline.serving.image_io import InputError, decode_path, to_model_input
 
 logger = logging.getLogger("bentoml.mammo")  # under BentoML's configured logger
 
@@ -58,42 +59,7 @@ UPLOAD_PATHS = frozenset({"/predict", "/predict_batch"})
 MULTIPART_OVERHEAD = 64 * 1024
 
 
-# --------------------------------------------------------------------------------------
-# Hardening of BentoML 1.4's multipart parsing (pinned version): a string where a file is
-# expected would make BentoML download it as a URL, and a malformed multipart body escapes as
-# a 500. Both become 400s here.
-def _harden_multipart() -> None:
-    from _bentoml_impl import serde
-    from starlette.exceptions import HTTPException
-    from starlette.formparsers import MultiPartException
-
-    cls = serde.MultipartSerde
-    if getattr(cls, "_mammo_hardened", False):
-        return
-    original_parse = cls.parse_request
-
-    async def ensure_file(obj: Any) -> Any:
-        from starlette.datastructures import UploadFile
-
-        if isinstance(obj, UploadFile):
-            return obj
-        raise BadInput("expected an uploaded file, got a text field (URLs are not fetched)")
-
-    async def parse_request(self: Any, request: Any, model_cls: Any) -> Any:
-        try:
-            return await original_parse(self, request, model_cls)
-        except (HTTPException, MultiPartException) as exc:
-            detail = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
-            raise BadInput(f"malformed multipart body: {detail}") from None
-        except (UnicodeDecodeError, KeyError) as exc:
-            raise BadInput(f"malformed form body: {type(exc).__name__}") from None
-
-    cls.ensure_file = staticmethod(ensure_file)  # type: ignore[method-assign]
-    cls.parse_request = parse_request  # type: ignore[method-assign]
-    cls._mammo_hardened = True  # type: ignore[attr-defined]
-
-
-_harden_multipart()
+harden_bentoml_multipart()  # mammo_pipeline.common.compat: upstream bug, see there
 
 
 # --------------------------------------------------------------------------------------
@@ -186,11 +152,7 @@ class RequestGuard:
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         if self.api_key is None:
             return True
-        given = headers.get(b"x-api-key", b"").decode("latin-1").strip()
-        auth = headers.get(b"authorization", b"").decode("latin-1").strip()
-        if not given and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())
+        return key_matches(presented_key(headers), self.api_key)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -315,7 +277,7 @@ class MammoClassifier:
     """Serves one registry version of the classifier (reported in every answer)."""
 
     def __init__(self) -> None:
-        from mammo_pipeline.model_loader import load_served_model
+        from mammo_pipeline.serving.model_loader import load_served_model
 
         global _current
         self.settings = _service_settings()

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mammo_pipeline.processes import descendants
+from mammo_pipeline.common.processes import descendants
 
 BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -253,8 +253,8 @@ class DistributedStack:
     def configure(self, mammo_values: dict[str, str]) -> dict[str, str]:
         """Build the environment of every component from MAMMO_* values (set here in
         ``os.environ`` too, so that the test process reads the same settings)."""
-        from mammo_pipeline.airflow_env import airflow_env
         from mammo_pipeline.config import Settings
+        from mammo_pipeline.orchestration.airflow_env import airflow_env
 
         values = {
             **mammo_values,
@@ -434,7 +434,7 @@ class DistributedStack:
         stopped: list[str] = []
         if self.settings is not None:
             try:
-                from mammo_pipeline.deploy import stop_service
+                from mammo_pipeline.serving.deploy import stop_service
 
                 stopped += [f"bentoml-{role}" for role in stop_service(self.settings)]
             except Exception as exc:  # noqa: BLE001

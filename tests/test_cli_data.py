@@ -55,6 +55,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert "missing: no such file or directory" in r.stderr
     r = mammo("data", "inspect", str(empty), str(junk))
     assert "Traceback" not in r.stderr + r.stdout
+    assert r.returncode == 1 and "2 of 2 file(s) have problems" in r.stderr
     assert "empty file" in r.stdout and "junk.tfrecords" in r.stdout
     assert "record 0:" in r.stdout
     r = mammo("data", "synth", "--out", str(tmp_path / "x"), "--n", "3", "--files", "5")

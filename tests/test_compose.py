@@ -342,7 +342,7 @@ def test_gpu_worker_listens_on_queue_gpu_with_an_nvidia_reservation():
     cpu = as_argv(services["airflow-worker"]["command"])
     assert "default" in cpu[cpu.index("--queues") + 1].split(",")
     # the queue and pool the DAG uses are the ones the stack provides
-    from mammo_pipeline.dag_support import GPU_POOL, GPU_QUEUE
+    from mammo_pipeline.orchestration.params import GPU_POOL, GPU_QUEUE
 
     assert GPU_QUEUE == "gpu"
     init = " ".join(as_argv(services["airflow-init"]["command"]))

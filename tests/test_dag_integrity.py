@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from mammo_pipeline.airflow_env import DAGS_FOLDER, airflow_env
 from mammo_pipeline.config import Settings
+from mammo_pipeline.orchestration.airflow_env import DAGS_FOLDER, airflow_env
 
 HEAVY = ("tensorflow", "keras", "mlflow", "great_expectations", "bentoml", "sklearn", "torch")
 

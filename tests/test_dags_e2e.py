@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammo_pipeline.airflow_env import airflow_env
 from mammo_pipeline.config import Settings
+from mammo_pipeline.orchestration.airflow_env import airflow_env
 from tests.conftest import TINY_RUN_SETTINGS
 
 pytestmark = pytest.mark.slow
@@ -76,7 +76,7 @@ def world(tmp_path_factory):
     assert w.run("db", "migrate").returncode == 0
     assert w.run("pools", "set", "mammo_gpu", "1", "GPU training slots").returncode == 0
     yield w
-    from mammo_pipeline.deploy import stop_service
+    from mammo_pipeline.serving.deploy import stop_service
 
     stop_service(w.settings)
     os.environ.clear()
@@ -147,7 +147,7 @@ def test_failing_gate_leaves_a_challenger_and_deploys_nothing(world):
     )
     assert tags["gate"] == "failed" and "test_precision" in tags["gate_reasons"]
     assert "nothing is deployed" in out
-    from mammo_pipeline.deploy import read_state
+    from mammo_pipeline.serving.deploy import read_state
 
     assert str(read_state(world.settings)["backend"]["version"]) == before["champion"]
     url = f"http://127.0.0.1:{world.settings.serve_port}/model"

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mammo_pipeline import deploy
+from mammo_pipeline.serving import deploy
 from tests.test_service import make_settings, register_model
 
 
@@ -19,11 +19,11 @@ def live_version(port: int) -> str:
 
 
 def test_deploy_without_champion_fails_cleanly(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, serve_port=deploy.free_port())
+    settings = make_settings(tmp_path, serve_port=free_port())
     result = deploy.deploy_version(settings)
     assert not result.ok and "champion" in result.message
     json.dumps(result.to_dict())  # JSON-serialisable for Airflow's XCom
-    assert deploy.read_state(settings) == {}
+    assert read_state(settings) == {}
     with pytest.raises(deploy.DeployError):
         result.raise_for_status()
 
@@ -32,7 +32,7 @@ def test_deploy_without_champion_fails_cleanly(tmp_path: Path) -> None:
 def test_blue_green_switch_and_failed_deploy_keeps_old(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    port = deploy.free_port()
+    port = free_port()
     settings = make_settings(tmp_path, serve_port=port, serve_ready_timeout_s=150)
     name = settings.registered_model_name
     client = MlflowClient(settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
@@ -44,7 +44,7 @@ def test_blue_green_switch_and_failed_deploy_keeps_old(tmp_path: Path) -> None:
         pids.append(first.backend_pid)
         assert first.version == v1 and live_version(port) == v1
         assert first.smoke_abs_diff is not None and first.smoke_abs_diff <= 1e-5
-        state = deploy.read_state(settings)
+        state = read_state(settings)
         assert state["backend"]["version"] == v1 and state["proxy"]["port"] == port
         pids.append(state["proxy"]["pid"])
 
@@ -56,7 +56,7 @@ def test_blue_green_switch_and_failed_deploy_keeps_old(tmp_path: Path) -> None:
         pids.append(second.backend_pid)
         assert second.version == v2 and second.previous_version == v1
         assert live_version(port) == v2
-        assert not deploy._alive(first.backend_pid)
+        assert not is_alive(first.backend_pid)
         assert client.get_model_version(name, v2).tags["deploy"] == "live"
 
         # a broken version (wrong input shape) promoted to champion: deploy fails, v2 keeps
@@ -74,15 +74,15 @@ def test_blue_green_switch_and_failed_deploy_keeps_old(tmp_path: Path) -> None:
         assert client.get_model_version(name, v3).tags["review"] == "rolled_back"
         tags = client.get_model_version(name, v3).tags
         assert tags["deploy"] == "failed" and "input shape" in tags["deploy_reason"]
-        assert live_version(port) == v2 and deploy._alive(second.backend_pid)
-        assert not deploy._alive(third.backend_pid)
-        assert deploy.read_state(settings)["backend"]["version"] == v2
+        assert live_version(port) == v2 and is_alive(second.backend_pid)
+        assert not is_alive(third.backend_pid)
+        assert read_state(settings)["backend"]["version"] == v2
 
         stopped = deploy.stop_service(settings)
         assert set(stopped) == {"backend", "proxy"}
-        assert not deploy._alive(second.backend_pid)
+        assert not is_alive(second.backend_pid)
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
     finally:
         for pid in pids:
-            deploy.stop_process(pid)
+            stop_process(pid)

@@ -213,6 +213,6 @@ def test_stop_leaves_nothing_behind(stack):
     assert not s.leftovers(), f"processes left running: {s.leftovers()}"
     assert not s.database_exists(s.af_db) and not s.database_exists(s.mlf_db)
     assert not s.redis_keys()
-    from mammo_pipeline.deploy import read_state
+    from mammo_pipeline.serving.deploy import read_state
 
     assert not read_state(s.settings)

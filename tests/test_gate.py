@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mammo_pipeline.gate import (
+from mammo_pipeline.registry.gate import (
     ChampionInfo,
     GateDecision,
     evaluate_gate,

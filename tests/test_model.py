@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammo_pipeline import model as m
 from mammo_pipeline.errors import ConfigError
+from mammo_pipeline.training import model as m
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import MammoError
 
 mlflow = pytest.importorskip("mlflow")
 
 from mammo_pipeline import registry  # noqa: E402
-from mammo_pipeline.review import render_html  # noqa: E402
+from mammo_pipeline.registry.report_html import render_html  # noqa: E402
+from mammo_pipeline.registry.store import read_aliases  # noqa: E402
 
 DATA_DIGEST = "d" * 64
 TEST_DIGEST = "t" * 64
@@ -94,7 +96,7 @@ def make_run(
     log_model: bool = True,
 ) -> str:
     """A finished training run shaped like the train stage's (metrics, tags, plots, model)."""
-    from mammo_pipeline.tracking import configure_mlflow
+    from mammo_pipeline.common.mlflow_access import configure_mlflow
 
     configure_mlflow(s)
     values = {k: v for k, v in {**GOOD, **(metrics or {})}.items() if k not in drop}
@@ -128,11 +130,11 @@ def new_version(s: Settings, metrics: dict | None = None, **kw) -> str:
 
 
 def client(s: Settings):
-    return registry.client_for(s)
+    return mlflow_client(s)
 
 
 def aliases(s: Settings) -> dict[str, str]:
-    return registry._aliases(client(s), s.registered_model_name)
+    return read_aliases(client(s), s.registered_model_name)
 
 
 def tags(s: Settings, version: str) -> dict[str, str]:

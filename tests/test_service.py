@@ -61,7 +61,7 @@ def register_model(
     """Log a tiny model the way training does, register it, tag it, set ``aliases``."""
     import mlflow
 
-    from mammo_pipeline.tracking import configure_mlflow
+    from mammo_pipeline.common.mlflow_access import configure_mlflow
 
     configure_mlflow(settings)
     model = tiny_model(seed, channels)
@@ -85,7 +85,7 @@ def register_model(
 
 def in_process(model: Any, data: bytes) -> float:
     """The prediction of ``model`` on an upload, through the same decoding code."""
-    from mammo_pipeline.serving_io import decode_image, to_model_input
+    from mammo_pipeline.serving.image_io import decode_image, to_model_input
 
     gray = decode_image(data, max_bytes=1 << 30, max_pixels=1 << 30)
     x = to_model_input(gray, int(model.input_shape[1]))[np.newaxis]
@@ -95,28 +95,30 @@ def in_process(model: Any, data: bytes) -> float:
 # --- the server -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    from mammo_pipeline import deploy
 
     root = tmp_path_factory.mktemp("service")
     settings = make_settings(root, api_key=API_KEY, max_upload_bytes=MAX_UPLOAD)
     version = register_model(settings, seed=3, threshold=0.5)
-    port = deploy.free_port()
+    port = free_port()
     log = root / "server.log"
     # no MAMMO_SERVE_VERSION: the service resolves the champion alias itself
-    proc = deploy._spawn(
-        deploy.serve_command("127.0.0.1", port), deploy.child_env(settings, None), log
+    proc = spawn(
+        backend.serve_command("127.0.0.1", port),
+        env=backend.child_env(settings, None),
+        log=log,
+        cwd=backend.REPO_ROOT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deploy.wait_ready(url, proc.pid, 180, log)
-        from mammo_pipeline.model_loader import load_from_registry
+        backend.wait_ready(url, proc.pid, 180, log)
+        from mammo_pipeline.serving.model_loader import load_from_registry
 
         model = load_from_registry(settings, version)
         client = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=60)
         yield {"url": url, "client": client, "model": model, "version": version, "log": log}
         client.close()
     finally:
-        deploy.stop_process(proc.pid)
+        backend.stop_process(proc.pid)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mammo_pipeline.serving_io import InputError, decode_image, to_model_input
+from mammo_pipeline.serving.image_io import InputError, decode_image, to_model_input
 
 MAX_BYTES = 1 << 20
 MAX_PIXELS = 4_000_000

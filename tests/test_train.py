@@ -16,8 +16,8 @@ import pytest
 
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import ConfigError
-from mammo_pipeline.evaluate import LABEL_RECALL_METRICS, choose_threshold
-from mammo_pipeline.gate import TEST_METRICS
+from mammo_pipeline.registry.gate import TEST_METRICS
+from mammo_pipeline.training.evaluate import LABEL_RECALL_METRICS, choose_threshold
 
 ARTIFACTS = {
     "training_curves.png",
@@ -51,7 +51,7 @@ def _files(d: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def trained(synthetic_dir, tmp_path_factory):
-    from mammo_pipeline.train import train_model
+    from mammo_pipeline.training.train import train_model
 
     store = tmp_path_factory.mktemp("mlflow")
     settings = _settings(store, synthetic_dir)
@@ -112,7 +112,7 @@ def test_threshold_meets_target_recall_on_validation(trained):
     import mlflow
 
     from mammo_pipeline.data.pipeline import PipelineOptions, make_dataset, read_labels
-    from mammo_pipeline.evaluate import predict_scores
+    from mammo_pipeline.training.evaluate import predict_scores
 
     settings, result = trained
     model = mlflow.keras.load_model(result.model_uri)
@@ -181,7 +181,7 @@ def test_augmented_fine_tuning_path(synthetic_dir, tmp_path):
     """Augmentation on (no feature cache) and a phase-2 epoch: same model structure."""
     import mlflow
 
-    from mammo_pipeline.train import train_model
+    from mammo_pipeline.training.train import train_model
 
     settings = _settings(
         tmp_path, synthetic_dir, augment=True, epochs=1, fine_tune_epochs=1, trainable_blocks=1
@@ -211,7 +211,7 @@ def test_choose_threshold():
 
 
 def test_overrides_and_missing_weights(synthetic_dir, tmp_path):
-    from mammo_pipeline.train import apply_overrides, train_model
+    from mammo_pipeline.training.train import apply_overrides, train_model
 
     settings = _settings(tmp_path, synthetic_dir)
     assert apply_overrides(settings, {"epochs": 5, "max_records": None}).epochs == 5

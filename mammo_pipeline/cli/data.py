@@ -86,3 +86,12 @@ def inspect(
         typer.echo(f"{len(summaries)} file(s), {total} records")
     if grid is not None:
         typer.echo(f"sample grid: {write_grid(files, grid)}")
+    bad = [s for s in summaries if s.problem_count]
+    if bad:  # input errors exit non-zero, as for every other command
+        typer.secho(
+            f"error: {len(bad)} of {len(summaries)} file(s) have problems: "
+            + ", ".join(str(s.path) for s in bad),
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)

@@ -23,9 +23,20 @@ app = typer.Typer(
 
 
 def _settings() -> Settings:
-    from mammo_pipeline.config import get_settings
+    """The settings, refusing to create a registry as a side effect: a local SQLite store
+    that does not exist is an error naming the file (and how to point at the demo's)."""
+    from mammo_pipeline.common.mlflow_access import describe_store, store_exists
+    from mammo_pipeline.config import CONFIG_FILE_ENV, get_settings
+    from mammo_pipeline.errors import ConfigError
 
-    return get_settings()
+    s = get_settings()
+    if not store_exists(s):
+        raise ConfigError(
+            f"no MLflow registry at {describe_store(s)} (nothing was created). Set "
+            f"MAMMO_MLFLOW_TRACKING_URI or {CONFIG_FILE_ENV}; after `make demo`, run "
+            "`source .demo/env` first"
+        )
+    return s
 
 
 def _echo_result(data: dict[str, Any], as_json: bool) -> None:
@@ -66,7 +77,7 @@ def gate_cmd(
 ) -> None:
     """Check a version against the thresholds and the champion, then promote it or not."""
     from mammo_pipeline.registry import apply_decision, gate_version
-    from mammo_pipeline.review import checks_text
+    from mammo_pipeline.registry.report_html import checks_text
 
     s = _settings()
     decision = gate_version(s, version, min_precision, min_recall)
@@ -108,7 +119,7 @@ def gate_cmd(
 def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """All versions with aliases, gate verdict and key test metrics."""
     from mammo_pipeline.registry import list_versions
-    from mammo_pipeline.review import text_table
+    from mammo_pipeline.registry.report_html import text_table
 
     s = _settings()
     rows = list_versions(s)
@@ -116,10 +127,13 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
         return _echo_result(
             {"name": s.registered_model_name, "versions": [r.to_dict() for r in rows]}, True
         )
+    from mammo_pipeline.common.mlflow_access import describe_store
+
+    store = describe_store(s)
     if not rows:
-        typer.echo(f"{s.registered_model_name}: no versions registered")
+        typer.echo(f"{s.registered_model_name}: no versions registered in {store}")
         return None
-    typer.echo(f"{s.registered_model_name} ({s.mlflow_tracking_uri})")
+    typer.echo(f"{s.registered_model_name} (registry: {store})")
     typer.echo(
         text_table(
             (
@@ -163,7 +177,7 @@ def show_cmd(
 ) -> None:
     """A version beside the champion, metric by metric, with links to its plots."""
     from mammo_pipeline.registry import review_context
-    from mammo_pipeline.review import checks_text, metric_rows, text_table
+    from mammo_pipeline.registry.report_html import checks_text, metric_rows, text_table
 
     ctx = review_context(_settings(), version)
     rows = metric_rows(ctx)

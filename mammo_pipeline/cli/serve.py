@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from mammo_pipeline.common.auth import auth_headers
 from mammo_pipeline.config import get_settings
 from mammo_pipeline.errors import MammoError
 
@@ -22,7 +23,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:
         """Blue/green deploy: start beside the live service, smoke-test, switch."""
-        from mammo_pipeline.deploy import deploy_version
+        from mammo_pipeline.serving.deploy import deploy_version
 
         result = deploy_version(get_settings(), version)
         if as_json:
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
         queue, so that the DAGs' deploy tasks run here, where the service lives."""
         import os
 
-        from mammo_pipeline.deploy import deploy_version
+        from mammo_pipeline.serving.deploy import deploy_version
 
         try:
             result = deploy_version(get_settings())
@@ -73,18 +74,25 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run the prediction service in the foreground on serve_host:serve_port."""
-        from mammo_pipeline.deploy import serve_foreground
+        from mammo_pipeline.serving.backend import serve_foreground
+        from mammo_pipeline.serving.model_loader import resolve_version
 
         settings = get_settings()
-        serve_foreground(settings, version or settings.serve_version)
+        # one clear line (exit 1) when there is nothing to serve, before BentoML starts
+        resolved = resolve_version(settings, version or settings.serve_version)
+        typer.echo(f"serving {settings.registered_model_name} version {resolved}")
+        serve_foreground(settings, resolved)
 
     @app.command("stop")
     def stop() -> None:
         """Stop the locally deployed service and its live-port proxy."""
-        from mammo_pipeline.deploy import stop_service
+        from mammo_pipeline.serving.deploy import stop_service
 
         stopped = stop_service(get_settings())
-        typer.echo(f"stopped {stopped}" if stopped else "nothing was running")
+        if not stopped:
+            typer.echo("nothing was running")
+        for role, pid in stopped.items():
+            typer.echo(f"stopped the model service {role} (pid {pid})")
 
     @app.command("predict")
     def predict(
@@ -99,7 +107,7 @@ def register(app: typer.Typer) -> None:
         base = url or f"http://{settings.serve_host}:{settings.serve_port}"
         if base.split("://", 1)[-1].startswith("0.0.0.0"):
             base = base.replace("0.0.0.0", "127.0.0.1", 1)
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        headers = auth_headers(settings.api_key)
         try:
             with image.open("rb") as fh:
                 resp = httpx.post(
@@ -109,9 +117,11 @@ def register(app: typer.Typer) -> None:
                     timeout=timeout,
                 )
         except httpx.HTTPError as exc:
-            raise MammoError(f"cannot reach the service at {base}: {exc}") from None
+            raise MammoError(f"{image}: cannot reach the service at {base}: {exc}") from None
+        except OSError as exc:
+            raise MammoError(f"{image}: cannot read the file: {exc.strerror}") from None
         if resp.status_code != 200:
-            raise MammoError(f"HTTP {resp.status_code}: {error_message(resp)}")
+            raise MammoError(f"{image}: HTTP {resp.status_code}: {error_message(resp)}")
         typer.echo(json.dumps(resp.json(), indent=2))
 
 

@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         """Train the VGG16 classifier (one MLflow run), evaluate it on the test split."""
         from mammo_pipeline.config import get_settings
         from mammo_pipeline.data.tfrecord_io import list_tfrecords
-        from mammo_pipeline.train import train_model
+        from mammo_pipeline.training.train import train_model
 
         files: list[Path] | None = None
         if data:
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate a training run's model on the held-out test split; log it on the run."""
         from mammo_pipeline.config import get_settings
-        from mammo_pipeline.evaluate import evaluate_run
+        from mammo_pipeline.training.evaluate import evaluate_run
 
         metrics = evaluate_run(get_settings(), run_id)
         typer.echo(f"MLflow run id: {run_id}")

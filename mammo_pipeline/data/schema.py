@@ -1,6 +1,6 @@
 """The data contract of the public DDSM / CBIS-DDSM tfrecords, in one place.
 
-See ../shared/DESIGN.md section 2. Every other module imports these names instead of
+See docs/architecture.md ("Data contract"). Every other module imports these names instead of
 repeating keys, sizes or label meanings.
 """
 

@@ -7,12 +7,11 @@ under the project, SQLite metadata, LocalExecutor, the repo's ``dags/`` folder.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from mammo_pipeline.common.environment import REPO_ROOT, settings_env
 from mammo_pipeline.config import Settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = REPO_ROOT / "dags"
 
 
@@ -26,14 +25,14 @@ def airflow_env(
     celery_broker_url: str | None = None,
     celery_result_backend: str | None = None,
 ) -> dict[str, str]:
-    """A full environment (``os.environ`` plus Airflow and MAMMO_* variables).
+    """A full environment (``os.environ``, the settings as MAMMO_* variables, and Airflow's).
 
     For the distributed shape (``executor="CeleryExecutor"``) pass the broker (e.g.
     ``redis://host:6379/0``) and the result backend (e.g. ``db+postgresql://...``); they are
     only set when given.
     """
     home = Path(settings.airflow_home).resolve()
-    env = dict(os.environ)
+    env = settings_env(settings)
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -48,24 +47,11 @@ def airflow_env(
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "15",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-            ),
         }
     )
     if celery_broker_url:
         env["AIRFLOW__CELERY__BROKER_URL"] = celery_broker_url
     if celery_result_backend:
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = celery_result_backend
-    # The settings travel to task processes as MAMMO_* variables.
-    for name, value in settings.model_dump(exclude_none=True).items():
-        key = f"MAMMO_{name.upper()}"
-        if isinstance(value, tuple | list):
-            import json
-
-            value = json.dumps(list(value))
-        elif isinstance(value, Path):
-            value = str(value.resolve()) if not value.is_absolute() else str(value)
-        env[key] = str(value)
     env.update(extra or {})
     return env

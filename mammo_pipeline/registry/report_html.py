@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mammo_pipeline.gate import (
+from mammo_pipeline.registry.gate import (
     CHECK_MIN_PRECISION,
     CHECK_MIN_RECALL,
     REGRESSION_METRICS,

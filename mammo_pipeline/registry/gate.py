@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mammo_pipeline.common.jsonsafe import from_json_number, to_json_number
+
 #: Test-set metrics of a training run that are copied onto every model version as tags.
 TEST_METRICS: tuple[str, ...] = (
     "test_precision",
@@ -58,19 +60,6 @@ CHECK_SAME_TEST_SET = "same_test_set"
 REQUIRED_CHECKS: frozenset[str] = frozenset({CHECK_MIN_PRECISION, CHECK_MIN_RECALL})
 
 
-def _json_number(value: Any) -> Any:
-    """Floats that JSON cannot carry (NaN, inf) become strings; everything else passes."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def _from_json_number(value: Any) -> Any:
-    if isinstance(value, str) and value in {"nan", "inf", "-inf"}:
-        return float(value)
-    return value
-
-
 @dataclass(frozen=True)
 class Check:
     """One line of the gate: what was compared, with what, and the verdict."""
@@ -85,16 +74,16 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["observed"] = _json_number(self.observed)
-        d["threshold"] = _json_number(self.threshold)
+        d["observed"] = to_json_number(self.observed)
+        d["threshold"] = to_json_number(self.threshold)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Check:
         return cls(
             name=str(d["name"]),
-            observed=_from_json_number(d.get("observed")),
-            threshold=_from_json_number(d.get("threshold")),
+            observed=from_json_number(d.get("observed")),
+            threshold=from_json_number(d.get("threshold")),
             op=str(d.get("op", "")),
             passed=bool(d.get("passed", False)),
             reason=str(d.get("reason", "")),

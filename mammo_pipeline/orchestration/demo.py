@@ -9,7 +9,13 @@
 4. sends a sample image to the live BentoML service and prints the gate decision, the served
    version, the prediction and the URLs of the Airflow UI, the MLflow UI and the service.
 
-``make stop`` (``python -m mammo_pipeline.demo --stop``) stops everything it started.
+The demo's settings are written to ``.demo/mammo.toml`` and ``.demo/env`` exports
+``MAMMO_CONFIG_FILE`` (and puts the venv's ``mammo`` on ``PATH``), so that after
+``source .demo/env`` every ``mammo`` command sees the demo's registry, data and service.
+Everything listens on 127.0.0.1 only (the Airflow UI has no login in this local mode).
+
+``make stop`` (``python -m mammo_pipeline.orchestration.demo --stop``) stops everything it
+started and lists it.
 """
 
 from __future__ import annotations
@@ -22,49 +28,85 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from mammo_pipeline.airflow_env import REPO_ROOT, airflow_env
-from mammo_pipeline.config import Settings
-from mammo_pipeline.processes import start, stop_all, wait_http
+from mammo_pipeline.common.environment import REPO_ROOT, settings_env
+from mammo_pipeline.common.net import wait_http
+from mammo_pipeline.common.processes import start, stop_all
+from mammo_pipeline.config import CONFIG_FILE_ENV, Settings
+from mammo_pipeline.orchestration.airflow_env import airflow_env
 
 DEMO_DIR = REPO_ROOT / ".demo"
 STATE = DEMO_DIR / "services.json"
+CONFIG_FILE = DEMO_DIR / "mammo.toml"
+ENV_FILE = DEMO_DIR / "env"
 AIRFLOW_PORT = 8080
 MLFLOW_PORT = 5000
 SERVE_PORT = 3000
 BIN = Path(sys.executable).parent
 
 #: The demo's settings: small synthetic data and images so a 2-core CPU finishes in minutes.
-DEMO_SETTINGS = {
+DEMO_SETTINGS: dict[str, Any] = {
     "data_dir": str(DEMO_DIR / "data"),
     "mlflow_tracking_uri": f"sqlite:///{DEMO_DIR / 'mlflow.db'}",
     "mlflow_artifact_location": str(DEMO_DIR / "mlartifacts"),
     "airflow_home": str(DEMO_DIR / "airflow"),
-    "image_size": "64",
+    "expectations_dir": str(REPO_ROOT / "expectations"),
+    "image_size": 64,
     "weights": "none",
-    "epochs": "60",  # head epochs on cached features cost well under a second each
-    "early_stopping_patience": "10",
-    "batch_size": "32",
-    "augment": "false",
-    "val_fraction": "0.25",
-    "target_recall": "0.85",
-    "min_precision": "0.30",
-    "min_recall": "0.70",
-    "serve_port": str(SERVE_PORT),
+    "epochs": 60,  # head epochs on cached features cost well under a second each
+    "early_stopping_patience": 10,
+    "batch_size": 32,
+    "augment": False,
+    "val_fraction": 0.25,
+    "target_recall": 0.85,
+    "min_precision": 0.30,
+    "min_recall": 0.70,
+    "serve_port": SERVE_PORT,
 }
+#: Task slots of the LocalExecutor: each is a worker process, and training is one task at a
+#: time on 2 cores; Airflow's default (32) left 32 idle workers holding memory.
+AIRFLOW_PARALLELISM = 4
 
 
 def say(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def demo_env() -> dict[str, str]:
-    for k, v in DEMO_SETTINGS.items():
-        os.environ[f"MAMMO_{k.upper()}"] = v
-    os.environ["MAMMO_VALIDATE_EVERY_MINUTES"] = "1"
-    os.environ.setdefault("BENTOML_HOME", str(DEMO_DIR / "bentoml"))
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return airflow_env(Settings(), api_port=AIRFLOW_PORT)
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_config() -> Settings:
+    """``.demo/mammo.toml`` (the demo's settings) and ``.demo/env`` (for ``source``)."""
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    lines = ["# Settings of `make demo` (read by every `mammo` command via MAMMO_CONFIG_FILE)."]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in DEMO_SETTINGS.items()]
+    CONFIG_FILE.write_text("\n".join(lines) + "\n")
+    bin_dir = Path(sys.executable).parent
+    ENV_FILE.write_text(
+        "# source this file to use the demo's registry, data and service from `mammo`\n"
+        f"export {CONFIG_FILE_ENV}={CONFIG_FILE}\n"
+        f'export PATH="{bin_dir}:$PATH"\n'
+    )
+    return Settings(**DEMO_SETTINGS)
+
+
+def demo_env(settings: Settings) -> dict[str, str]:
+    """The environment of the demo's Airflow processes (this process's is not changed)."""
+    return airflow_env(
+        settings,
+        api_port=AIRFLOW_PORT,
+        extra={
+            "MAMMO_VALIDATE_EVERY_MINUTES": "1",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__CORE__PARALLELISM": str(AIRFLOW_PARALLELISM),
+        },
+    )
 
 
 def airflow(env: dict[str, str], *args: str, check: bool = True) -> str:
@@ -76,15 +118,17 @@ def airflow(env: dict[str, str], *args: str, check: bool = True) -> str:
     return r.stdout
 
 
-def start_services(env: dict[str, str]) -> None:
+def start_services(settings: Settings, env: dict[str, str]) -> None:
     logs = DEMO_DIR / "logs"
     say("• Airflow metadata database (SQLite) …")
     airflow(env, "db", "migrate")
     airflow(env, "pools", "set", "mammo_gpu", "1", "GPU training slots")
+    # LocalExecutor reads task logs from local files: no log server (it would listen on all
+    # interfaces); the API server binds 127.0.0.1.
     for name, args in [
-        ("airflow-scheduler", ["scheduler"]),
+        ("airflow-scheduler", ["scheduler", "--skip-serve-logs"]),
         ("airflow-dag-processor", ["dag-processor"]),
-        ("airflow-api-server", ["api-server", "--port", str(AIRFLOW_PORT)]),
+        ("airflow-api-server", ["api-server", "--host", "127.0.0.1", "--port", str(AIRFLOW_PORT)]),
     ]:
         start(STATE, name, [str(BIN / "airflow"), *args], env=env, log_dir=logs, cwd=REPO_ROOT)
     start(
@@ -98,13 +142,14 @@ def start_services(env: dict[str, str]) -> None:
             "--port",
             str(MLFLOW_PORT),
             "--backend-store-uri",
-            DEMO_SETTINGS["mlflow_tracking_uri"],
+            settings.mlflow_tracking_uri,
             "--default-artifact-root",
-            Path(DEMO_SETTINGS["mlflow_artifact_location"]).as_uri(),
+            Path(settings.mlflow_artifact_location).as_uri(),
             "--workers",
             "1",
         ],
-        env=env,
+        # the demo uses no MLflow server-side jobs: no idle job consumers
+        env=settings_env(settings, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
         log_dir=logs,
         cwd=REPO_ROOT,
     )
@@ -232,17 +277,25 @@ def report(settings: Settings) -> bool:
     except OSError as exc:
         say(f"the service at {url} did not answer: {exc}")
         served = False
-    say(f"\nAirflow UI : http://127.0.0.1:{AIRFLOW_PORT}")
+    from mammo_pipeline.validation.gx_context import data_docs_dir
+
+    docs = data_docs_dir(settings) / "index.html"
+    say(f"\nAirflow UI : http://127.0.0.1:{AIRFLOW_PORT}   (local mode: no login, 127.0.0.1 only)")
     say(f"MLflow UI  : http://127.0.0.1:{MLFLOW_PORT}")
     say(f"Service    : {url}  (POST /predict, GET /model)")
+    say(f"Data Docs  : {docs.as_uri() if docs.is_file() else docs}  (validation reports, offline)")
+    say(f"Settings   : {CONFIG_FILE}")
+    say("\nUse the demo's registry, data and service from your shell:")
+    say(f"    source {ENV_FILE.relative_to(REPO_ROOT)}   # sets {CONFIG_FILE_ENV}, mammo on PATH")
+    say("    mammo registry list")
     say("Stop everything with: make stop")
     return served
 
 
 def run(n: int, test_n: int) -> int:
     t_start = time.time()
-    env = demo_env()
-    settings = Settings()
+    settings = write_config()
+    env = demo_env(settings)
     say(
         "mammo-mlops demo: SYNTHETIC data (not real mammograms), image size "
         f"{settings.image_size}px instead of 299, VGG16 with RANDOM weights (weights=none: "
@@ -250,7 +303,7 @@ def run(n: int, test_n: int) -> int:
     )
     for d in (settings.landing, settings.validated, settings.quarantine, settings.test_split):
         d.mkdir(parents=True, exist_ok=True)
-    start_services(env)
+    start_services(settings, env)
     wait_for_dags(env, ["mammo_validate_incoming", "mammo_retrain", "mammo_deploy"])
     make_data(settings, n, test_n)
     t_drop = time.time()
@@ -273,15 +326,23 @@ def run(n: int, test_n: int) -> int:
 
 
 def stop() -> None:
-    os.environ.update({f"MAMMO_{k.upper()}": v for k, v in DEMO_SETTINGS.items()})
+    """Stop the demo's service (backend and live-port proxy) and its Airflow and MLflow
+    processes; say what was stopped."""
+    stopped: list[str] = []
     try:
-        from mammo_pipeline.deploy import stop_service
+        from mammo_pipeline.serving.deploy import stop_service
 
-        stop_service(Settings())
+        for role, pid in stop_service(Settings(**DEMO_SETTINGS)).items():
+            stopped.append(f"model service {role} (pid {pid})")
     except Exception as exc:  # noqa: BLE001 - stopping must go on
-        say(f"(service: {exc})")
-    stopped = stop_all(STATE)
-    say("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        say(f"(model service: {exc})")
+    stopped += stop_all(STATE)
+    if stopped:
+        say("stopped:")
+        for item in stopped:
+            say(f"  - {item}")
+    else:
+        say("nothing was running")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ checkpoint on validation ROC AUC (``val_auc``), mixed precision only when a GPU 
 MLflow run contents: every setting as a parameter, per-epoch ``loss``, ``auc``,
 ``precision``, ``recall``, ``val_*`` and ``learning_rate``; ``val_roc_auc``,
 ``val_pr_auc``, ``val_recall_at_threshold``, ``val_precision_at_threshold`` and
-``decision_threshold``; the test metrics of :mod:`mammo_pipeline.evaluate`; tags
+``decision_threshold``; the test metrics of :mod:`mammo_pipeline.training.evaluate`; tags
 ``weights_source``, ``weights_random``, ``git_commit``, ``synthetic``,
 ``data_manifest_sha256``, ``test_manifest_sha256``,
 ``airflow_run_id`` (when given), ``feature_cache``, ``model_uri``, ``model_id``; the data
@@ -22,65 +22,22 @@ model as ``mlflow.keras`` flavour named ``model`` with metadata ``decision_thres
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
-import warnings
-from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mammo_pipeline.common.jsonsafe import clean
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.data.manifest import DataManifest, build_manifest, held_out_files
 from mammo_pipeline.data.pipeline import PipelineOptions, make_dataset, read_labels
-from mammo_pipeline.errors import ConfigError, DataError
-from mammo_pipeline.model import ModelSpec, resolve_weights, weights_source
-
-#: Settings that ``train_model(overrides=...)`` and Airflow Params may change.
-OVERRIDABLE = {
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "image_size",
-    "trainable_blocks",
-    "max_records",
-    "fine_tune_epochs",
-    "fine_tune_learning_rate",
-    "weights",
-    "augment",
-    "head_units",
-    "dropout",
-    "early_stopping_patience",
-    "seed",
-    "target_recall",
-    "val_fraction",
-}
-#: Settings logged as run parameters.
-PARAM_FIELDS = (
-    "image_size",
-    "weights",
-    "head_units",
-    "dropout",
-    "trainable_blocks",
-    "batch_size",
-    "epochs",
-    "fine_tune_epochs",
-    "learning_rate",
-    "fine_tune_learning_rate",
-    "early_stopping_patience",
-    "val_fraction",
-    "max_records",
-    "augment",
-    "cache",
-    "shuffle_buffer",
-    "seed",
-    "target_recall",
-)
+from mammo_pipeline.errors import DataError
+from mammo_pipeline.overrides import apply_overrides
+from mammo_pipeline.training.model import ModelSpec, resolve_weights, weights_source
 
 
 @dataclass
@@ -102,68 +59,7 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        def clean(v):
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            return v
-
-        return clean(asdict(self))
-
-
-def apply_overrides(
-    settings: Settings,
-    overrides: dict[str, Any] | None,
-    allowed: Iterable[str] = OVERRIDABLE,
-) -> Settings:
-    """A new validated Settings with ``overrides`` (None values ignored) applied; names
-    outside ``allowed`` (by default the training settings) are refused."""
-    values = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = set(values) - set(allowed)
-    if unknown:
-        raise ConfigError(f"unknown override(s): {sorted(unknown)}")
-    if not values:
-        return settings
-    from pydantic import ValidationError
-
-    try:
-        return Settings(**{**settings.model_dump(), **values})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid override: {exc}") from exc
-
-
-def gpu_available() -> bool:
-    """Whether the Keras backend sees a GPU (TensorFlow or JAX; False on any doubt)."""
-    import keras
-
-    try:
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            return bool(tf.config.list_physical_devices("GPU"))
-        if keras.backend.backend() == "jax":
-            import jax
-
-            return any(d.platform == "gpu" for d in jax.devices())
-        if keras.backend.backend() == "torch":
-            import torch
-
-            return bool(torch.cuda.is_available())
-    except Exception:  # noqa: BLE001 - a broken driver means no GPU
-        return False
-    return False
-
-
-def setup_precision() -> bool:
-    """mixed_float16 on a GPU, float32 elsewhere; returns whether mixed precision is on."""
-    import keras
-
-    mixed = gpu_available()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    return mixed
+        return clean(asdict(self), non_finite="none")
 
 
 def class_weights(counts: dict[int, int]) -> dict[int, float]:
@@ -303,7 +199,7 @@ def extract_features(extractor, dataset) -> np.ndarray:
 
 def fit_head_on_features(model, data: TrainData, tmp: Path, history: dict) -> np.ndarray:
     """Phase 1 with cached features; returns validation scores of the best head."""
-    from mammo_pipeline.model import feature_extractor, head_of
+    from mammo_pipeline.training.model import feature_extractor, head_of
 
     s = data.settings
     extractor = feature_extractor(model)
@@ -366,8 +262,8 @@ def fit_full(model, data: TrainData, tmp: Path, history: dict, *, phase: int) ->
 
 def fit(model, data: TrainData, tmp: Path) -> tuple[dict, np.ndarray, bool, int]:
     """Both phases; returns (history, validation scores, feature_cache used, phase-1 epochs)."""
-    from mammo_pipeline.evaluate import predict_scores
-    from mammo_pipeline.model import set_trainable_blocks
+    from mammo_pipeline.training.evaluate import predict_scores
+    from mammo_pipeline.training.model import set_trainable_blocks
 
     s = data.settings
     history: dict[str, list[float]] = {}
@@ -397,9 +293,6 @@ def fit(model, data: TrainData, tmp: Path) -> tuple[dict, np.ndarray, bool, int]
     return history, val_scores, cached, phase1_epochs
 
 
-# --- MLflow ------------------------------------------------------------------------------
-
-
 def resolve_files(
     settings: Settings, files: Sequence[Path | str] | None, manifest: DataManifest | None
 ) -> list[Path]:
@@ -415,120 +308,6 @@ def resolve_files(
     return found
 
 
-def _params(s: Settings, data: TrainData, mixed: bool, cached: bool) -> dict[str, Any]:
-    params: dict[str, Any] = {f: getattr(s, f) for f in PARAM_FIELDS}
-    params.update(
-        n_train=data.n_train,
-        n_val=data.n_val,
-        mixed_precision=mixed,
-        feature_cache=cached,
-        class_weight=json.dumps(class_weights(data.label_counts)),
-        train_label_counts=json.dumps(data.label_counts),
-        optimizer="adam+cosine_decay",
-        keras_backend=_backend(),
-    )
-    return params
-
-
-def _backend() -> str:
-    import keras
-
-    return keras.backend.backend()
-
-
-def _tags(s: Settings, manifest: DataManifest, airflow_run_id: str | None) -> dict[str, str]:
-    from mammo_pipeline.tracking import git_commit
-
-    tags = {
-        "weights_source": weights_source(s.weights),
-        "weights_random": str(s.weights == "none").lower(),
-        "git_commit": git_commit(),
-        "synthetic": str(manifest.synthetic).lower(),
-        "data_manifest_sha256": manifest.sha256,
-        "mlflow.note.content": _note(s, manifest),
-    }
-    if airflow_run_id:
-        tags["airflow_run_id"] = airflow_run_id
-    return tags
-
-
-def _note(s: Settings, manifest: DataManifest) -> str:
-    parts = [f"VGG16 transfer learning at {s.image_size}px on {manifest.total_records} records."]
-    if s.weights == "none":
-        parts.append("RANDOM weights (weights=none): not a useful model, for tests/demos.")
-    if manifest.synthetic:
-        parts.append("Trained on SYNTHETIC data.")
-    return " ".join(parts)
-
-
-def log_dataset(manifest: DataManifest, out: Path) -> None:
-    """The manifest as the run's MLflow dataset input and as ``data/manifest.json``."""
-    import mlflow
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    path = manifest.write(out / "manifest.json")
-    mlflow.log_artifact(str(path), "data")
-    source_uri = str(Path(manifest.files[0].path).parent) if manifest.files else str(path)
-    with warnings.catch_warnings():  # "can be interpreted in multiple ways": all local
-        warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(source_uri)
-    dataset = MetaDataset(
-        source=source,
-        name=f"mammo-train-{manifest.total_records}",
-        digest=manifest.sha256[:32],
-    )
-    mlflow.log_input(
-        dataset,
-        context="training",
-        tags={"manifest_sha256": manifest.sha256, "synthetic": str(manifest.synthetic).lower()},
-    )
-
-
-@contextmanager
-def _example_dir_fix():
-    """Work around mlflow.keras.save_model (MLflow 3.17) writing the input example before it
-    creates the model directory (FileNotFoundError on input_example.json)."""
-    import mlflow.keras.save as keras_save
-
-    original = keras_save._save_example
-
-    def save_example(mlflow_model, input_example, path):
-        os.makedirs(path, exist_ok=True)
-        return original(mlflow_model, input_example, path)
-
-    keras_save._save_example = save_example
-    try:
-        yield
-    finally:
-        keras_save._save_example = original
-
-
-def log_keras_model(model, threshold: float, image_size: int, tags: dict[str, str]):
-    """``mlflow.keras.log_model`` with signature, input example and the threshold metadata."""
-    import keras
-    import mlflow
-    from mlflow.models import infer_signature
-
-    example = np.full((1, image_size, image_size, 1), 128.0, dtype=np.float32)
-    signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-    requirements = [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}", "numpy"]
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        requirements.append(f"tensorflow=={tf.__version__}")
-    with _example_dir_fix():
-        return mlflow.keras.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example,
-            pip_requirements=requirements,
-            metadata={"decision_threshold": float(threshold), "image_size": int(image_size)},
-            tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")},
-        )
-
-
 def train_model(
     settings: Settings | None = None,
     files: list[Path] | None = None,
@@ -538,21 +317,28 @@ def train_model(
     evaluate: bool = True,
 ) -> TrainResult:
     """Train, log, evaluate: one MLflow run. With ``evaluate=False`` the test-split evaluation
-    is left to :func:`mammo_pipeline.evaluate.evaluate_run` (the DAG runs it as its own task,
-    off the GPU queue). ``files`` default to the manifest's or to the
+    is left to :func:`mammo_pipeline.training.evaluate.evaluate_run` (the DAG runs it as its
+    own task, off the GPU queue). ``files`` default to the manifest's or to the
     tfrecords in ``settings.validated``; the test split is ``settings.test_split``."""
     import keras
     import mlflow
 
-    from mammo_pipeline import plots
-    from mammo_pipeline.evaluate import (
+    from mammo_pipeline.common.mlflow_access import configure_mlflow
+    from mammo_pipeline.training import plots
+    from mammo_pipeline.training.evaluate import (
         binary_metrics,
         choose_threshold,
         evaluate_model,
         log_evaluation,
     )
-    from mammo_pipeline.model import build_model
-    from mammo_pipeline.tracking import configure_mlflow
+    from mammo_pipeline.training.hardware import setup_precision
+    from mammo_pipeline.training.model import build_model
+    from mammo_pipeline.training.run_logging import (
+        log_dataset,
+        log_keras_model,
+        run_params,
+        run_tags,
+    )
 
     s = apply_overrides(settings or get_settings(), overrides)
     paths = resolve_files(s, files, manifest)
@@ -561,11 +347,11 @@ def train_model(
     resolve_weights(s.weights)  # fail fast (e.g. offline without the ImageNet file)
     keras.utils.set_random_seed(s.seed)
     mixed = setup_precision()
-    experiment_id = configure_mlflow(s)
+    experiment_id = configure_mlflow(s)  # the run is logged with MLflow's fluent API
     data = prepare_data(s, paths)
     spec = ModelSpec(s.image_size, s.weights, tuple(s.head_units), s.dropout)  # type: ignore[arg-type]
     model = build_model(spec)
-    tags = _tags(s, manifest, airflow_run_id)
+    tags = run_tags(s, manifest, airflow_run_id)
     with (
         mlflow.start_run(experiment_id=experiment_id) as run,
         tempfile.TemporaryDirectory(prefix="mammo-train-") as tmp_name,
@@ -575,7 +361,7 @@ def train_model(
         mlflow.set_tags(tags)
         log_dataset(manifest, tmp)
         history, val_scores, cached, phase1 = fit(model, data, tmp)
-        mlflow.log_params(_params(s, data, mixed, cached))
+        mlflow.log_params(run_params(s, data, mixed, cached))
         threshold = choose_threshold(data.val_labels, val_scores, s.target_recall)
         val = binary_metrics(data.val_labels, val_scores, threshold, prefix="val_")
         val_metrics = {
@@ -607,7 +393,7 @@ def train_model(
             evaluation = evaluate_model(
                 model, s, threshold, tmp / "evaluation", synthetic=manifest.synthetic
             )
-            log_evaluation(run_id, evaluation, info.model_id)
+            log_evaluation(s, run_id, evaluation, info.model_id)
     return TrainResult(
         run_id=run_id,
         experiment_id=experiment_id,

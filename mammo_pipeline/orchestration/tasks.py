@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mammo_pipeline.config import Settings, get_settings
-from mammo_pipeline.dag_support import RETRAIN_PARAM_SCHEMAS, params_to_overrides
+from mammo_pipeline.orchestration.params import RETRAIN_PARAM_SCHEMAS, params_to_overrides
 
 
 def _skip(reason: str) -> None:
@@ -22,7 +22,7 @@ def _skip(reason: str) -> None:
 def _settings(params: dict[str, Any] | None = None) -> Settings:
     """The configured settings, with the trigger's non-empty parameters applied (every
     trigger parameter is a settings field; the Params' JSON Schema already checked them)."""
-    from mammo_pipeline.train import apply_overrides
+    from mammo_pipeline.overrides import apply_overrides
 
     return apply_overrides(
         get_settings(), params_to_overrides(params), allowed=RETRAIN_PARAM_SCHEMAS
@@ -30,9 +30,9 @@ def _settings(params: dict[str, Any] | None = None) -> Settings:
 
 
 def _training_overrides(params: dict[str, Any] | None) -> dict[str, Any]:
-    from mammo_pipeline.train import OVERRIDABLE
+    from mammo_pipeline.overrides import TRAINING_OVERRIDES
 
-    return {k: v for k, v in params_to_overrides(params).items() if k in OVERRIDABLE}
+    return {k: v for k, v in params_to_overrides(params).items() if k in TRAINING_OVERRIDES}
 
 
 # ------------------------------------------------------------------ mammo_validate_incoming
@@ -74,7 +74,7 @@ def train_candidate(
     manifest: dict[str, Any], params: dict[str, Any], airflow_run_id: str | None = None
 ) -> dict[str, Any]:
     from mammo_pipeline.data.manifest import DataManifest
-    from mammo_pipeline.train import train_model
+    from mammo_pipeline.training.train import train_model
 
     s = get_settings()
     result = train_model(
@@ -90,19 +90,17 @@ def train_candidate(
 
 def _link_data_docs(settings: Settings, run_id: str) -> None:
     """Tag the training run with where the validation Data Docs of its data are."""
-    import mlflow
-
+    from mammo_pipeline.common.mlflow_access import mlflow_client
     from mammo_pipeline.validation.gx_context import data_docs_dir
 
     index = data_docs_dir(settings) / "index.html"
     if index.is_file():
-        client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-        client.set_tag(run_id, "data_docs", index.as_uri())
+        mlflow_client(settings).set_tag(run_id, "data_docs", index.as_uri())
 
 
 def evaluate_candidate(trained: dict[str, Any]) -> dict[str, Any]:
     """Metrics of the candidate on the fixed held-out test split (logged on its run)."""
-    from mammo_pipeline.evaluate import evaluate_run
+    from mammo_pipeline.training.evaluate import evaluate_run
 
     metrics = evaluate_run(get_settings(), trained["run_id"])
     return {**trained, "metrics": metrics}
@@ -179,15 +177,15 @@ def promote_candidate(decision: dict[str, Any]) -> dict[str, Any]:
 
 
 def deploy_champion(promoted: dict[str, Any]) -> dict[str, Any]:
-    from mammo_pipeline.deploy import deploy_version
+    from mammo_pipeline.serving.deploy import deploy_version
 
     return deploy_version(get_settings(), promoted["version"]).to_dict()
 
 
 # ------------------------------------------------------------------ mammo_deploy
 def manual_deploy(params: dict[str, Any]) -> dict[str, Any]:
-    from mammo_pipeline.deploy import deploy_version
     from mammo_pipeline.registry import approve, rollback
+    from mammo_pipeline.serving.deploy import deploy_version
 
     s = get_settings()
     reason = params.get("reason") or "manual redeploy"

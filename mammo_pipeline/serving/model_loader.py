@@ -2,28 +2,31 @@
 store (tag ``<name>:v<registry version>``) and load it.
 
 The version is ``settings.serve_version`` (``MAMMO_SERVE_VERSION``) when set, else the one the
-``champion`` alias points at. The BentoML store lives under ``settings.bentoml_store`` (never
-``~/bentoml`` implicitly). Importing is idempotent: a store entry whose ``mlflow_run_id`` label
-matches is reused, one from another registry with the same version number is replaced.
+``champion`` alias points at. The BentoML model store is BentoML's own (``BENTOML_HOME``),
+which every service process gets from :func:`mammo_pipeline.common.environment.settings_env`
+(``settings.bentoml_store``); only BentoML's public ``bentoml.models`` API is used. Importing
+is idempotent: a store entry whose ``mlflow_run_id`` label matches is reused, one from another
+registry with the same version number is replaced.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mammo_pipeline.common.jsonsafe import finite_or_none
+from mammo_pipeline.common.mlflow_access import mlflow_client, use_store
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import ConfigError, MammoError
+from mammo_pipeline.registry.names import CHAMPION
 
 if TYPE_CHECKING:
     from bentoml import Model as BentoModel
 
-CHAMPION = "champion"
 MLFLOW_SUBDIR = "mlflow_model"
 
 
@@ -45,37 +48,13 @@ class ModelInfo:
         return asdict(self)
 
 
-def _client(settings: Settings):
-    from mlflow import MlflowClient
-
-    return MlflowClient(
-        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
-    )
-
-
-def _use_registry(settings: Settings) -> None:
-    """Point MLflow's fluent API (``models:/`` URIs) at the configured store."""
-    import mlflow
-
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-
-
-def _float(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
 def resolve_version(settings: Settings, version: str | int | None = None) -> str:
     """The registry version to serve: explicit, ``MAMMO_SERVE_VERSION``, else ``@champion``."""
     from mlflow.exceptions import MlflowException
 
     name = settings.registered_model_name
     chosen = version if version is not None else settings.serve_version
-    client = _client(settings)
+    client = mlflow_client(settings)
     try:
         if chosen is not None:
             return str(client.get_model_version(name, str(chosen)).version)
@@ -92,9 +71,9 @@ def describe_version(settings: Settings, version: str) -> ModelInfo:
     """Metadata of one registry version: threshold, test metrics, aliases, trained-at."""
     import mlflow
 
-    _use_registry(settings)
+    use_store(settings)
     name = settings.registered_model_name
-    client = _client(settings)
+    client = mlflow_client(settings)
     mv = client.get_model_version(name, version)
     run = client.get_run(mv.run_id) if mv.run_id else None
     run_metrics = dict(run.data.metrics) if run else {}
@@ -102,7 +81,7 @@ def describe_version(settings: Settings, version: str) -> ModelInfo:
 
     metrics: dict[str, float] = {}
     for key, value in {**run_metrics, **tags}.items():
-        if key.startswith("test_") and (num := _float(value)) is not None:
+        if key.startswith("test_") and (num := finite_or_none(value)) is not None:
             metrics[key] = num
 
     metadata: dict[str, Any] = {}
@@ -112,11 +91,11 @@ def describe_version(settings: Settings, version: str) -> ModelInfo:
     except Exception:  # noqa: BLE001 - metadata is optional, tags/metrics come first
         metadata = {}
 
-    threshold = _float(tags.get("decision_threshold"))
+    threshold = finite_or_none(tags.get("decision_threshold"))
     if threshold is None:
-        threshold = _float(run_metrics.get("decision_threshold"))
+        threshold = finite_or_none(run_metrics.get("decision_threshold"))
     if threshold is None:
-        threshold = _float(metadata.get("decision_threshold"))
+        threshold = finite_or_none(metadata.get("decision_threshold"))
     if threshold is None:
         raise MammoError(f"{name} version {version} has no decision_threshold (tag or metric)")
     size = metadata.get("image_size")
@@ -143,29 +122,19 @@ def bento_tag(settings: Settings, version: str) -> str:
     return f"{name or 'model'}:v{version}"
 
 
-def model_store(settings: Settings):
-    """The BentoML model store under ``settings.bentoml_store`` (created on demand)."""
-    from bentoml._internal.models.model import ModelStore
-
-    path = settings.bentoml_store.resolve() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return ModelStore(str(path))
-
-
 def import_version(settings: Settings, info: ModelInfo) -> BentoModel:
     """Copy the MLflow model of ``info`` into the BentoML store (idempotent); returns it."""
     import bentoml
     import mlflow
     from bentoml.exceptions import BentoMLException, NotFound
 
-    _use_registry(settings)
-    store = model_store(settings)
+    use_store(settings)
     tag = bento_tag(settings, info.version)
     try:
-        existing = bentoml.models.get(tag, _model_store=store)
+        existing = bentoml.models.get(tag)
         if existing.info.labels.get("mlflow_run_id") == info.run_id:
             return existing
-        store.delete(tag)
+        bentoml.models.delete(tag)
     except NotFound:
         pass
     labels = {
@@ -179,7 +148,7 @@ def import_version(settings: Settings, info: ModelInfo) -> BentoModel:
         "tracking_uri": settings.mlflow_tracking_uri,
     }
     try:
-        with bentoml.models.create(tag, labels=labels, metadata=meta, _model_store=store) as bm:
+        with bentoml.models.create(tag, labels=labels, metadata=meta) as bm:
             dst = Path(bm.path) / MLFLOW_SUBDIR
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{info.name}/{info.version}",
@@ -188,8 +157,8 @@ def import_version(settings: Settings, info: ModelInfo) -> BentoModel:
             shutil.copytree(local, dst)
     except BentoMLException:
         # another process imported the same tag meanwhile
-        return bentoml.models.get(tag, _model_store=store)
-    return bentoml.models.get(tag, _model_store=store)
+        return bentoml.models.get(tag)
+    return bentoml.models.get(tag)
 
 
 def load_keras(bento_model: BentoModel):
@@ -203,7 +172,7 @@ def load_from_registry(settings: Settings, version: str):
     """The Keras model of a registry version loaded straight from MLflow (in-process check)."""
     import mlflow
 
-    _use_registry(settings)
+    use_store(settings)
     return mlflow.keras.load_model(f"models:/{settings.registered_model_name}/{version}")
 
 

@@ -137,8 +137,8 @@ def evaluate_model(
     model, settings: Settings, threshold: float, out_dir: Path, *, synthetic: bool = False
 ) -> Evaluation:
     """Test metrics and figures for ``model`` at ``threshold`` (nothing logged here)."""
-    from mammo_pipeline import plots
     from mammo_pipeline.data.manifest import build_manifest, held_out_files
+    from mammo_pipeline.training import plots
 
     test_manifest = build_manifest(held_out_files(settings.test_split))
     synthetic = synthetic or test_manifest.synthetic
@@ -178,11 +178,16 @@ def evaluate_model(
     return Evaluation(metrics, threshold, test_manifest.sha256, artifacts)
 
 
-def log_evaluation(run_id: str, evaluation: Evaluation, model_id: str | None = None) -> None:
+def log_evaluation(
+    settings: Settings, run_id: str, evaluation: Evaluation, model_id: str | None = None
+) -> None:
     """Log metrics, the test manifest tag and the artifacts on an existing run."""
     import mlflow
 
-    client = mlflow.MlflowClient()
+    from mammo_pipeline.common.mlflow_access import mlflow_client, use_store
+
+    client = mlflow_client(settings)
+    use_store(settings)  # mlflow.log_metrics links the metrics to the LoggedModel too
     mlflow.log_metrics(evaluation.metrics, run_id=run_id, model_id=model_id)
     client.set_tag(run_id, "test_manifest_sha256", evaluation.test_manifest_sha256)
     for path in evaluation.artifacts:
@@ -205,12 +210,12 @@ def evaluate_run(settings: Settings | None = None, run_id: str = "") -> dict[str
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from mammo_pipeline.tracking import configure_mlflow
+    from mammo_pipeline.common.mlflow_access import mlflow_client, use_store
 
     s = settings or get_settings()
-    configure_mlflow(s)
+    use_store(s)  # mlflow.keras.load_model resolves runs:/ and models:/ URIs globally
     try:
-        run = mlflow.MlflowClient().get_run(run_id)
+        run = mlflow_client(s).get_run(run_id)
     except MlflowException as exc:
         raise MammoError(f"no MLflow run {run_id!r} at {s.mlflow_tracking_uri}") from exc
     model_uri = run.data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
@@ -218,5 +223,5 @@ def evaluate_run(settings: Settings | None = None, run_id: str = "") -> dict[str
     synthetic = run.data.tags.get("synthetic") == "true"
     with tempfile.TemporaryDirectory(prefix="mammo-eval-") as tmp:
         evaluation = evaluate_model(model, s, _run_threshold(run), Path(tmp), synthetic=synthetic)
-        log_evaluation(run_id, evaluation, run.data.tags.get("model_id"))
+        log_evaluation(s, run_id, evaluation, run.data.tags.get("model_id"))
     return {**evaluation.metrics, "decision_threshold": evaluation.threshold}

@@ -1,0 +1,269 @@
+"""What people do in the registry: approve a version, reject one, roll the champion back.
+
+Every action is recorded as tags on the version (who, when, why, and a bounded history).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from mammo_pipeline.common.mlflow_access import mlflow_client
+from mammo_pipeline.config import Settings, get_settings
+from mammo_pipeline.errors import MammoError
+from mammo_pipeline.registry.gate import utc_now
+from mammo_pipeline.registry.names import CHALLENGER, CHAMPION, MAX_TAG_VALUE, PREVIOUS
+from mammo_pipeline.registry.promotion import promote_aliases
+from mammo_pipeline.registry.report import write_report_safely
+from mammo_pipeline.registry.store import (
+    delete_tag,
+    get_version,
+    mlflow_errors,
+    read_aliases,
+    reviewer,
+    run_facts,
+    set_tags,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+
+@dataclass(frozen=True)
+class ReviewResult:
+    """What a manual action (approve / reject / rollback) changed."""
+
+    action: str
+    name: str
+    version: str
+    who: str
+    at: str
+    reason: str
+    champion_before: str | None
+    champion_after: str | None
+    previous_after: str | None
+    challenger_after: str | None
+    changed: bool = True
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def review_tags(
+    old_tags: Mapping[str, str], action: str, who: str, at: str, reason: str
+) -> dict[str, str]:
+    """``review``/``review_by``/``review_at``/``review_reason`` plus ``review_history``, a JSON
+    list of every manual action on the version (oldest dropped first to fit a tag value)."""
+    from mammo_pipeline.registry.report_html import review_history
+
+    history = review_history(old_tags) if old_tags.get("review_history") else []
+    history.append({"action": action, "by": who, "at": at, "reason": reason})
+    text = json.dumps(history, separators=(",", ":"))
+    while len(text) > MAX_TAG_VALUE and len(history) > 1:
+        history.pop(0)
+        text = json.dumps(history, separators=(",", ":"))
+    return {
+        "review": action,
+        "review_by": who,
+        "review_at": at,
+        "review_reason": reason,
+        "review_history": text,
+    }
+
+
+def require_reason(reason: str | None, action: str) -> str:
+    if not reason or not reason.strip():
+        raise MammoError(f"{action} needs a reason (--reason TEXT)")
+    return reason.strip()
+
+
+def approve(
+    settings: Settings | None, version: str | int, reason: str, who: str | None = None
+) -> ReviewResult:
+    """Make ``version`` the champion whatever the automatic gate said (``gate=manual``)."""
+    s = settings or get_settings()
+    name = s.registered_model_name
+    version = str(version)
+    reason = require_reason(reason, "approve")
+    person = reviewer(s, who)
+    at = utc_now()
+    client = mlflow_client(s)
+    with mlflow_errors(f"approving {name!r} v{version}"):
+        mv = get_version(client, name, version)
+        aliases = read_aliases(client, name)
+        before = aliases.get(CHAMPION)
+        if before == version:
+            return ReviewResult(
+                "approve",
+                name,
+                version,
+                person,
+                at,
+                reason,
+                before,
+                before,
+                aliases.get(PREVIOUS),
+                aliases.get(CHALLENGER),
+                changed=False,
+                message=f"v{version} is already the champion; nothing changed",
+            )
+        old_tags = mv.tags or {}
+        run = client.get_run(mv.run_id) if mv.run_id else None
+        tags: dict[str, Any] = run_facts(run) if run else {}
+        tags.update(
+            {
+                "gate_auto": old_tags.get("gate_auto")
+                if old_tags.get("gate") == "manual"
+                else old_tags.get("gate", "pending"),
+                "gate_reasons_auto": old_tags.get("gate_reasons_auto")
+                if old_tags.get("gate") == "manual"
+                else old_tags.get("gate_reasons"),
+                "gate": "manual",
+                "gate_reasons": f"approved by {person}: {reason}",
+                **review_tags(old_tags, "approved", person, at, reason),
+            }
+        )
+        if before is not None:
+            tags["replaced_champion"] = before
+        set_tags(client, name, version, tags)
+        delete_tag(client, name, version, "awaiting_approval")
+        write_report_safely(client, s, version, None, [])
+        promote_aliases(client, name, version, aliases)
+        after = read_aliases(client, name)
+    return ReviewResult(
+        "approve",
+        name,
+        version,
+        person,
+        at,
+        reason,
+        before,
+        after.get(CHAMPION),
+        after.get(PREVIOUS),
+        after.get(CHALLENGER),
+        message=f"v{version} is now the champion (was {'v' + before if before else 'none'})",
+    )
+
+
+def reject(
+    settings: Settings | None, version: str | int, reason: str, who: str | None = None
+) -> ReviewResult:
+    """Record a reviewer's rejection; the version loses ``challenger`` / ``previous``.
+
+    The champion cannot be rejected (it is being served): roll back or approve another version
+    first. A rejected version fails any later run of the gate until it is approved.
+    """
+    s = settings or get_settings()
+    name = s.registered_model_name
+    version = str(version)
+    reason = require_reason(reason, "reject")
+    person = reviewer(s, who)
+    at = utc_now()
+    client = mlflow_client(s)
+    with mlflow_errors(f"rejecting {name!r} v{version}"):
+        mv = get_version(client, name, version)
+        aliases = read_aliases(client, name)
+        if aliases.get(CHAMPION) == version:
+            raise MammoError(
+                f"v{version} is the champion (being served) and cannot be rejected; run "
+                "`mammo registry rollback` or approve another version first"
+            )
+        set_tags(client, name, version, review_tags(mv.tags or {}, "rejected", person, at, reason))
+        delete_tag(client, name, version, "awaiting_approval")
+        write_report_safely(client, s, version, None, [])
+        for alias in (CHALLENGER, PREVIOUS):
+            if aliases.get(alias) == version:
+                client.delete_registered_model_alias(name, alias)
+        after = read_aliases(client, name)
+    return ReviewResult(
+        "reject",
+        name,
+        version,
+        person,
+        at,
+        reason,
+        aliases.get(CHAMPION),
+        after.get(CHAMPION),
+        after.get(PREVIOUS),
+        after.get(CHALLENGER),
+        message=f"v{version} rejected",
+    )
+
+
+def rollback(
+    settings: Settings | None, reason: str | None = None, who: str | None = None
+) -> ReviewResult:
+    """Champion back to ``previous``. The new ``previous`` is the champion that one replaced
+    (its ``replaced_champion`` tag), so repeated rollbacks walk back the history."""
+    s = settings or get_settings()
+    name = s.registered_model_name
+    reason = (reason or "").strip() or "rollback"
+    person = reviewer(s, who)
+    at = utc_now()
+    client = mlflow_client(s)
+    with mlflow_errors(f"rolling back {name!r}"):
+        aliases = read_aliases(client, name)
+        current, target = aliases.get(CHAMPION), aliases.get(PREVIOUS)
+        if current is None:
+            raise MammoError(f"{name!r} has no champion: nothing to roll back")
+        if target is None or target == current:
+            raise MammoError(
+                f"{name!r} has no 'previous' version to roll back to (champion is v{current})"
+            )
+        target_mv = get_version(client, name, target)
+        if (target_mv.tags or {}).get("review") == "rejected":
+            raise MammoError(f"previous version v{target} was rejected; approve another version")
+        current_mv = get_version(client, name, current)
+        set_tags(
+            client,
+            name,
+            current,
+            review_tags(current_mv.tags or {}, "rolled_back", person, at, reason),
+        )
+        set_tags(
+            client,
+            name,
+            target,
+            {"reinstated_by": person, "reinstated_at": at, "reinstated_reason": reason},
+        )
+        new_previous = _rollback_target_of(client, name, target_mv, exclude={current, target})
+        write_report_safely(client, s, current, None, [])
+        # Aliases last: champion first so that a crash leaves the service on the target.
+        client.set_registered_model_alias(name, CHAMPION, target)
+        if new_previous is not None:
+            client.set_registered_model_alias(name, PREVIOUS, new_previous)
+        else:
+            client.delete_registered_model_alias(name, PREVIOUS)
+        after = read_aliases(client, name)
+    return ReviewResult(
+        "rollback",
+        name,
+        target,
+        person,
+        at,
+        reason,
+        current,
+        after.get(CHAMPION),
+        after.get(PREVIOUS),
+        after.get(CHALLENGER),
+        message=f"champion v{current} -> v{target}",
+    )
+
+
+def _rollback_target_of(
+    client: MlflowClient, name: str, mv: ModelVersion, exclude: set[str]
+) -> str | None:
+    candidate = (mv.tags or {}).get("replaced_champion")
+    if not candidate or candidate in exclude:
+        return None
+    try:
+        prior = client.get_model_version(name, candidate)
+    except Exception:
+        return None
+    if (prior.tags or {}).get("review") == "rejected":
+        return None
+    return candidate

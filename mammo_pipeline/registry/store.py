@@ -1,0 +1,129 @@
+"""Registry plumbing shared by the registry modules: reading aliases and versions, writing
+tags, turning MLflow errors into one-line messages, and who is acting.
+
+All access goes through :func:`mammo_pipeline.common.mlflow_access.mlflow_client`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from mammo_pipeline.config import Settings
+from mammo_pipeline.errors import MammoError
+from mammo_pipeline.registry.gate import RUN_TAGS_COPIED, TEST_METRICS
+from mammo_pipeline.registry.names import MAX_TAG_VALUE
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
+
+
+@contextlib.contextmanager
+def mlflow_errors(what: str) -> Iterator[None]:
+    """Turn MLflow's exceptions into one-line :class:`MammoError` for the CLI."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MammoError:
+        raise
+    except MlflowException as exc:
+        raise MammoError(f"{what}: {exc.message}") from exc
+
+
+def reviewer(settings: Settings, who: str | None = None) -> str:
+    """Who is acting: explicit, else MAMMO_REVIEWER (settings.reviewer), else the OS user."""
+    if who and who.strip():
+        return who.strip()
+    if settings.reviewer:
+        return settings.reviewer
+    env = os.environ.get("MAMMO_REVIEWER")
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+def is_not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"} or "not found" in str(exc).lower()
+
+
+def read_aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    """alias -> version of a registered model ({} when the model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client.get_registered_model(name)
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return {}
+        raise
+    return {str(k): str(v) for k, v in (rm.aliases or {}).items()}
+
+
+def aliases_of(aliases: Mapping[str, str], version: str) -> list[str]:
+    return sorted(a for a, v in aliases.items() if v == version)
+
+
+def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if is_not_found(exc):
+            raise MammoError(f"model {name!r} has no version {version}") from exc
+        raise MammoError(f"cannot read {name!r} version {version}: {exc.message}") from exc
+
+
+def tag_value(value: Any) -> str:
+    if isinstance(value, float):
+        text = repr(value)
+    else:
+        text = str(value)
+    return text if len(text) <= MAX_TAG_VALUE else text[: MAX_TAG_VALUE - 3] + "..."
+
+
+def set_tags(client: MlflowClient, name: str, version: str, tags: Mapping[str, Any]) -> None:
+    for key, value in tags.items():
+        if value is None:
+            continue
+        client.set_model_version_tag(name, version, key, tag_value(value))
+
+
+def delete_tag(client: MlflowClient, name: str, version: str, key: str) -> None:
+    with contextlib.suppress(Exception):
+        client.delete_model_version_tag(name, version, key)
+
+
+def escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def run_facts(run: Run, airflow_run_id: str | None = None) -> dict[str, Any]:
+    """The tags every version carries that come from its training run."""
+    metrics = run.data.metrics
+    tags = run.data.tags
+    facts: dict[str, Any] = {m: metrics[m] for m in TEST_METRICS if m in metrics}
+    if "decision_threshold" in metrics:
+        facts["decision_threshold"] = metrics["decision_threshold"]
+    elif "decision_threshold" in run.data.params:
+        facts["decision_threshold"] = run.data.params["decision_threshold"]
+    for key in RUN_TAGS_COPIED:
+        if tags.get(key):
+            facts[key] = tags[key]
+    if airflow_run_id:
+        facts["airflow_run_id"] = airflow_run_id
+    return facts
+
+
+def metric_values(run: Run) -> dict[str, Any]:
+    return dict(run.data.metrics)
