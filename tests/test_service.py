@@ -95,6 +95,9 @@ def in_process(model: Any, data: bytes) -> float:
 # --- the server -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
+    from mammo_pipeline.common.net import free_port
+    from mammo_pipeline.common.processes import spawn
+    from mammo_pipeline.serving import backend
 
     root = tmp_path_factory.mktemp("service")
     settings = make_settings(root, api_key=API_KEY, max_upload_bytes=MAX_UPLOAD)
