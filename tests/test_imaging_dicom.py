@@ -72,6 +72,13 @@ def test_12bit_monochrome1_is_inverted_over_the_stored_range(tmp_path: Path) -> 
     np.testing.assert_array_equal(m2.pixels, RAMP12.astype(np.float32))
 
 
+def test_signed_monochrome1_is_inverted_over_the_signed_range(tmp_path: Path) -> None:
+    signed = np.array([[-100, 0, 100]], dtype=np.int16)
+    image = read_dicom(write_dicom(tmp_path / "s.dcm", signed, photometric="MONOCHROME1"))
+    # Signed 16-bit range is -32768..32767, so v becomes (-32768 + 32767) - v.
+    np.testing.assert_array_equal(image.pixels, [[99.0, -1.0, -101.0]])
+
+
 def test_window_is_applied(tmp_path: Path) -> None:
     center, width = 1650.0, 1000.0
     image = read_dicom(
@@ -304,3 +311,25 @@ def test_breast_mask_keeps_the_largest_blob_and_display_window() -> None:
     assert (to_display_uint8(np.full((4, 4), 3.0)) == 0).all()
     with pytest.raises(ValueError, match="NaN"):
         to_display_uint8(np.array([[np.nan, 1.0]]))
+
+
+def test_files_written_by_other_software_read_alike_across_transfer_syntaxes() -> None:
+    """pydicom's own sample files (not written by these tests): one MR image stored as
+    implicit/explicit VR, big endian, RLE and JPEG 2000 lossless decodes to the same pixels."""
+    from pydicom.data import get_testdata_file
+
+    names = [
+        "MR_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+    ]
+    paths = [get_testdata_file(n) for n in names]
+    if any(p is None for p in paths):
+        pytest.skip("pydicom's sample files are not installed")
+    images = [read_dicom(p) for p in paths]
+    for image in images[1:]:
+        np.testing.assert_array_equal(image.pixels, images[0].pixels)
+        assert image.pixel_spacing_mm == images[0].pixel_spacing_mm == (0.3125, 0.3125)
+    assert images[0].pixels.shape == (64, 64) and np.ptp(images[0].pixels) > 0

@@ -414,3 +414,29 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     assert "missing column(s): 'image file path'" in str(result.exception)
     assert "\n" not in str(result.exception)
     assert not (tmp_path / "l").exists() and not (tmp_path / "t").exists()
+
+
+def test_mammo_entry_point_prints_one_error_line(tmp_path: Path) -> None:
+    """Through the real `mammo` entry point: exit 1, one 'error:' line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    ds = standard(tmp_path)
+    ds.write_csvs(drop_column="pathology")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAMMO_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mammo_pipeline.cli.main", "data", "import", "cbis-ddsm"]
+        + ["--csv-dir", str(ds.csv_dir), "--dicom-root", str(ds.dicom_root)]
+        + ["--out", str(tmp_path / "l"), "--test-out", str(tmp_path / "t"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "missing column(s): 'pathology'" in lines[0] and "Traceback" not in proc.stderr
+    assert "REAL" in proc.stdout

@@ -80,10 +80,12 @@ def _identifying_values(ds) -> list[str]:
     return sorted(set(values), key=len, reverse=True)
 
 
-def _redact(message: str, ds) -> str:
+def _redact(message: str, ds, limit: int = 400) -> str:
+    """``message`` on one line, without identifying values, at most ``limit`` characters."""
     for value in _identifying_values(ds):
         message = message.replace(value, "<redacted>")
-    return message.splitlines()[0] if message else message
+    message = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def _spacing(ds, label: str) -> tuple[float, float] | None:

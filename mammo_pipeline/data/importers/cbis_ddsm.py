@@ -248,15 +248,12 @@ class DicomLocator:
         return found
 
 
-def _read(path: Path, log_name: str) -> MedicalImage:
-    return read_dicom(path, name=log_name)
-
-
 def _mask_bbox(mask: MedicalImage) -> tuple[int, int, int, int] | None:
-    """(top, left, bottom, right) edge box of the nonzero pixels, None when empty."""
-    lit = mask.pixels > float(mask.pixels.min()) if mask.pixels.max() > mask.pixels.min() else None
-    if lit is None:
+    """(top, left, bottom, right) edge box of the lit (nonzero) pixels, None when empty."""
+    pixels = mask.pixels
+    if float(pixels.max()) <= float(pixels.min()):
         return None
+    lit = pixels > float(pixels.min())
     rows = np.flatnonzero(lit.any(axis=1))
     cols = np.flatnonzero(lit.any(axis=0))
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
@@ -277,7 +274,7 @@ def _locate_mask(
     shapes = []
     for path in candidates:
         try:
-            mask = _read(path, str(path))
+            mask = read_dicom(path)
         except ImageReadError as exc:
             shapes.append(f"{path.name}: {exc}")
             continue
@@ -463,7 +460,7 @@ def _read_group_image(
     for rel in dict.fromkeys(r.image_path for r in group):
         for path in locator.find(rel):
             try:
-                return _read(path, str(path)), path
+                return read_dicom(path), path
             except ImageReadError as exc:
                 problems.append(str(exc))
     reason = (
