@@ -132,13 +132,16 @@ def lesion_tile(
     return LesionTile(pixels, side / tile, box.max_side * target_mm, bool(padded))
 
 
-def _block_invalid(valid: np.ndarray, box: Box, tile: int) -> None:
-    """Mark every window (by top-left corner) that overlaps ``box`` as invalid."""
+def _block_invalid(valid: np.ndarray, box: Box, tile: int, step: int) -> None:
+    """Mark every window overlapping ``box`` as invalid; ``valid[i, j]`` is the window whose
+    top-left corner is pixel ``(i * step, j * step)``."""
     # A window starting at r covers [r, r + tile): it overlaps when r < bottom and r + tile > top.
-    r_min = max(0, math.floor(box.top - tile) + 1)
-    r_max = min(valid.shape[0] - 1, math.ceil(box.bottom) - 1)
-    c_min = max(0, math.floor(box.left - tile) + 1)
-    c_max = min(valid.shape[1] - 1, math.ceil(box.right) - 1)
+    r_min = math.ceil((math.floor(box.top - tile) + 1) / step)
+    r_max = math.floor((math.ceil(box.bottom) - 1) / step)
+    c_min = math.ceil((math.floor(box.left - tile) + 1) / step)
+    c_max = math.floor((math.ceil(box.right) - 1) / step)
+    r_min, c_min = max(r_min, 0), max(c_min, 0)
+    r_max, c_max = min(r_max, valid.shape[0] - 1), min(c_max, valid.shape[1] - 1)
     if r_min <= r_max and c_min <= c_max:
         valid[r_min : r_max + 1, c_min : c_max + 1] = False
 
@@ -151,27 +154,46 @@ def normal_tiles(
     *,
     tile: int = SOURCE_SIZE,
     min_breast_fraction: float = 0.8,
+    step: int = 4,
 ) -> list[tuple[np.ndarray, Box]]:
     """Up to ``count`` tiles of tissue away from every box in ``avoid`` (may return fewer
-    when the breast has no more room), each with its box."""
+    when the breast has no more room), each with its box.
+
+    Candidate windows start on a ``step``-pixel grid (0.4 mm at the contract's scale); the
+    breast fraction of a window is measured on ``step`` x ``step`` blocks lying inside it.
+    Overlap with ``avoid`` is decided exactly.
+    """
     h, w = prepared.shape
     if count <= 0 or h < tile or w < tile:
         return []
-    breast = prepared.breast.astype(np.int32)
-    sat = np.zeros((h + 1, w + 1), dtype=np.int64)
-    sat[1:, 1:] = breast.cumsum(axis=0).cumsum(axis=1)
-    area = sat[tile:, tile:] - sat[:-tile, tile:] - sat[tile:, :-tile] + sat[:-tile, :-tile]
-    valid = area >= min_breast_fraction * tile * tile
-    del sat, area
+    # Breast pixels per step x step block, then a summed-area table over the blocks.
+    hb, wb = h // step, w // step
+    blocks = (
+        prepared.breast[: hb * step, : wb * step]
+        .reshape(hb, step, wb, step)
+        .sum(axis=(1, 3), dtype=np.int32)
+    )
+    sat = np.zeros((hb + 1, wb + 1), dtype=np.int64)
+    sat[1:, 1:] = blocks.cumsum(axis=0).cumsum(axis=1)
+    k = tile // step  # whole blocks inside a window starting on the grid
+    rows, cols = (h - tile) // step + 1, (w - tile) // step + 1
+    area = (
+        sat[k : k + rows, k : k + cols]
+        - sat[:rows, k : k + cols]
+        - sat[k : k + rows, :cols]
+        + sat[:rows, :cols]
+    )
+    valid = area >= min_breast_fraction * (k * step) ** 2
     for box in avoid:
-        _block_invalid(valid, box, tile)
+        _block_invalid(valid, box, tile, step)
     out: list[tuple[np.ndarray, Box]] = []
     for _ in range(count):
         candidates = np.flatnonzero(valid)
         if candidates.size == 0:
             break
-        r, c = divmod(int(candidates[rng.integers(candidates.size)]), valid.shape[1])
+        i, j = divmod(int(candidates[rng.integers(candidates.size)]), valid.shape[1])
+        r, c = i * step, j * step
         box = Box(float(r), float(c), float(r + tile), float(c + tile))
         out.append((prepared.pixels[r : r + tile, c : c + tile].copy(), box))
-        _block_invalid(valid, box, tile)
+        _block_invalid(valid, box, tile, step)
     return out
