@@ -1,7 +1,8 @@
 """Durable memory of past validations.
 
 - :class:`Ledger`: an append-only JSON-lines file keyed by the file's sha256. A file whose
-  bytes were already decided (passed or quarantined) is not validated or moved again.
+  bytes were already decided (passed or quarantined) is not validated or moved again. A line
+  torn by a crash is skipped on reading and never merged with the next entry.
 - :class:`HashIndex`: a small SQLite table of the pixel content hashes of every validated
   record, so the suite can reject tiles that duplicate data already used for training. It is
   updated only after a file's move into ``validated/`` succeeded.
@@ -25,7 +26,12 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._by_sha: dict[str, dict[str, Any]] = {}
+        self._torn_tail = False  # the last line has no newline (a crash in the middle of it)
         if path.is_file():
+            with open(path, "rb") as raw:
+                if raw.seek(0, os.SEEK_END):
+                    raw.seek(-1, os.SEEK_END)
+                    self._torn_tail = raw.read(1) != b"\n"
             with open(path, encoding="utf-8") as fh:
                 for line in fh:
                     line = line.strip()
@@ -47,10 +53,14 @@ class Ledger:
 
     def append(self, entry: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(entry, default=str) + "\n"
+        if self._torn_tail:  # never glue a new entry onto a torn one: both would be lost
+            line = "\n" + line
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, default=str) + "\n")
+            fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+        self._torn_tail = False
         self._by_sha[entry["sha256"]] = entry
 
     def __len__(self) -> int:
