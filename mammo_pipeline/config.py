@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     validation_workers: int = Field(
         0, ge=0, description="processes profiling files in parallel; 0 = auto, 1 = in-process"
     )
+    landing_quiet_seconds: float = Field(
+        1.0,
+        ge=0.0,
+        le=3600.0,
+        description="a landing file modified more recently is validated only if it stays "
+        "unchanged that long (else it is still being written: left for the next run)",
+    )
 
     # --- serving -----------------------------------------------------------------------
     serve_host: str = "127.0.0.1"

@@ -1,35 +1,57 @@
-"""Validate every file in the landing directory: profile, check with GX, decide, move.
+"""Validate every file in the landing directory: claim, profile, check with GX, decide, move.
 
 :func:`validate_landing` is the one entry point (CLI ``mammo validate`` and the Airflow DAG).
-Per file, in order:
+A run holds the lock of its landing directory and of its reports directory (a second run on
+either gets a clear error, it does not wait), finishes what an interrupted run left staged
+(:mod:`.claim`), then, per file in name order:
 
+0. files modified within ``landing_quiet_seconds`` and still changing are left in landing
+   (``deferred``); the others are **claimed** (renamed into the run's staging folder), so the
+   bytes checked below are exactly the bytes moved, whatever an uploader does meanwhile;
 1. sha256 of the bytes; a file whose sha256 is in the ledger was already decided and is
-   reported as ``skipped`` and left where it is (rerunning does nothing new);
+   reported as ``skipped`` and put back into landing (rerunning does nothing new);
 2. the streaming profile (:mod:`.profile`) plus ``seen_before`` from the content-hash index;
 3. the committed checkpoint runs the suite on it and updates Data Docs (:mod:`.gx_context`);
 4. drift against the reference profile of the training data (:mod:`.drift`), blocking only
    when ``drift_blocks`` is set;
-5. pass: atomic move into ``validated/``, then the hash index, reference profile and ledger are
-   updated; fail: ``quarantine/<file>.reason.json`` is written and the file moved beside it.
+5. the decision is journaled, then: pass: atomic move into ``validated/``, then the hash index,
+   reference profile and ledger are updated; fail: ``quarantine/<file>.reason.json`` is written
+   and the file moved beside it. The journal entry is removed when all of that is done.
 
-Anything unexpected while handling one file becomes that file's ``error`` verdict (the file
-stays in landing) and the others are still validated. Only problems that stop the whole run
-(missing landing directory, no GX context, another run holding the lock) raise.
+Anything unexpected while handling one file becomes that file's ``error`` verdict (the file is
+put back into landing) and the others are still validated. Only problems that stop the whole
+run (missing landing directory, no GX context, another run holding a lock) raise; staged files
+not yet decided then go back into landing. Pool workers die with the run, even by ``kill -9``.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import os
+import signal
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.data.tfrecord_io import file_sha256
-from mammo_pipeline.errors import DataError
+from mammo_pipeline.errors import DataError, MammoError
 from mammo_pipeline.validation import drift as drift_mod
+from mammo_pipeline.validation.claim import (
+    JOURNAL_DIR,
+    ClaimArea,
+    Claimed,
+    StaleRun,
+    landing_candidates,
+    new_run_id,
+    release_file,
+    remove_if_empty,
+    settle,
+)
 from mammo_pipeline.validation.gx_context import (
     ContractChecker,
     data_docs_dir,
@@ -38,20 +60,30 @@ from mammo_pipeline.validation.gx_context import (
 from mammo_pipeline.validation.ledger import HashIndex, Ledger
 from mammo_pipeline.validation.movement import (
     REASON_SUFFIX,
+    fault_point,
     free_name,
     move_file,
+    partial_copies,
     run_lock,
     write_json_atomic,
 )
 from mammo_pipeline.validation.profile import FileProfile, profile_file
 from mammo_pipeline.validation.reference import IntensityProfile, load_reference, save_reference
-from mammo_pipeline.validation.result import FailedExpectation, FileResult, ValidationRunResult
+from mammo_pipeline.validation.result import (
+    FailedExpectation,
+    FileResult,
+    ValidationRunResult,
+    Verdict,
+)
 from mammo_pipeline.validation.verdict import explain
 
 log = logging.getLogger(__name__)
 
 LEDGER_FILE = "validation_ledger.jsonl"
 HASH_INDEX_FILE = "validated_hashes.sqlite"
+#: Left in landing for the next run (still being written, or changed while validated).
+DEFERRED = cast(Verdict, "deferred")
+_PR_SET_PDEATHSIG = 1
 
 
 def _now() -> str:
@@ -59,19 +91,36 @@ def _now() -> str:
 
 
 def landing_files(landing: Path) -> list[Path]:
-    """Every regular, non-hidden file directly in ``landing`` (writers should upload under a
-    hidden temporary name and rename, so half-written files are never picked up)."""
-    return sorted(p for p in landing.iterdir() if p.is_file() and not p.name.startswith("."))
+    """The landing entries a run would validate (see :func:`.claim.landing_candidates`)."""
+    return landing_candidates(landing)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MammoError):  # already says which file and what is wrong
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{type(exc).__name__}: {where}{exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class _Run:
     def __init__(
-        self, settings: Settings, validated: Path, quarantine: Path, progress: bool
+        self,
+        settings: Settings,
+        landing: Path,
+        validated: Path,
+        quarantine: Path,
+        progress: bool,
     ) -> None:
         self.settings = settings
+        self.landing = landing
         self.validated = validated
         self.quarantine = quarantine
         self.progress = progress
+        self.run_id = new_run_id()
+        self.claims = ClaimArea(landing, self.run_id)
+        self.staged: list[Claimed] = []
         reports = settings.reports
         self.ledger = Ledger(reports / LEDGER_FILE)
         self.index = HashIndex(reports / HASH_INDEX_FILE)
@@ -92,45 +141,95 @@ class _Run:
             self._checker = ContractChecker(self.settings)
         return self._checker
 
-    def skipped(self, path: Path, sha: str) -> FileResult | None:
-        """The 'already validated' result when the ledger knows these bytes, else None."""
+    # --- claiming ----------------------------------------------------------------------
+    def claim(self, paths: list[Path]) -> list[FileResult]:
+        """Stage ``paths`` (see :mod:`.claim`); the error verdicts of those that cannot be."""
+        errors = []
+        for path in paths:
+            try:
+                claimed = self.claims.claim(path)
+            except (DataError, OSError) as exc:
+                errors.append(self.error(path, "could not be claimed, left in landing", exc))
+                continue
+            if claimed is not None:  # None: it vanished from landing meanwhile
+                self.staged.append(claimed)
+        return errors
+
+    def put_back(self, claimed: Claimed) -> str:
+        """Return a staged file to landing; says where it is now, in words."""
+        where = self.claims.release(claimed)
+        return (
+            "left in landing"
+            if where.name == claimed.name
+            else f"left in landing as {where.name} (an upload took its name meanwhile)"
+        )
+
+    def release_leftovers(self) -> None:
+        """Put back every staged file with no journaled decision (run stopped early); a file
+        that cannot be put back stays staged, for the next run to recover."""
+        for claimed in self.staged:
+            if os.path.lexists(claimed.path) and not self.claims.journal_path(claimed).exists():
+                try:
+                    self.claims.release(claimed)
+                except OSError:
+                    log.exception("could not put %s back into landing", claimed.path)
+        self.claims.tidy()
+
+    # --- per file ----------------------------------------------------------------------
+    def error(self, path: Path, what: str, exc: BaseException) -> FileResult:
+        return FileResult(
+            file=path.name,
+            source=str(path),
+            sha256=None,
+            verdict="error",
+            message=f"{what}: {_describe(exc)}",
+        )
+
+    def skipped(self, claimed: Claimed, sha: str) -> FileResult | None:
+        """The 'already validated' result when the ledger knows these bytes (the file is put
+        back into landing), else None."""
         previous = self.ledger.lookup(sha)
         if previous is None:
             return None
         where = previous.get("destination") or previous.get("file")
+        left = self.put_back(claimed)
         return FileResult(
-            file=path.name,
-            source=str(path),
+            file=claimed.name,
+            source=str(claimed.source),
             sha256=sha,
             verdict="skipped",
             message=(
                 f"already validated: same sha256 as {where} "
-                f"({previous.get('verdict')} at {previous.get('validated_at')}); not moved"
+                f"({previous.get('verdict')} at {previous.get('validated_at')}); not moved, "
+                f"{left}"
             ),
             destination=None,
             records=previous.get("records"),
             validated_at=previous.get("validated_at"),
         )
 
-    def validate_file(self, path: Path) -> FileResult:
-        """Hash, profile and decide one file in this process."""
-        sha = file_sha256(path).sha256
-        skipped = self.skipped(path, sha)
+    def validate_file(self, claimed: Claimed) -> FileResult:
+        """Hash, profile and decide one staged file in this process."""
+        sha = file_sha256(claimed.path).sha256
+        skipped = self.skipped(claimed, sha)
         if skipped is not None:
             return skipped
-        return self.decide(path, sha, profile_file(path, sha256=sha, progress=self.progress))
+        return self.decide(
+            claimed, sha, profile_file(claimed.path, sha256=sha, progress=self.progress)
+        )
 
-    def decide(self, path: Path, sha: str, profile: FileProfile) -> FileResult:
-        """Check a profile against the suite, then move the file and record the decision."""
-        skipped = self.skipped(path, sha)  # identical bytes decided earlier in this run
+    def decide(self, claimed: Claimed, sha: str, profile: FileProfile) -> FileResult:
+        """Check a staged file's profile against the suite, then move the file and record
+        the decision."""
+        skipped = self.skipped(claimed, sha)  # identical bytes decided earlier in this run
         if skipped is not None:
             return skipped
         frame = profile.records
         seen = self.index.seen(frame["content_hash"].dropna())
         frame["seen_before"] = frame["content_hash"].isin(seen) if seen else False
-        outcome = self.checker.validate(frame, run_name=f"{path.name}@{sha[:12]}")
+        outcome = self.checker.validate(frame, run_name=f"{claimed.name}@{sha[:12]}")
         failures = explain(outcome.results, frame)
-        intensity = IntensityProfile.from_frame(frame, self.bins, name=path.name)
+        intensity = IntensityProfile.from_frame(frame, self.bins, name=claimed.name)
         drift = drift_mod.compare(self.reference_at_start, intensity, self.settings)
         if drift["blocks"]:
             failures.append(
@@ -150,12 +249,24 @@ class _Run:
                     },
                 )
             )
+        fault_point("checked")
+        if not claimed.unchanged():
+            left = self.put_back(claimed)
+            return FileResult(
+                file=claimed.name,
+                source=str(claimed.source),
+                sha256=None,
+                verdict=DEFERRED,
+                message="changed while it was being validated (an upload still writing to "
+                f"it?); not decided, {left} for the next run",
+            )
         validated_at = _now()
         facts = profile.facts.to_dict()
+        facts["path"] = str(claimed.source)
         positive = intensity.positive_fraction
         common: dict[str, Any] = {
-            "file": path.name,
-            "source": str(path),
+            "file": claimed.name,
+            "source": str(claimed.source),
             "sha256": sha,
             "records": profile.facts.record_count,
             "positive_fraction": None if positive is None else round(positive, 6),
@@ -165,14 +276,10 @@ class _Run:
             "facts": facts,
             "validated_at": validated_at,
         }
+        decision: dict[str, Any] = {"run_id": self.run_id, "name": claimed.name}
         if not failures:
-            target = free_name(self.validated, path.name)
-            move_file(path, target)
-            # Bookkeeping only after the move succeeded.
-            self.index.add(frame["content_hash"].dropna(), target.name)
-            self.reference.add(intensity)
-            save_reference(self.settings.reports, self.reference)
-            self.passed_profiles.append(intensity)
+            target = free_name(self.validated, claimed.name)
+            intensity.files = [target.name]
             result = FileResult(
                 verdict="passed",
                 message="passed all expectations"
@@ -180,8 +287,10 @@ class _Run:
                 destination=str(target),
                 **common,
             )
+            decision["content_hashes"] = [str(h) for h in frame["content_hash"].dropna()]
+            decision["intensity"] = intensity.to_dict()
         else:
-            target = free_name(self.quarantine, path.name, companions=(REASON_SUFFIX,))
+            target = free_name(self.quarantine, claimed.name, companions=(REASON_SUFFIX,))
             reason_path = target.with_name(target.name + REASON_SUFFIX)
             first = failures[0].message
             more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
@@ -192,24 +301,202 @@ class _Run:
                 reason_file=str(reason_path),
                 **common,
             )
-            write_json_atomic(reason_path, _reason(result))
-            try:
-                move_file(path, target)
-            except OSError:
-                reason_path.unlink(missing_ok=True)  # our own side file; the data stays put
-                raise
-        self.ledger.append(
-            {
+            decision["reason"] = _reason(result)
+        decision.update(
+            sha256=sha,
+            verdict=result.verdict,
+            target=str(target),
+            reason_file=result.reason_file,
+            result=result.to_dict(),
+            ledger={
                 "sha256": sha,
-                "file": path.name,
+                "file": claimed.name,
                 "verdict": result.verdict,
                 "destination": result.destination,
                 "reason_file": result.reason_file,
                 "records": result.records,
                 "validated_at": validated_at,
-            }
+                "run_id": self.run_id,
+            },
         )
+        self.commit(claimed, decision)
         return result
+
+    def commit(self, claimed: Claimed, decision: dict[str, Any]) -> None:
+        """Journal the decision, move the staged file, record it, clear the journal."""
+        target = Path(decision["target"])
+        reason = decision.get("reason_file")
+        self.claims.journal(claimed, decision)
+        fault_point("journaled")
+        step = "the reason file"
+        try:
+            if reason:
+                write_json_atomic(Path(reason), decision["reason"])
+            step = "the file"
+            move_file(claimed.path, target)
+        except BaseException as exc:
+            if not os.path.lexists(target):  # nothing moved: undo our own side files
+                if reason:
+                    try:
+                        Path(reason).unlink(missing_ok=True)
+                    except OSError:  # e.g. quarantine is not a directory: nothing written
+                        pass
+                self.claims.forget(claimed)
+            if isinstance(exc, OSError):
+                problem = exc.strerror or str(exc)
+                if os.path.lexists(target.parent) and not target.parent.is_dir():
+                    problem = "it is not a directory"
+                raise DataError(target.parent, f"cannot write {step} there: {problem}") from exc
+            raise
+        fault_point("moved")
+        self.record(decision)
+        self.claims.forget(claimed)
+
+    def record(self, decision: dict[str, Any]) -> None:
+        """The bookkeeping of a moved file: hash index, reference profile, ledger. Each step
+        can be repeated (recovery after a crash in the middle of it)."""
+        target = Path(decision["target"])
+        if decision["verdict"] == "passed":
+            self.index.add(decision["content_hashes"], target.name)
+            fault_point("indexed")
+            data = dict(decision["intensity"])
+            data.pop("positive_fraction", None)
+            intensity = IntensityProfile(**data)
+            if target.name not in self.reference.files:
+                self.reference.add(intensity)
+                save_reference(self.settings.reports, self.reference)
+            self.passed_profiles.append(intensity)
+        if self.ledger.lookup(decision["sha256"]) is None:
+            self.ledger.append(decision["ledger"])
+        fault_point("recorded")
+
+    def guarded(self, claimed: Claimed, fn: Any, *args: Any) -> FileResult:
+        """``fn(*args)``, or an ``error`` verdict for ``claimed``: one file's surprise (an
+        unreadable file, a full disk, a dead worker) never stops the others."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            log.exception("validation of %s failed", claimed.source)
+            if self.claims.journal_path(claimed).exists():
+                where = (
+                    f"moved to {self.journal_target(claimed)} but not recorded; the next run "
+                    "records it"
+                )
+            elif os.path.lexists(claimed.path):
+                try:
+                    where = self.put_back(claimed)
+                except OSError as put_back_error:
+                    where = (
+                        f"still staged in {claimed.path.parent} ({_describe(put_back_error)}); "
+                        "the next run puts it back into landing"
+                    )
+            else:
+                where = "left in landing"
+            return self.error(claimed.source, f"could not be validated, {where}", exc)
+
+    def journal_target(self, claimed: Claimed) -> str:
+        try:
+            return str(read_json(self.claims.journal_path(claimed))["target"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "its destination"
+
+    # --- recovery of interrupted runs --------------------------------------------------
+    def recover(self) -> list[FileResult]:
+        """Finish what interrupted runs journaled as moved; put every other file they left
+        staged back into landing (it is validated again by this run)."""
+        results: list[FileResult] = []
+        for stale in self.claims.stale_runs():
+            for journal, decision in stale.decisions():
+                try:
+                    results.extend(self._recover_decision(stale, journal, decision))
+                except (KeyError, TypeError, ValueError):  # a journal entry not made by us
+                    results.extend(self._recover_decision(stale, journal, None))
+            for path in stale.staged():
+                try:
+                    where = release_file(path, self.landing, path.name)
+                except OSError:  # stays staged; the next run tries again
+                    log.exception("could not put %s back into landing", path)
+                    continue
+                log.warning("put %s back into landing as %s (interrupted run)", path, where.name)
+            for d in (stale.directory / JOURNAL_DIR, stale.directory):
+                remove_if_empty(d)
+        remove_if_empty(self.claims.root)
+        return results
+
+    def _recover_decision(
+        self, stale: StaleRun, journal: Path, decision: dict[str, Any] | None
+    ) -> list[FileResult]:
+        if decision is None:
+            log.error("unreadable journal entry %s left as it is", journal)
+            return [
+                FileResult(
+                    file=journal.name.removesuffix(".json"),
+                    source=str(journal),
+                    sha256=None,
+                    verdict="error",
+                    message=f"unreadable journal entry of the interrupted run {stale.run_id} "
+                    f"({journal}); left for a person to inspect",
+                )
+            ]
+        staged = stale.directory / decision["name"]
+        target = Path(decision["target"])
+        sha = decision["sha256"]
+        pid = stale.run_id.split("-")[1] if stale.run_id.count("-") >= 2 else None
+        for partial in partial_copies(target):
+            if pid and partial.name.endswith(f"-{pid}"):
+                partial.unlink(missing_ok=True)  # a copy across filesystems cut short
+        moved = os.path.lexists(target) and file_sha256(target).sha256 == sha
+        if os.path.lexists(staged):
+            if not moved:
+                reason = decision.get("reason_file")
+                if reason and not os.path.lexists(target):
+                    _unlink_reason(Path(reason), sha)
+                journal.unlink()
+                return []  # the staged file goes back to landing and is validated again
+            if file_sha256(staged).sha256 == sha:
+                staged.unlink()  # the copy across filesystems finished; keep one
+        if not moved:
+            return [
+                FileResult(
+                    file=decision["name"],
+                    source=decision["result"]["source"],
+                    sha256=sha,
+                    verdict="error",
+                    message=f"the interrupted run {stale.run_id} was moving it to {target}, "
+                    "which does not hold those bytes; journal kept in "
+                    f"{journal} for a person to inspect",
+                )
+            ]
+        self.record(decision)
+        journal.unlink()
+        result = _result_from_dict(decision["result"])
+        result.message = (
+            f"decided by the interrupted run {stale.run_id}, recorded now: {result.message}"
+        )
+        return [result]
+
+
+def read_json(path: Path) -> Any:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _unlink_reason(path: Path, sha: str) -> None:
+    """Remove a reason file written for a move that did not happen (ours: same sha256)."""
+    try:
+        if read_json(path).get("sha256") == sha:
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _result_from_dict(data: dict[str, Any]) -> FileResult:
+    data = dict(data)
+    data["failed_expectations"] = [
+        FailedExpectation(**f) for f in data.get("failed_expectations") or []
+    ]
+    return FileResult(**data)
 
 
 def _reason(result: FileResult) -> dict[str, Any]:
@@ -229,26 +516,29 @@ def _reason(result: FileResult) -> dict[str, Any]:
     }
 
 
-def _guarded(path: Path, fn: Any, *args: Any) -> FileResult:
-    """``fn(*args)``, or an ``error`` verdict for ``path``: one file's surprise (an unreadable
-    file, a full disk, a dead worker) never stops the others; the file stays in landing."""
-    try:
-        return fn(*args)
-    except Exception as exc:
-        log.exception("validation of %s failed", path)
-        return FileResult(
-            file=path.name,
-            source=str(path),
-            sha256=None,
-            verdict="error",
-            message=f"could not be validated, left in landing: {type(exc).__name__}: {exc}",
-        )
-
-
 def _workers(settings: Settings, files: int) -> int:
     if settings.validation_workers:
         return min(settings.validation_workers, max(files, 1))
     return max(1, min(files, os.cpu_count() or 1, 8))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker dies with the validating process, even when that one is
+    killed by SIGKILL (Linux parent-death signal; a watchdog thread elsewhere or as a backup)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _prepare(path: Path, known: frozenset[str]) -> tuple[str, FileProfile | None]:
@@ -257,7 +547,7 @@ def _prepare(path: Path, known: frozenset[str]) -> tuple[str, FileProfile | None
     return sha, (None if sha in known else profile_file(path, sha256=sha))
 
 
-def _validate_in_pool(run: _Run, files: list[Path], workers: int) -> list[FileResult]:
+def _validate_in_pool(run: _Run, files: list[Claimed], workers: int) -> list[FileResult]:
     """Hash and profile files in worker processes; decide in this process, in name order
     (so duplicate detection and name collisions do not depend on timing)."""
     import multiprocessing
@@ -269,32 +559,51 @@ def _validate_in_pool(run: _Run, files: list[Path], workers: int) -> list[FileRe
     known = run.ledger.known()
     results = []
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_prepare, path, known) for path in files]
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        futures = [pool.submit(_prepare, claimed.path, known) for claimed in files]
         run.checker  # noqa: B018 - load GX here, overlapping with the workers' profiling
-        for path, future in tqdm(
+        for claimed, future in tqdm(
             list(zip(files, futures, strict=True)),
             desc="files",
             unit="file",
             disable=not run.progress,
         ):
 
-            def decide(future: Any = future, path: Path = path) -> FileResult:
+            def decide(future: Any = future, claimed: Claimed = claimed) -> FileResult:
                 try:
                     sha, profile = future.result()
                 except BrokenProcessPool:
                     # Worker processes cannot start everywhere (e.g. inside an Airflow task
                     # whose __main__ cannot be re-imported by "spawn"): profile here instead.
-                    log.warning("worker pool unavailable; validating %s in-process", path.name)
-                    return run.validate_file(path)
+                    log.warning("worker pool unavailable; validating %s in-process", claimed.name)
+                    return run.validate_file(claimed)
                 if profile is None:
-                    skipped = run.skipped(path, sha)
+                    skipped = run.skipped(claimed, sha)
                     assert skipped is not None
                     return skipped
-                return run.decide(path, sha, profile)
+                return run.decide(claimed, sha, profile)
 
-            results.append(_guarded(path, decide))
+            results.append(run.guarded(claimed, decide))
     return results
+
+
+def _prepare_dirs(validated: Path, quarantine: Path, reports: Path) -> None:
+    """Create the output directories. An unusable validated/ or quarantine/ is not fatal:
+    each file bound for it gets an error verdict and stays in landing."""
+    for d in (validated, quarantine):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("%s is not usable (%s); files bound for it stay in landing", d, exc)
+    try:
+        reports.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(reports, f"cannot create the reports directory: {exc.strerror}") from exc
 
 
 def validate_landing(
@@ -309,7 +618,8 @@ def validate_landing(
     """Validate every file in ``landing`` (default: the configured directories).
 
     Returns the run's :class:`ValidationRunResult`; writes it as JSON to ``report`` if given.
-    Raises :class:`~mammo_pipeline.errors.MammoError` only when validation cannot run.
+    Raises :class:`~mammo_pipeline.errors.MammoError` only when validation cannot run,
+    including when another run holds the landing or reports directory.
     """
     settings = settings or get_settings()
     landing_dir = Path(landing) if landing is not None else settings.landing
@@ -318,26 +628,44 @@ def validate_landing(
     if not landing_dir.is_dir():
         raise DataError(landing_dir, "landing directory does not exist")
     expectations_root(settings)  # a missing GX context stops the run before anything else
-    for d in (validated_dir, quarantine_dir, settings.reports):
-        d.mkdir(parents=True, exist_ok=True)
+    _prepare_dirs(validated_dir, quarantine_dir, settings.reports)
     started = _now()
-    with run_lock(settings.reports):
-        run = _Run(settings, validated_dir, quarantine_dir, progress)
+    with run_lock(landing_dir), run_lock(settings.reports):
+        run = _Run(settings, landing_dir, validated_dir, quarantine_dir, progress)
         results: list[FileResult] = []
         try:
-            files = landing_files(landing_dir)
-            workers = _workers(settings, len(files))
+            recovered = run.recover()
+            ready, deferred = settle(
+                landing_candidates(landing_dir), settings.landing_quiet_seconds
+            )
+            if ready and _workers(settings, len(ready)) <= 1:
+                run.checker  # noqa: B018 - a broken GX context stops the run, before any claim
+            results.extend(run.claim(ready))
+            results.extend(
+                FileResult(
+                    file=d.path.name,
+                    source=str(d.path),
+                    sha256=None,
+                    verdict=DEFERRED,
+                    message=d.reason,
+                )
+                for d in deferred
+            )
+            fault_point("claimed")
+            workers = _workers(settings, len(run.staged))
             if workers <= 1:
-                if files:
-                    run.checker  # noqa: B018 - a broken GX context stops the run, before any move
-                for path in files:
-                    results.append(_guarded(path, run.validate_file, path))
+                from tqdm.auto import tqdm
+
+                for claimed in tqdm(run.staged, desc="files", unit="file", disable=not progress):
+                    results.append(run.guarded(claimed, run.validate_file, claimed))
             else:
-                results.extend(_validate_in_pool(run, files, workers))
+                results.extend(_validate_in_pool(run, run.staged, workers))
+            results = recovered + sorted(results, key=lambda f: f.file)
             batch = drift_mod.batch_profile(run.passed_profiles, run.bins)
             run_drift = drift_mod.compare(run.reference_at_start, batch, settings)
         finally:
             run.index.close()
+            run.release_leftovers()
         docs = data_docs_dir(settings) / "index.html"
         result = ValidationRunResult(
             started_at=started,
