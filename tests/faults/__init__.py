@@ -1,0 +1,1 @@
+"""Fault-injection tests of the validation stage (marker ``faults``)."""
