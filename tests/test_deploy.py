@@ -10,7 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mammo_pipeline.common.net import free_port
+from mammo_pipeline.common.processes import is_alive
 from mammo_pipeline.serving import deploy
+from mammo_pipeline.serving.backend import stop_process
+from mammo_pipeline.serving.state import read_state
 from tests.test_service import make_settings, register_model
 
 

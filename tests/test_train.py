@@ -211,7 +211,8 @@ def test_choose_threshold():
 
 
 def test_overrides_and_missing_weights(synthetic_dir, tmp_path):
-    from mammo_pipeline.training.train import apply_overrides, train_model
+    from mammo_pipeline.overrides import apply_overrides
+    from mammo_pipeline.training.train import train_model
 
     settings = _settings(tmp_path, synthetic_dir)
     assert apply_overrides(settings, {"epochs": 5, "max_records": None}).epochs == 5

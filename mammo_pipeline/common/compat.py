@@ -5,7 +5,7 @@ reproduces the bug on the pinned version and FAILS once upstream has fixed it: t
 is the signal to delete the workaround.
 
 1. MLflow (3.17): ``SqlAlchemyStore.create_model_version`` resolves a ``models:/<model_id>``
-   source with a default ``MlflowClient()``, i.e. the process-wide tracking URI, not the
+   source with a default MLflow client, i.e. the process-wide tracking URI, not the
    client's own; registering a LoggedModel from a fresh process therefore fails with "Logged
    model ... not found" unless the global URI points at the same store.
    Upstream: https://github.com/mlflow/mlflow/issues/23367 (and the TODO it quotes in

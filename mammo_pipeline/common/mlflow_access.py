@@ -47,7 +47,7 @@ def describe_store(settings: Settings) -> str:
     """Where the tracking/registry store is, in words for a person (CLI output)."""
     uri = store_uri(settings.mlflow_tracking_uri)
     if uri.startswith(_SQLITE):
-        return f"SQLite file {uri[len(_SQLITE) - 1 :]}"
+        return f"SQLite file {uri[len(_SQLITE) :]}"
     return uri
 
 
@@ -56,7 +56,7 @@ def store_exists(settings: Settings) -> bool:
     must not create one as a side effect)."""
     uri = store_uri(settings.mlflow_tracking_uri)
     if uri.startswith(_SQLITE):
-        return Path(uri[len(_SQLITE) - 1 :]).is_file()
+        return Path(uri[len(_SQLITE) :]).is_file()
     return True
 
 

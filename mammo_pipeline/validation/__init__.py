@@ -13,6 +13,9 @@ One module per job:
 
 The rules themselves live only in the expectation suite under ``expectations/gx/expectations/``.
 Nothing heavy (pandas, GX) is imported by importing this package.
+
+May import: config, errors, common and data. Never training, registry, serving,
+orchestration or cli.
 """
 
 from __future__ import annotations
