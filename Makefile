@@ -8,7 +8,11 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo stop test test-fast lint bench clean
 
-install: $(STAMP)
+# The Data Docs' CSS/JS from the npm registry, at the versions GX references (pinned in
+# docs-assets/package-lock.json), copied next to the docs so that they render without internet.
+DOCS_ASSETS := docs-assets/node_modules/.package-lock.json
+
+install: $(STAMP) $(DOCS_ASSETS)
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -16,6 +20,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c requirements.lock -e ".[cpu,dev]"
 	touch $(STAMP)
+
+$(DOCS_ASSETS): docs-assets/package.json docs-assets/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm not found (Node.js 18+ is required for the offline Data Docs assets)"; exit 1; }
+	cd docs-assets && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
 
 demo: install
 	$(BIN)/python -m mammo_pipeline.orchestration.demo
