@@ -7,10 +7,13 @@ them and the checkpoint ``landing_checkpoint`` whose ``UpdateDataDocsAction`` re
 Nothing here defines a rule. Runtime output goes under the reports directory: the context's
 config refers to ``${mammo_validation_results_dir}`` and ``${mammo_data_docs_dir}``, which are
 supplied as GX's ``runtime_environment``, so validating never writes into ``expectations/``.
+After each build the pages are pointed at local copies of their CSS/JS
+(:mod:`.docs_assets`), so Data Docs render without internet.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +23,7 @@ from urllib.parse import unquote, urlparse
 
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import ConfigError
+from mammo_pipeline.validation import docs_assets
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,6 +38,7 @@ CHECKPOINT = "landing_checkpoint"
 DATA_DOCS_SITE = "mammo_data_docs"
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 
 def data_docs_dir(settings: Settings) -> Path:
@@ -72,14 +77,21 @@ class ContractOutcome:
 
 
 class ContractChecker:
-    """The committed suite, run through the committed checkpoint (one instance per run)."""
+    """The committed suite, run through the committed checkpoint (one instance per run).
 
-    def __init__(self, settings: Settings) -> None:
+    ``docs_assets_dir`` holds the npm packages whose files replace the Data Docs' CDN links
+    (default: ``docs-assets/node_modules``, filled by ``make install``).
+    """
+
+    def __init__(
+        self, settings: Settings, docs_assets_dir: Path = docs_assets.DEFAULT_ASSETS_DIR
+    ) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
 
         self.root = expectations_root(settings)
         self.docs_dir = data_docs_dir(settings)
+        self.docs_assets_dir = docs_assets_dir
         self.results_dir = validation_results_dir(settings)
         self.parameters = {
             "positive_fraction_min": settings.positive_fraction_min,
@@ -110,17 +122,36 @@ class ContractChecker:
         from great_expectations.core.run_identifier import RunIdentifier
 
         run_time = datetime.now(UTC)
+        try:
+            build_start: int | None = docs_assets.mark_build_start(self.docs_dir)
+        except OSError as exc:  # GX reports an unusable docs folder itself
+            log.warning("%s: cannot mark the Data Docs build: %s", self.docs_dir, exc)
+            build_start = None
         result = self.checkpoint.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=self.parameters,
             run_id=RunIdentifier(run_name=run_name, run_time=run_time),
         )
+        if build_start is not None:
+            self.localize_docs(changed_since_ns=build_start)
         results: list[Any] = []
         page: str | None = None
         for identifier, suite_result in result.run_results.items():
             results.extend(suite_result.results)
             page = page or self._page_of(identifier)
         return ContractOutcome(bool(result.success), results, page, run_time)
+
+    def localize_docs(self, changed_since_ns: int | None = None) -> None:
+        """Point the Data Docs pages changed since ``changed_since_ns`` (all when ``None``) at
+        local copies of their CSS/JS. Like the page link, never fails a verdict."""
+        try:
+            docs_assets.localize_data_docs(
+                self.docs_dir,
+                assets_dir=self.docs_assets_dir,
+                changed_since_ns=changed_since_ns,
+            )
+        except OSError as exc:
+            log.warning("%s: Data Docs keep their CDN links: %s", self.docs_dir, exc)
 
     def _page_of(self, identifier: Any) -> str | None:
         try:
