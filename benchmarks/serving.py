@@ -3,17 +3,26 @@
 1. Registers a small convnet (input ``--size`` px, the model contract of training) in a
    throw-away MLflow store and starts ``bentoml serve`` on it (the same process and settings a
    deploy starts; requests go straight to its port, not through the live-port proxy).
+   With ``--compare REV`` the service of another git revision (``REV:serving/service.py``,
+   e.g. the one before a change, or an alternative kept in the history) is started too, on
+   the same model, so that both are measured in the same run on the same machine.
 2. Raw: in-process ``model.predict`` throughput on batches of ``serve_max_batch_size`` and the
-   p50 latency of a single-image ``model.predict`` (and of ``predict_on_batch``).
+   p50 latency of a single-image ``model.predict`` (and of ``predict_on_batch``), measured
+   before and after the services (the mean is used: the machine may be shared).
 3. Service: requests/s and p50/p99 latency of ``POST /predict`` with one PNG of the same size,
-   at concurrency 1, 8 and 32 (asyncio client in this process, ``--duration`` s each).
+   at concurrency 1, 8 and 32 (asyncio client in this process, ``--duration`` s each), for
+   ``--rounds`` rounds; within a round every service is measured at one concurrency before
+   the next, in alternating order, so that a change in the machine's load hits both alike.
 4. Prints the ratios against the aims: service rps at concurrency 32 >= 0.85 x raw batched
-   images/s; p50 at concurrency 1 <= raw single-image predict p50 + 20 ms.
+   images/s; p50 at concurrency 1 <= raw single-image predict p50 + 20 ms; and, with
+   ``--compare``, current / other per concurrency.
 
 The load generator shares the CPU with the server: on a small machine the ratios are a lower
-bound of what a separate client machine would measure.
+bound of what a separate client machine would measure. The model is a random SYNTHETIC
+convnet on random pixels: the numbers measure serving, not the classifier.
 
-    python benchmarks/serving.py [--size 64] [--width 32] [--duration 6] [--json OUT]
+    python benchmarks/serving.py [--size 64] [--width 32] [--duration 6] [--rounds 2]
+                                 [--compare REV] [--json OUT]
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,7 +78,9 @@ def register(settings, model) -> str:
     client = mlflow.MlflowClient(
         settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
     )
-    client.set_registered_model_alias(settings.registered_model_name, "champion", mv.version)
+    name = settings.registered_model_name
+    client.set_model_version_tag(name, mv.version, "gate", "passed")  # served only when vetted
+    client.set_registered_model_alias(name, "champion", mv.version)
     return str(mv.version)
 
 
@@ -144,19 +156,89 @@ async def load(url: str, image: bytes, concurrency: int, seconds: float) -> dict
     }
 
 
+CONCURRENCY = (1, 8, 32)
+CURRENT = "current"
+
+
+def service_of_revision(rev: str, root: Path, repo: Path) -> tuple[str, Path]:
+    """``serving/service.py`` of git revision ``rev`` as a module in ``root``: (target, cwd)."""
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{rev}:serving/service.py"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"--compare {rev}: {exc.stderr.strip()}") from None
+    cwd = root / "other"
+    cwd.mkdir()
+    (cwd / "mammo_other_service.py").write_text(text)
+    return "mammo_other_service:MammoClassifier", cwd
+
+
+def start_service(name: str, target: str, cwd: Path, env: dict[str, str], root: Path):
+    """``bentoml serve target`` on a free port with its own BentoML home: (proc, url, log)."""
+    from mammo_pipeline.common.net import free_port
+    from mammo_pipeline.common.processes import spawn
+    from mammo_pipeline.serving import backend
+
+    port = free_port()
+    log = root / f"server-{name}.log"
+    # its own BENTOML_HOME: two `bentoml serve` sharing one would share (and wipe) the
+    # Prometheus multiprocess directory
+    env = env | {"BENTOML_HOME": str(root / f"bentoml-{name}")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    proc = spawn(cmd, env=env, log=log, cwd=cwd)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        backend.wait_ready(url, proc.pid, 300, log)
+    except Exception:
+        backend.stop_process(proc.pid)
+        raise
+    return proc, url, log
+
+
+def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean over rounds of one service at one concurrency (errors summed)."""
+    out = {k: statistics.fmean(r[k] for r in rows) for k in ("requests_per_s", "p50_ms", "p99_ms")}
+    return {
+        "concurrency": rows[0]["concurrency"],
+        **out,
+        "errors": sum(r["errors"] for r in rows),
+        "rounds": len(rows),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=64, help="model input side (px)")
     parser.add_argument("--width", type=int, default=32, help="conv filters of the model")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=1, help="measurements per service")
     parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--compare",
+        default=None,
+        metavar="REV",
+        help="also serve REV:serving/service.py (a git revision) and compare",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
 
     from PIL import Image
 
-    from mammo_pipeline.common.net import free_port
-    from mammo_pipeline.common.processes import spawn
     from mammo_pipeline.config import Settings
     from mammo_pipeline.serving import backend
     from mammo_pipeline.serving.image_io import decode_image, to_model_input
@@ -171,17 +253,17 @@ def main(argv: list[str] | None = None) -> int:
             serve_max_batch_size=args.max_batch_size,
         )
         version = register(settings, build_model(args.size, args.width))
-        port = free_port()
-        log = root / "server.log"
-        proc = spawn(
-            backend.serve_command("127.0.0.1", port),
-            env=backend.child_env(settings, version),
-            log=log,
-            cwd=backend.REPO_ROOT,
-        )
+        env = backend.child_env(settings, version)
+        targets = {CURRENT: (backend.SERVICE_TARGET, backend.REPO_ROOT)}
+        if args.compare:
+            targets[args.compare] = service_of_revision(args.compare, root, backend.REPO_ROOT)
+        procs = []
         try:
-            url = f"http://127.0.0.1:{port}"
-            backend.wait_ready(url, proc.pid, 300, log)
+            urls = {}
+            for name, (target, cwd) in targets.items():  # one after the other: both import
+                label = "current" if name == CURRENT else "other"
+                proc, urls[name], _ = start_service(label, target, cwd, env, root)
+                procs.append(proc)
 
             rng = np.random.default_rng(0)
             pixels = rng.integers(0, 256, (args.size, args.size), dtype=np.uint8)
@@ -194,53 +276,104 @@ def main(argv: list[str] | None = None) -> int:
             x1 = to_model_input(gray, args.size)
             raw = raw_numbers(model, x1, args.max_batch_size, args.duration)
 
-            service = [asyncio.run(load(url, image, c, args.duration)) for c in (1, 8, 32)]
+            measured: dict[str, dict[int, list[dict[str, float]]]] = {
+                name: {c: [] for c in CONCURRENCY} for name in urls
+            }
+            order = list(urls)
+            for r in range(args.rounds):
+                for c in CONCURRENCY:
+                    for name in order if r % 2 == 0 else order[::-1]:
+                        row = asyncio.run(load(urls[name], image, c, args.duration))
+                        measured[name][c].append(row)
             # the machine may be shared: measure raw again and use the mean of both runs
             after = raw_numbers(model, x1, args.max_batch_size, args.duration)
             raw = {k: (raw[k] + after[k]) / 2 for k in raw} | {
-                "batched_images_per_s_before_after": [raw["batched_images_per_s"],
-                                                      after["batched_images_per_s"]],
-            }  # fmt: skip
+                "batched_images_per_s_before_after": [
+                    raw["batched_images_per_s"],
+                    after["batched_images_per_s"],
+                ],
+            }
         finally:
-            backend.stop_process(proc.pid)
+            for proc in procs:
+                backend.stop_process(proc.pid)
 
-    by_c = {row["concurrency"]: row for row in service}
-    ratio_32 = by_c[32]["requests_per_s"] / raw["batched_images_per_s"]
-    added_1 = by_c[1]["p50_ms"] - raw["single_predict_p50_ms"]
-    print(f"model: {args.size}x{args.size}x1 convnet (width {args.width}), CPU cores "
-          f"{os.cpu_count()}, max batch {args.max_batch_size}")  # fmt: skip
+    services = {name: [summarise(rows[c]) for c in CONCURRENCY] for name, rows in measured.items()}
+    print(
+        f"SYNTHETIC model and pixels: {args.size}x{args.size}x1 convnet (width {args.width}), "
+        f"CPU cores {os.cpu_count()}, max batch {args.max_batch_size}, "
+        f"{args.rounds} round(s) of {args.duration:g}s per service and concurrency"
+    )
     before, after_ = raw["batched_images_per_s_before_after"]
-    print(f"raw model.predict, batches of {args.max_batch_size}: "
-          f"{raw['batched_images_per_s']:.1f} images/s (mean of {before:.1f} measured before "
-          f"and {after_:.1f} after the service)")  # fmt: skip
-    print(f"raw model.predict_on_batch, batches of {args.max_batch_size}: "
-          f"{raw['batched_on_batch_images_per_s']:.1f} images/s")  # fmt: skip
-    print(f"raw single-image model.predict p50: {raw['single_predict_p50_ms']:.2f} ms "
-          f"(predict_on_batch {raw['single_predict_on_batch_p50_ms']:.2f} ms)")  # fmt: skip
-    print(f"{'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
-    for row in service:
-        print(f"{row['concurrency']:>11} {row['requests_per_s']:>9.1f} {row['p50_ms']:>8.2f} "
-              f"{row['p99_ms']:>8.2f} {row['errors']:>6}")  # fmt: skip
-    print(f"ratio service rps (c=32) / raw batched images/s: {ratio_32:.3f} (aim >= 0.85)")
-    strict = by_c[32]["requests_per_s"] / raw["batched_on_batch_images_per_s"]
-    print(f"ratio service rps (c=32) / raw batched predict_on_batch images/s: {strict:.3f}")
-    added_strict = by_c[1]["p50_ms"] - raw["single_predict_on_batch_p50_ms"]
-    print(f"p50 added at c=1 over raw single predict_on_batch: {added_strict:+.2f} ms")
-    print(f"p50 added at c=1 over raw single predict: {added_1:+.2f} ms (aim <= 20 ms)")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "raw": raw,
-                    "service": service,
-                    "ratio_c32": ratio_32,
-                    "ratio_c32_vs_on_batch": strict,
-                    "added_p50_c1": added_1,
-                    "added_p50_c1_vs_on_batch": added_strict,
-                },
-                indent=2,
+    print(
+        f"raw model.predict, batches of {args.max_batch_size}: "
+        f"{raw['batched_images_per_s']:.1f} images/s (mean of {before:.1f} measured before "
+        f"and {after_:.1f} after the service)"
+    )
+    print(
+        f"raw model.predict_on_batch, batches of {args.max_batch_size}: "
+        f"{raw['batched_on_batch_images_per_s']:.1f} images/s"
+    )
+    print(
+        f"raw single-image model.predict p50: {raw['single_predict_p50_ms']:.2f} ms "
+        f"(predict_on_batch {raw['single_predict_on_batch_p50_ms']:.2f} ms)"
+    )
+    width = max(len(n) for n in services)
+    print(
+        f"{'service':<{width}} {'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>6}"
+    )
+    for c_index in range(len(CONCURRENCY)):
+        for name, rows in services.items():
+            row = rows[c_index]
+            print(
+                f"{name:<{width}} {row['concurrency']:>11} {row['requests_per_s']:>9.1f} "
+                f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6}"
             )
+    result: dict[str, object] = {
+        "raw": raw,
+        "services": services,
+        "args": vars(args) | {"json": str(args.json) if args.json else None},
+    }
+    for name, rows in services.items():
+        by_c = {row["concurrency"]: row for row in rows}
+        ratio_32 = by_c[32]["requests_per_s"] / raw["batched_images_per_s"]
+        strict = by_c[32]["requests_per_s"] / raw["batched_on_batch_images_per_s"]
+        added_1 = by_c[1]["p50_ms"] - raw["single_predict_p50_ms"]
+        added_strict = by_c[1]["p50_ms"] - raw["single_predict_on_batch_p50_ms"]
+        print(
+            f"[{name}] service rps (c=32) / raw batched images/s: {ratio_32:.3f} "
+            f"(aim >= 0.85); / raw predict_on_batch: {strict:.3f}"
         )
+        print(
+            f"[{name}] p50 added at c=1 over raw single predict: {added_1:+.2f} ms "
+            f"(aim <= 20 ms); over predict_on_batch: {added_strict:+.2f} ms"
+        )
+        result[name] = {
+            "ratio_c32": ratio_32,
+            "ratio_c32_vs_on_batch": strict,
+            "added_p50_c1": added_1,
+            "added_p50_c1_vs_on_batch": added_strict,
+        }
+    if args.compare:
+        cmp = []
+        for cur, old in zip(services[CURRENT], services[args.compare], strict=True):
+            cmp.append(
+                {
+                    "concurrency": cur["concurrency"],
+                    "rps_ratio": cur["requests_per_s"] / old["requests_per_s"],
+                    "p50_ratio": cur["p50_ms"] / old["p50_ms"],
+                    "p99_ratio": cur["p99_ms"] / old["p99_ms"],
+                }
+            )
+            last = cmp[-1]
+            print(
+                f"current / {args.compare} at c={cur['concurrency']}: "
+                f"req/s x{last['rps_ratio']:.2f}, p50 x{last['p50_ratio']:.2f}, "
+                f"p99 x{last['p99_ratio']:.2f}"
+            )
+        result["current_vs_other"] = cmp
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
     return 0
 
 
