@@ -35,7 +35,6 @@ from mammo_pipeline.validation.docs_assets import (
     GX_WEB_ASSETS,
     find_assets,
     localize_data_docs,
-    mark_build_start,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,22 +152,38 @@ def test_pages_point_at_relative_local_copies_and_a_second_pass_changes_nothing(
     fonts = docs / "static/vendor/@fortawesome/fontawesome-free@6.6.0/webfonts"
     assert (fonts / "fa-solid-900.woff2").is_file()
 
-    before = {p: p.stat().st_mtime_ns for p in docs.rglob("*") if p.is_file()}
-    again = localize_data_docs(docs)
+    def stamps() -> dict[Path, int]:  # every file but the pass marker
+        files = [p for p in docs.rglob("*") if p.is_file() and p.name != ".localized"]
+        return {p: p.stat().st_mtime_ns for p in files}
+
+    before = stamps()
+    again = localize_data_docs(docs, everything=True)
     assert again.pages_rewritten == [] and again.files_copied == 0
-    assert {p: p.stat().st_mtime_ns for p in docs.rglob("*") if p.is_file()} == before
+    assert stamps() == before
 
 
-def test_only_pages_changed_since_the_build_marker_are_read(tmp_path: Path) -> None:
+def test_a_pass_reads_the_pages_changed_since_the_last_one_all_when_the_assets_change(
+    tmp_path: Path,
+) -> None:
     needs_installed_assets()
     docs = tmp_path / "docs"
     pages = write_pages(docs)
-    os.utime(pages["deep"], ns=(10**18, 10**18))  # built long ago, before the marker
-    since = mark_build_start(docs)
-    os.utime(pages["index"], ns=(since, since))
-    report = localize_data_docs(docs, changed_since_ns=since)
-    assert report.pages_rewritten == [pages["index"]]
-    assert JQUERY in pages["deep"].read_text()
+    assert len(localize_data_docs(docs).pages_rewritten) == 2  # first pass: every page
+    old = docs / "old.html"
+    old.write_text(HEAD, encoding="utf-8")
+    os.utime(old, ns=(10**18, 10**18))  # built in 2001, before any pass: not read
+    new = docs / "validations" / "new.html"
+    new.write_text(HEAD, encoding="utf-8")  # built now, like GX's pages of a new validation
+    assert localize_data_docs(docs).pages_rewritten == [new]
+    assert JQUERY in old.read_text() and JQUERY not in pages["index"].read_text()
+    # Other installed assets (here: none) mean a full pass; so does installing them again.
+    empty = tmp_path / "node_modules"
+    empty.mkdir()
+    missing = localize_data_docs(docs, assets_dir=empty).missing
+    assert any(m.startswith(JQUERY) for m in missing)  # old.html was read
+    assert localize_data_docs(docs).pages_rewritten == [old]
+    assert localize_data_docs(docs, everything=True).pages_rewritten == []
+    assert not list((docs / "static" / "vendor").glob(".localizing-*"))
 
 
 def test_missing_assets_keep_cdn_links_and_warn_once_with_the_fix(

@@ -19,8 +19,10 @@ are empty. This module owns the fix:
 
 An asset that is not installed (``make install`` not run) keeps its CDN link, so the pages
 work as before where there is internet, and one warning line names what is missing and how
-to install it. Rewriting is idempotent: a page without remote links is left untouched, and a
-vendor file already in place is not copied again.
+to install it. Each pass reads only the pages changed since the previous pass began (all of
+them on the first pass, after a crash, or when the installed assets changed, so sites built
+before ``make install`` are caught up by the next validation). Rewriting is idempotent: a
+page without remote links is left untouched; a vendor file already in place is not copied.
 """
 
 from __future__ import annotations
@@ -32,8 +34,7 @@ import logging
 import os
 import re
 import shutil
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -47,8 +48,8 @@ VENDOR = Path("static") / "vendor"
 #: GX's web server for its logos; the same images ship in ``static/images`` of every build.
 GX_WEB_ASSETS = "https://great-expectations-web-assets.s3.us-east-2.amazonaws.com/"
 GX_IMAGES = Path("static") / "images"
-#: Touched just before a build; pages modified since (by the filesystem's clock) are rewritten.
-BUILD_MARKER = VENDOR / ".build-started"
+#: Its mtime: when the last complete pass began; its text: the installed assets it used.
+PASS_MARKER = VENDOR / ".localized"
 INSTALL_HINT = "run `make install` (npm ci in docs-assets/)"
 
 
@@ -63,100 +64,42 @@ class Asset:
     version: str
 
 
+_CDNJS = "https://cdnjs.cloudflare.com/ajax/libs"
+_JSD = "https://cdn.jsdelivr.net/npm"
+_BT = "bootstrap-table"
+_FILTER = "dist/extensions/filter-control/bootstrap-table-filter-control"
+# fmt: off
 ASSETS: tuple[Asset, ...] = (
-    Asset(
-        "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css",
-        "bootstrap",
-        "dist/css/bootstrap.min.css",
-        "4.3.1",
-    ),
-    Asset(
-        "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js",
-        "bootstrap",
-        "dist/js/bootstrap.min.js",
-        "4.3.1",
-    ),
-    Asset(
-        "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css",
-        "bootstrap-table",
-        "dist/bootstrap-table.min.css",
-        "1.19.1",
-    ),
-    Asset(
-        "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js",
-        "bootstrap-table",
-        "dist/bootstrap-table.min.js",
-        "1.19.1",
-    ),
-    Asset(
-        "https://unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/"
-        "bootstrap-table-filter-control.min.js",
-        "bootstrap-table",
-        "dist/extensions/filter-control/bootstrap-table-filter-control.min.js",
-        "1.19.1",
-    ),
+    Asset("https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css",
+          "bootstrap", "dist/css/bootstrap.min.css", "4.3.1"),
+    Asset("https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js",
+          "bootstrap", "dist/js/bootstrap.min.js", "4.3.1"),
+    Asset(f"https://unpkg.com/{_BT}@1.19.1/dist/bootstrap-table.min.css",
+          _BT, "dist/bootstrap-table.min.css", "1.19.1"),
+    Asset(f"https://unpkg.com/{_BT}@1.19.1/dist/bootstrap-table.min.js",
+          _BT, "dist/bootstrap-table.min.js", "1.19.1"),
+    Asset(f"https://unpkg.com/{_BT}@1.19.1/{_FILTER}.min.js", _BT, f"{_FILTER}.min.js", "1.19.1"),
     # GX names 1.19.0 for the filter-control stylesheets only; the patch release 1.19.1 that
     # its scripts use carries the same stylesheets.
-    Asset(
-        "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/"
-        "bootstrap-table-filter-control.min.css",
-        "bootstrap-table",
-        "dist/extensions/filter-control/bootstrap-table-filter-control.min.css",
-        "1.19.1",
-    ),
-    Asset(
-        "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/"
-        "bootstrap-table-filter-control.css",
-        "bootstrap-table",
-        "dist/extensions/filter-control/bootstrap-table-filter-control.css",
-        "1.19.1",
-    ),
-    Asset(
-        "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/"
-        "bootstrap-datepicker.min.css",
-        "bootstrap-datepicker",
-        "dist/css/bootstrap-datepicker.min.css",
-        "1.9.0",
-    ),
-    Asset(
-        "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/"
-        "bootstrap-datepicker.min.js",
-        "bootstrap-datepicker",
-        "dist/js/bootstrap-datepicker.min.js",
-        "1.9.0",
-    ),
-    Asset(
-        "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/"
-        "bootstrap-prefers-dark.css",
-        "@forevolve/bootstrap-dark",
-        "dist/css/bootstrap-prefers-dark.css",
-        "1.1.0",
-    ),
-    Asset(
-        "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css",
-        "@fortawesome/fontawesome-free",
-        "css/all.min.css",
-        "6.6.0",
-    ),
-    Asset(
-        "https://code.jquery.com/jquery-3.7.1.min.js",
-        "jquery",
-        "dist/jquery.min.js",
-        "3.7.1",
-    ),
-    Asset(
-        "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js",
-        "popper.js",
-        "dist/umd/popper.min.js",
-        "1.12.9",
-    ),
+    Asset(f"https://unpkg.com/{_BT}@1.19.0/{_FILTER}.min.css", _BT, f"{_FILTER}.min.css", "1.19.1"),
+    Asset(f"https://unpkg.com/{_BT}@1.19.0/{_FILTER}.css", _BT, f"{_FILTER}.css", "1.19.1"),
+    Asset(f"{_CDNJS}/bootstrap-datepicker/1.9.0/css/bootstrap-datepicker.min.css",
+          "bootstrap-datepicker", "dist/css/bootstrap-datepicker.min.css", "1.9.0"),
+    Asset(f"{_CDNJS}/bootstrap-datepicker/1.9.0/js/bootstrap-datepicker.min.js",
+          "bootstrap-datepicker", "dist/js/bootstrap-datepicker.min.js", "1.9.0"),
+    Asset(f"{_JSD}/@forevolve/bootstrap-dark@1.1.0/dist/css/bootstrap-prefers-dark.css",
+          "@forevolve/bootstrap-dark", "dist/css/bootstrap-prefers-dark.css", "1.1.0"),
+    Asset(f"{_CDNJS}/font-awesome/6.6.0/css/all.min.css",
+          "@fortawesome/fontawesome-free", "css/all.min.css", "6.6.0"),
+    Asset("https://code.jquery.com/jquery-3.7.1.min.js", "jquery", "dist/jquery.min.js", "3.7.1"),
+    Asset(f"{_CDNJS}/popper.js/1.12.9/umd/popper.min.js",
+          "popper.js", "dist/umd/popper.min.js", "1.12.9"),
     # ``npm/<name>@<major>`` on jsDelivr serves the file named by the package's "jsdelivr" field.
-    Asset("https://cdn.jsdelivr.net/npm/vega@5", "vega", "build/vega.min.js", "5"),
-    Asset("https://cdn.jsdelivr.net/npm/vega-lite@5", "vega-lite", "build/vega-lite.min.js", "5"),
-    Asset(
-        "https://cdn.jsdelivr.net/npm/vega-embed@6", "vega-embed", "build/vega-embed.min.js", "6"
-    ),
+    Asset(f"{_JSD}/vega@5", "vega", "build/vega.min.js", "5"),
+    Asset(f"{_JSD}/vega-lite@5", "vega-lite", "build/vega-lite.min.js", "5"),
+    Asset(f"{_JSD}/vega-embed@6", "vega-embed", "build/vega-embed.min.js", "6"),
 )
+# fmt: on
 
 _TAG = re.compile(r"<(?:script|link|img)\b[^>]*>", re.IGNORECASE)
 _REF = re.compile(r"""(\s(?:src|href)\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
@@ -228,27 +171,19 @@ def find_assets(
     return found, missing
 
 
-def mark_build_start(docs_dir: Path) -> int:
-    """Touch the build marker and return its mtime (ns), read back from the filesystem so that
-    the comparison with the pages' mtimes uses one clock."""
-    marker = docs_dir / BUILD_MARKER
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.touch()  # an existing marker gets the current time
-    return marker.stat().st_mtime_ns
-
-
 def localize_data_docs(
     docs_dir: Path,
     *,
     assets_dir: Path = DEFAULT_ASSETS_DIR,
-    changed_since_ns: int | None = None,
+    everything: bool = False,
     progress: bool = False,
 ) -> LocalizeReport:
     """Point the Data Docs in ``docs_dir`` at local copies of their CSS/JS.
 
-    Only pages (``*.html`` and GX's ``static/styles/*.css``) modified at or after
-    ``changed_since_ns`` are read (all of them when ``None``). Never raises for a missing
-    asset: it keeps its CDN link and one warning per process names it.
+    Reads the pages (``*.html`` and GX's ``static/styles/*.css``) modified since the previous
+    complete pass began, or all of them (``everything``, first pass, installed assets changed).
+    Never raises for a missing asset: it keeps its CDN link and one warning per process names
+    it. Raises ``OSError`` when the docs folder cannot be written.
     """
     from tqdm.auto import tqdm
 
@@ -256,30 +191,61 @@ def localize_data_docs(
     if not docs_dir.is_dir():
         return report
     installed, not_installed = find_assets(assets_dir)
-    # Copies first, so that no page ever points at a file that is not there yet.
-    for item in installed.values():
-        report.files_copied += _copy_asset(item, docs_dir)
-    pages = list(_pages(docs_dir, changed_since_ns))
-    sri_ok: dict[tuple[str, str], bool] = {}
-    for page in tqdm(pages, desc="Data Docs pages", unit="page", disable=not progress):
-        try:
-            text = page.read_bytes().decode("utf-8")  # newlines kept as they are
-        except (OSError, UnicodeDecodeError) as exc:
-            log.warning("%s: cannot read this Data Docs page (%s); left as it is", page, exc)
-            continue
-        new = _rewrite(text, page, docs_dir, installed, not_installed, sri_ok, report)
-        if new != text:
-            _write_atomic(page, new.encode("utf-8"))
-            report.pages_rewritten.append(page)
+    fingerprint = "".join(f"{url} {item.version}\n" for url, item in sorted(installed.items()))
+    since = None if everything else _last_pass(docs_dir, fingerprint)
+    pending, started = _begin_pass(docs_dir)
+    complete = True
+    try:
+        # Copies first, so that no page ever points at a file that is not there yet.
+        for item in installed.values():
+            report.files_copied += _copy_asset(item, docs_dir)
+        pages = list(_pages(docs_dir, since))
+        for page in tqdm(pages, desc="Data Docs pages", unit="page", disable=not progress):
+            try:
+                text = page.read_bytes().decode("utf-8")  # newlines kept as they are
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning("%s: cannot read this Data Docs page (%s); left as it is", page, exc)
+                complete = False
+                continue
+            new = _rewrite(text, page, docs_dir, installed, not_installed, report)
+            if new != text:
+                _write_atomic(page, new.encode("utf-8"))
+                report.pages_rewritten.append(page)
+        if complete:  # the next pass starts from this one's start
+            pending.write_text(fingerprint, encoding="utf-8")
+            os.utime(pending, ns=(started, started))
+            os.replace(pending, docs_dir / PASS_MARKER)
+    finally:
+        pending.unlink(missing_ok=True)
+    report.missing = list(dict.fromkeys(report.missing))
+    report.unknown = list(dict.fromkeys(report.unknown))
     _warn_once(report)
     return report
 
 
+def _last_pass(docs_dir: Path, fingerprint: str) -> int | None:
+    """When the last complete pass with the same installed assets began (``None``: never)."""
+    marker = docs_dir / PASS_MARKER
+    try:
+        same = marker.read_text(encoding="utf-8") == fingerprint
+        return marker.stat().st_mtime_ns if same else None
+    except OSError:
+        return None
+
+
+def _begin_pass(docs_dir: Path) -> tuple[Path, int]:
+    """A new pending marker and its mtime: the pass's start by the filesystem's own clock,
+    the clock that stamps the pages."""
+    pending = docs_dir / VENDOR / f".localizing-{os.getpid()}"
+    pending.parent.mkdir(parents=True, exist_ok=True)
+    pending.touch()
+    return pending, pending.stat().st_mtime_ns
+
+
 def _pages(docs_dir: Path, since_ns: int | None) -> Iterator[Path]:
     vendor = docs_dir / VENDOR
-    candidates: Iterable[Path] = (p for p in docs_dir.rglob("*.html") if vendor not in p.parents)
-    styles = docs_dir / "static" / "styles"
-    for page in [*candidates, *sorted(styles.glob("*.css"))]:
+    html = (p for p in docs_dir.rglob("*.html") if vendor not in p.parents)
+    for page in [*html, *sorted((docs_dir / "static" / "styles").glob("*.css"))]:
         try:
             if since_ns is None or page.stat().st_mtime_ns >= since_ns:
                 yield page
@@ -297,46 +263,37 @@ def _rewrite(
     docs_dir: Path,
     installed: dict[str, InstalledAsset],
     not_installed: dict[str, str],
-    sri_ok: dict[tuple[str, str], bool],
     report: LocalizeReport,
 ) -> str:
+    def remote(url: str, tag: str) -> str | None:
+        if url.startswith(GX_WEB_ASSETS):
+            local = _gx_image(url, docs_dir)
+            return None if local is None else _relative(local, page)
+        item = installed.get(url)
+        if item is None:
+            if url in not_installed:
+                report.missing.append(f"{url}: {not_installed[url]}")
+            elif not tag.lower().startswith("<img"):
+                report.unknown.append(url)
+            return None
+        sri = _SRI.search(tag)
+        if sri and not _sri_matches(item.source, sri.group(2)):
+            report.missing.append(f"{url}: {item.source} does not match its SRI hash")
+            return None
+        return _relative(docs_dir / item.target, page)
+
     def tag(match: re.Match[str]) -> str:
         original = match.group(0)
         ref = _REF.search(original)
         if ref is None:
             return original
         url = ref.group(3)
-        if not url.lower().startswith(("http://", "https://")):
-            fixed = _static_ref(url, page, docs_dir)
-            if fixed is None:
-                return original
-            start, end = ref.span(3)
-            return original[:start] + fixed + original[end:]
-        if url.startswith(GX_WEB_ASSETS):
-            local = _gx_image(url, docs_dir)
-            if local is None:
-                return original
-            new_ref = _relative(local, page)
-        elif url in installed:
-            item = installed[url]
-            sri = _SRI.search(original)
-            if sri:
-                key = (url, sri.group(2))
-                if key not in sri_ok:
-                    sri_ok[key] = _sri_matches(item.source, sri.group(2))
-                if not sri_ok[key]:
-                    _record(report.missing, f"{url}: {item.source} does not match its SRI hash")
-                    return original
-            new_ref = _relative(docs_dir / item.target, page)
-        else:
-            if url in not_installed:
-                _record(report.missing, f"{url}: {not_installed[url]}")
-            elif not original.lower().startswith("<img"):
-                _record(report.unknown, url)
+        is_remote = url.lower().startswith(("http://", "https://"))
+        new_ref = remote(url, original) if is_remote else _static_ref(url, page, docs_dir)
+        if new_ref is None:
             return original
-        start, end = ref.span(3)
-        rewritten = original[:start] + new_ref + original[end:]
-        return _CROSSORIGIN.sub("", _SRI.sub("", rewritten))
+        rewritten = original[: ref.start(3)] + new_ref + original[ref.end(3) :]
+        return _CROSSORIGIN.sub("", _SRI.sub("", rewritten))  # file:// has no CORS
 
     def css_url(match: re.Match[str]) -> str:
         url = match.group(2).strip()
@@ -382,11 +339,6 @@ def _sri_matches(path: Path, integrity: str) -> bool:
     return False
 
 
-def _record(items: list[str], item: str) -> None:
-    if item not in items:
-        items.append(item)
-
-
 def _copy_asset(item: InstalledAsset, docs_dir: Path) -> int:
     """Copy one asset (and the files its CSS refers to) under ``static/vendor``; returns how
     many files were copied (0 when all were already in place)."""
@@ -406,74 +358,40 @@ def _copy_asset(item: InstalledAsset, docs_dir: Path) -> int:
 
 
 def _copy_if_needed(source: Path, target: Path) -> int:
-    try:
-        if target.stat().st_size == source.stat().st_size:
-            return 0
-    except FileNotFoundError:
-        pass
+    if target.is_file() and target.stat().st_size == source.stat().st_size:
+        return 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_atomic(target, source.read_bytes())
     return 1
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name beside ``path``, then rename: never half a file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_bytes(data)
-        shutil.copymode(path, tmp)
+        if path.exists():
+            shutil.copymode(path, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _warn_once(report: LocalizeReport) -> None:
+    """One line per distinct problem and process (a run validates many files)."""
+    lines = []
     if report.missing:
-        key = "missing:" + "|".join(report.missing)
-        if key not in _warned:
-            _warned.add(key)
-            more = f" and {len(report.missing) - 1} more" if len(report.missing) > 1 else ""
-            log.warning(
-                "Data Docs keep CDN links and render blank offline: %s%s; %s",
-                report.missing[0],
-                more,
-                INSTALL_HINT,
-            )
+        more = f" and {len(report.missing) - 1} more" if len(report.missing) > 1 else ""
+        lines.append(
+            f"Data Docs keep CDN links and render blank offline: {report.missing[0]}{more}; "
+            + INSTALL_HINT
+        )
     if report.unknown:
-        key = "unknown:" + "|".join(report.unknown)
-        if key not in _warned:
-            _warned.add(key)
-            log.warning(
-                "Data Docs load %s, which mammo_pipeline.validation.docs_assets.ASSETS does not "
-                "map to an npm package (new Great Expectations templates?); it stays remote",
-                ", ".join(report.unknown),
-            )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mammo_pipeline.validation.docs_assets DATA_DOCS_DIR``: localize a whole
-    site (e.g. one built before this module existed)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("docs_dir", type=Path)
-    parser.add_argument("--assets-dir", type=Path, default=DEFAULT_ASSETS_DIR)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    if not args.docs_dir.is_dir():
-        print(f"error: {args.docs_dir}: no such Data Docs directory", file=sys.stderr)
-        return 2
-    report = localize_data_docs(args.docs_dir, assets_dir=args.assets_dir, progress=True)
-    print(
-        f"{args.docs_dir}: {len(report.pages_rewritten)} pages rewritten, "
-        f"{report.files_copied} asset files copied, {len(report.missing)} assets still remote"
-    )
-    return 1 if report.missing or report.unknown else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        lines.append(
+            f"Data Docs load {', '.join(report.unknown)}, which docs_assets.ASSETS does not map "
+            "to an npm package (new Great Expectations templates?); it stays remote"
+        )
+    for line in lines:
+        if line not in _warned:
+            _warned.add(line)
+            log.warning("%s", line)

@@ -122,18 +122,12 @@ class ContractChecker:
         from great_expectations.core.run_identifier import RunIdentifier
 
         run_time = datetime.now(UTC)
-        try:
-            build_start: int | None = docs_assets.mark_build_start(self.docs_dir)
-        except OSError as exc:  # GX reports an unusable docs folder itself
-            log.warning("%s: cannot mark the Data Docs build: %s", self.docs_dir, exc)
-            build_start = None
         result = self.checkpoint.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=self.parameters,
             run_id=RunIdentifier(run_name=run_name, run_time=run_time),
         )
-        if build_start is not None:
-            self.localize_docs(changed_since_ns=build_start)
+        self.localize_docs()
         results: list[Any] = []
         page: str | None = None
         for identifier, suite_result in result.run_results.items():
@@ -141,15 +135,12 @@ class ContractChecker:
             page = page or self._page_of(identifier)
         return ContractOutcome(bool(result.success), results, page, run_time)
 
-    def localize_docs(self, changed_since_ns: int | None = None) -> None:
-        """Point the Data Docs pages changed since ``changed_since_ns`` (all when ``None``) at
-        local copies of their CSS/JS. Like the page link, never fails a verdict."""
+    def localize_docs(self) -> None:
+        """Point the Data Docs pages built since the last pass at local copies of their
+        CSS/JS (:func:`.docs_assets.localize_data_docs`). Like the page link, never fails a
+        verdict."""
         try:
-            docs_assets.localize_data_docs(
-                self.docs_dir,
-                assets_dir=self.docs_assets_dir,
-                changed_since_ns=changed_since_ns,
-            )
+            docs_assets.localize_data_docs(self.docs_dir, assets_dir=self.docs_assets_dir)
         except OSError as exc:
             log.warning("%s: Data Docs keep their CDN links: %s", self.docs_dir, exc)
 
