@@ -71,8 +71,24 @@ class Settings(BaseSettings):
     # --- gate --------------------------------------------------------------------------
     min_precision: float = Field(0.30, ge=0.0, le=1.0)
     min_recall: float = Field(0.80, ge=0.0, le=1.0)
-    regression_tolerance: float = Field(0.02, ge=0.0, le=1.0)
+    regression_tolerance: float = Field(
+        0.02, ge=0.0, le=1.0, description="largest loss allowed vs champion and baseline"
+    )
     require_approval: bool = False
+    gate_lower_bound: bool = Field(
+        False,
+        description="absolute thresholds must be cleared by the Wilson lower bound, "
+        "not only by the point estimate",
+    )
+    gate_bootstrap_resamples: int = Field(1000, ge=1000, le=100_000)
+    gate_bootstrap_seed: int = 0
+    gate_confidence: float = Field(0.95, ge=0.5, lt=1.0)
+    registry_lock_uri: str | None = Field(
+        None,
+        description="PostgreSQL URI whose advisory lock serialises gate-and-promote "
+        "(default: the tracking store when it is PostgreSQL, else a file lock)",
+    )
+    registry_lock_timeout_s: float = Field(600.0, gt=0.0)
     reviewer: str | None = Field(
         None, description="name recorded on manual registry actions (default: the OS user)"
     )

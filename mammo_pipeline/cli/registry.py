@@ -75,13 +75,17 @@ def gate_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when the gate fails")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Check a version against the thresholds and the champion, then promote it or not."""
-    from mammo_pipeline.registry import apply_decision, gate_version
-    from mammo_pipeline.registry.report_html import checks_text
+    """Check a version against the policy, the champion and the baseline (paired statistics
+    on the same test tiles), then promote it or not. Options may only tighten the policy."""
+    from mammo_pipeline.registry import gate_and_apply, gate_version
+    from mammo_pipeline.registry.report_html import checks_text, statistics_lines
 
     s = _settings()
-    decision = gate_version(s, version, min_precision, min_recall)
-    result = None if dry_run else apply_decision(s, version, decision)
+    requested = {"min_precision": min_precision, "min_recall": min_recall}
+    if dry_run:
+        decision, result = gate_version(s, version, requested=requested), None
+    else:
+        decision, result = gate_and_apply(s, version, requested=requested)
     if as_json:
         _echo_result(
             {"decision": decision.to_dict(), "promotion": result.to_dict() if result else None},
@@ -94,6 +98,8 @@ def gate_cmd(
             f"tolerance {s.regression_tolerance})"
         )
         typer.echo(checks_text(decision.checks))
+        for line in statistics_lines(decision):
+            typer.echo(line)
         verdict = result.verdict if result else decision.verdict
         colour = typer.colors.GREEN if verdict == "passed" else typer.colors.RED
         typer.secho(f"verdict: {verdict.upper()}", fg=colour, bold=True)
@@ -177,7 +183,12 @@ def show_cmd(
 ) -> None:
     """A version beside the champion, metric by metric, with links to its plots."""
     from mammo_pipeline.registry import review_context
-    from mammo_pipeline.registry.report_html import checks_text, metric_rows, text_table
+    from mammo_pipeline.registry.report_html import (
+        checks_text,
+        metric_rows,
+        statistics_lines,
+        text_table,
+    )
 
     ctx = review_context(_settings(), version)
     rows = metric_rows(ctx)
@@ -228,6 +239,11 @@ def show_cmd(
         )
     )
     if ctx.decision is not None:
+        stats = statistics_lines(ctx.decision)
+        if stats:
+            typer.echo("\nstatistics of the last gate:")
+            for line in stats:
+                typer.echo(f"  {line}")
         typer.echo(f"\nlast gate checks ({ctx.decision.evaluated_at}):")
         typer.echo(checks_text(ctx.decision.checks))
     for key in ("data_manifest_sha256", "test_manifest_sha256", "git_commit", "airflow_run_id"):
@@ -257,12 +273,17 @@ def approve_cmd(
     version: Annotated[str, typer.Argument(help="model version")],
     reason: Annotated[str, typer.Option("--reason", help="why (recorded on the version)")],
     who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
+    override_rejection: Annotated[
+        bool, typer.Option("--override-rejection", help="approve a version a reviewer rejected")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Make a version the champion even if the automatic gate failed (gate=manual)."""
+    """Approve a version: one waiting for approval is re-gated if the champion changed since;
+    any other becomes the champion by your recorded decision (gate=manual)."""
     from mammo_pipeline.registry import approve
 
-    _print_review(approve(_settings(), version, reason, who), as_json)
+    result = approve(_settings(), version, reason, who, override_rejection=override_rejection)
+    _print_review(result, as_json)
 
 
 @app.command("reject")
@@ -288,6 +309,19 @@ def rollback_cmd(
     from mammo_pipeline.registry import rollback
 
     _print_review(rollback(_settings(), reason, who), as_json)
+
+
+@app.command("pin")
+def pin_cmd(
+    version: Annotated[str, typer.Argument(help="model version")],
+    reason: Annotated[str, typer.Option("--reason", help="why (recorded on the version)")],
+    who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Pin a vetted version as the baseline every candidate must not fall behind."""
+    from mammo_pipeline.registry import pin_baseline
+
+    _print_review(pin_baseline(_settings(), version, reason, who), as_json)
 
 
 def register(main_app: typer.Typer) -> None:

@@ -1,373 +1,266 @@
-"""The promotion gate as pure logic: metrics in, a :class:`GateDecision` out.
+"""The promotion gate as pure logic: evidence in, a :class:`GateDecision` out.
 
-No MLflow store is touched here (``mammo_pipeline.registry`` reads the runs and applies the
-decision). Every comparison is made twice, once by our own rule and once by MLflow's
-``mlflow.validate_evaluation_results`` with :class:`mlflow.models.MetricThreshold`; a check
-passes only when both agree that it passes. The rules, all failing closed:
+No MLflow store is touched here (:mod:`.promotion` reads the evidence and applies the
+decision). Every rule fails closed, and every number a rule decides on comes from the
+per-tile test predictions of the runs (:mod:`.evidence`), not from metrics that can be
+re-logged:
 
-* absolute thresholds: ``observed >= threshold`` (passes exactly at the threshold, no epsilon);
-* a metric that is missing, not a number, NaN, infinite or outside ``[0, 1]`` fails;
-* non-regression against the champion: ``candidate >= champion - tolerance`` for each of
-  :data:`REGRESSION_METRICS`, only when both runs carry the same test-set manifest digest; a
-  missing or different digest fails with that reason, and so does a champion metric that is
-  missing or not finite;
-* any exception while checking becomes a failed check carrying the exception text.
+1. **evidence_intact**: the candidate's predictions artifact exists, matches the digest
+   recorded at evaluation and holds a finite score for every test tile;
+2. **logged_metrics_match_predictions**: precision, recall and ROC AUC recomputed from the
+   predictions at the run's decision threshold equal the metrics logged on the run (a metric
+   re-logged by hand fails here);
+3. **min_precision / min_recall**: the point estimate (or, with ``gate_lower_bound``, the
+   lower bound of the Wilson interval) at the decision threshold must reach the threshold;
+   the interval, the number of tiles and of positives are recorded either way;
+4. **non-regression, paired, at matched operating points**, against the ``champion`` and
+   against the pinned ``baseline`` (the best version that ever passed, or one a person
+   pinned): both models' scores on the *same* test tiles; ΔROC AUC, ΔPR AUC and
+   Δsensitivity at the reference's specificity with a paired stratified bootstrap interval
+   (:func:`mammo_pipeline.stats.compare_paired`); each passes only when the interval's lower
+   bound is ``>= -regression_tolerance``. Comparing with the baseline as well bounds the
+   cumulative loss over any number of promotions (no walk-down, one tolerance at a time).
+   Different test sets (manifest digest, tile ids or labels) are not comparable: a fail.
 
-MLflow's validator alone would not be enough: it lets ``inf`` through, raises on ``None`` and
-``Decimal`` comparisons of NaN, and reports all failures as one message; hence the double check.
+Absolute threshold checks are made twice, once by our rule and once by MLflow's
+``validate_evaluation_results``; a check passes only when both agree.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
-from mammo_pipeline.common.jsonsafe import from_json_number, to_json_number
+import numpy as np
 
-#: Test-set metrics of a training run that are copied onto every model version as tags.
-TEST_METRICS: tuple[str, ...] = (
-    "test_precision",
-    "test_recall",
-    "test_f1",
-    "test_accuracy",
-    "test_specificity",
-    "test_roc_auc",
-    "test_pr_auc",
+from mammo_pipeline.registry.decision import (  # noqa: F401 - re-exported names
+    CHECK_EVIDENCE,
+    CHECK_METRICS_MATCH,
+    CHECK_MIN_PRECISION,
+    CHECK_MIN_RECALL,
+    CHECK_SAME_TEST_SET,
+    REGRESSION_METRICS,
+    REQUIRED_CHECKS,
+    RUN_TAGS_COPIED,
+    TEST_METRICS,
+    UNIT_INTERVAL_METRICS,
+    Check,
+    GateDecision,
+    fmt_value,
+    metric_problem,
+    regression_check_name,
+    threshold_check,
+    utc_now,
 )
-#: Provenance tags of a training run, copied onto its model version and shown to reviewers.
-RUN_TAGS_COPIED: tuple[str, ...] = (
-    "data_manifest_sha256",
-    "test_manifest_sha256",
-    "git_commit",
-    "airflow_run_id",
-    "weights_source",
-    "synthetic",
-)
-#: Metrics on which a candidate must not be worse than the champion (beyond the tolerance).
-REGRESSION_METRICS: tuple[str, ...] = ("test_precision", "test_recall", "test_roc_auc")
-#: Metrics that must lie in [0, 1]: a value outside is a broken run, never a pass.
-UNIT_INTERVAL_METRICS: frozenset[str] = frozenset(TEST_METRICS)
+from mammo_pipeline.registry.evidence import Evidence
+from mammo_pipeline.registry.policy import GatePolicy
 
-#: Names of the two absolute checks; a decision without both is not a valid pass.
-CHECK_MIN_PRECISION = "min_precision"
-CHECK_MIN_RECALL = "min_recall"
-CHECK_SAME_TEST_SET = "same_test_set"
-REQUIRED_CHECKS: frozenset[str] = frozenset({CHECK_MIN_PRECISION, CHECK_MIN_RECALL})
-
-
-@dataclass(frozen=True)
-class Check:
-    """One line of the gate: what was compared, with what, and the verdict."""
-
-    name: str
-    observed: float | str | None
-    threshold: float | str | None
-    op: str
-    passed: bool
-    reason: str = ""
-    metric: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["observed"] = to_json_number(self.observed)
-        d["threshold"] = to_json_number(self.threshold)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Check:
-        return cls(
-            name=str(d["name"]),
-            observed=from_json_number(d.get("observed")),
-            threshold=from_json_number(d.get("threshold")),
-            op=str(d.get("op", "")),
-            passed=bool(d.get("passed", False)),
-            reason=str(d.get("reason", "")),
-            metric=d.get("metric"),
-        )
-
-    def describe(self) -> str:
-        """``PASS test_precision >= 0.3: observed 0.41`` style one-liner."""
-        verdict = "PASS" if self.passed else "FAIL"
-        text = f"{verdict} {self.name}: observed {fmt_value(self.observed)} {self.op} "
-        text += f"{fmt_value(self.threshold)}"
-        return text + (f" ({self.reason})" if self.reason and not self.passed else "")
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """The verdict on one model version; JSON-serialisable through :meth:`to_dict`."""
-
-    passed: bool
-    checks: list[Check]
-    reasons: list[str]
-    champion_version: str | None
-    version: str | None = None
-    model_name: str | None = None
-    run_id: str | None = None
-    min_precision: float | None = None
-    min_recall: float | None = None
-    tolerance: float | None = None
-    test_manifest_sha256: str | None = None
-    evaluated_at: str = field(default_factory=lambda: utc_now())
-
-    @property
-    def verdict(self) -> str:
-        return "passed" if self.passed else "failed"
-
-    def is_consistent(self) -> bool:
-        """True only if ``passed`` is backed by the checks: every check passed and both
-        absolute thresholds were checked. A hand-made or tampered decision is not."""
-        if not self.passed:
-            return True
-        names = {c.name for c in self.checks}
-        return (
-            bool(self.checks)
-            and all(c.passed for c in self.checks)
-            and (REQUIRED_CHECKS <= names)
-            and not self.reasons
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "verdict": self.verdict,
-            "checks": [c.to_dict() for c in self.checks],
-            "reasons": list(self.reasons),
-            "champion_version": self.champion_version,
-            "version": self.version,
-            "model_name": self.model_name,
-            "run_id": self.run_id,
-            "min_precision": self.min_precision,
-            "min_recall": self.min_recall,
-            "tolerance": self.tolerance,
-            "test_manifest_sha256": self.test_manifest_sha256,
-            "evaluated_at": self.evaluated_at,
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> GateDecision:
-        return cls(
-            passed=bool(d["passed"]),
-            checks=[Check.from_dict(c) for c in d.get("checks", [])],
-            reasons=[str(r) for r in d.get("reasons", [])],
-            champion_version=(
-                None if d.get("champion_version") is None else str(d["champion_version"])
-            ),
-            version=None if d.get("version") is None else str(d["version"]),
-            model_name=d.get("model_name"),
-            run_id=d.get("run_id"),
-            min_precision=d.get("min_precision"),
-            min_recall=d.get("min_recall"),
-            tolerance=d.get("tolerance"),
-            test_manifest_sha256=d.get("test_manifest_sha256"),
-            evaluated_at=str(d.get("evaluated_at") or utc_now()),
-        )
-
-
-@dataclass(frozen=True)
-class ChampionInfo:
-    """What the gate needs to know about the current champion."""
-
-    version: str
-    metrics: Mapping[str, Any]
-    test_manifest_sha256: str | None
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def fmt_value(value: Any) -> str:
-    """A metric value for people: 4 decimals for floats, short digests, '-' for none."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int | float):
-        f = float(value)
-        return str(f) if not math.isfinite(f) else f"{f:.4f}"
-    return str(value)
-
-
-def metric_problem(name: str, value: Any) -> str | None:
-    """Why ``value`` cannot be used as metric ``name`` (None when it can)."""
-    if value is None:
-        return f"{name} is missing"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"{name} is not a number ({value!r})"
-    f = float(value)
-    if math.isnan(f):
-        return f"{name} is NaN"
-    if math.isinf(f):
-        return f"{name} is infinite ({f})"
-    if name in UNIT_INTERVAL_METRICS and not 0.0 <= f <= 1.0:
-        return f"{name} = {f} is outside [0, 1]"
-    return None
-
-
-def _mlflow_agrees(metric: str, observed: float, threshold: float) -> tuple[bool, str]:
-    """Run MLflow's own validator on one ``observed >= threshold`` comparison."""
-    from mlflow import validate_evaluation_results
-    from mlflow.models import MetricThreshold
-    from mlflow.models.evaluation import EvaluationResult
-
-    chatty = logging.getLogger("mlflow.models.evaluation.validation")  # INFO per call
-    level = chatty.level
-    chatty.setLevel(logging.WARNING)
-    try:
-        validate_evaluation_results(
-            {metric: MetricThreshold(threshold=float(threshold), greater_is_better=True)},
-            EvaluationResult(metrics={metric: float(observed)}, artifacts={}),
-        )
-    except Exception as exc:  # ModelValidationFailedException or anything unexpected
-        return False, str(exc).strip()
-    finally:
-        chatty.setLevel(level)
-    return True, ""
-
-
-def threshold_check(
-    name: str,
-    metric: str,
-    observed: Any,
-    threshold: Any,
-    *,
-    what: str = "threshold",
-    below_reason: str | None = None,
-) -> Check:
-    """``observed >= threshold`` with missing / NaN / inf / out-of-range failing closed."""
-    problem = metric_problem(metric, observed)
-    if problem is None and (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, int | float)
-        or not math.isfinite(float(threshold))
-    ):
-        problem = f"{what} for {metric} is not a finite number ({threshold!r})"
-    if problem is not None:
-        return Check(name, observed, threshold, ">=", False, problem, metric)
-    ours = float(observed) >= float(threshold)
-    theirs, message = _mlflow_agrees(metric, float(observed), float(threshold))
-    if ours and theirs:
-        return Check(name, float(observed), float(threshold), ">=", True, "", metric)
-    if ours != theirs:
-        reason = f"{metric}: own rule says {ours}, MLflow validation says {theirs} {message}"
-    else:
-        reason = below_reason or (
-            f"{metric} = {fmt_value(observed)} is below the {what} {fmt_value(threshold)}"
-        )
-    return Check(name, float(observed), float(threshold), ">=", False, reason.strip(), metric)
-
-
-def evaluate_gate(
-    metrics: Mapping[str, Any],
-    *,
-    min_precision: float,
-    min_recall: float,
-    tolerance: float,
-    test_manifest_sha256: str | None,
-    champion: ChampionInfo | None,
-    extra_failures: Sequence[tuple[str, str]] = (),
-    version: str | None = None,
-    model_name: str | None = None,
-    run_id: str | None = None,
-) -> GateDecision:
-    """Decide on a candidate. ``extra_failures`` are (check name, reason) pairs found by the
-    caller (a run that did not finish, a reviewer's rejection, a lookup error)."""
-    checks: list[Check] = []
-    try:
-        checks.append(
-            threshold_check(
-                CHECK_MIN_PRECISION, "test_precision", metrics.get("test_precision"), min_precision
-            )
-        )
-        checks.append(
-            threshold_check(CHECK_MIN_RECALL, "test_recall", metrics.get("test_recall"), min_recall)
-        )
-        if champion is not None:
-            checks.extend(_non_regression(metrics, test_manifest_sha256, champion, tolerance))
-    except Exception as exc:  # fail closed on anything unforeseen
-        checks.append(Check("gate_error", None, None, "", False, f"{type(exc).__name__}: {exc}"))
-    for name, reason in extra_failures:
-        checks.append(Check(name, None, None, "", False, reason))
-    reasons = list(dict.fromkeys(c.reason or f"{c.name} failed" for c in checks if not c.passed))
-    return GateDecision(
-        passed=bool(checks) and not reasons,
-        checks=checks,
-        reasons=reasons,
-        champion_version=champion.version if champion else None,
-        version=version,
-        model_name=model_name,
-        run_id=run_id,
-        min_precision=min_precision,
-        min_recall=min_recall,
-        tolerance=tolerance,
-        test_manifest_sha256=test_manifest_sha256,
-    )
+#: Largest difference between a logged metric and the same metric recomputed from the
+#: predictions (float round-off of two implementations, far below any real change).
+METRIC_MATCH_TOLERANCE = 1e-6
+#: Logged metrics the gate recomputes from the predictions.
+RECOMPUTED_METRICS = ("test_precision", "test_recall", "test_roc_auc")
 
 
 def _short(digest: str | None) -> str | None:
     return digest[:12] if digest else None
 
 
-def _non_regression(
-    metrics: Mapping[str, Any],
-    digest: str | None,
-    champion: ChampionInfo,
-    tolerance: float,
-) -> list[Check]:
-    ours, theirs = digest, champion.test_manifest_sha256
-    if not ours or not theirs:
-        missing = "candidate" if not ours else "champion"
-        reason = (
-            f"{missing} run has no test_manifest_sha256: cannot tell whether champion "
-            f"v{champion.version} was evaluated on the same test set"
-        )
-        return [Check(CHECK_SAME_TEST_SET, _short(ours), _short(theirs), "==", False, reason)]
-    if ours != theirs:
-        reason = (
-            f"champion v{champion.version} was evaluated on a different test set "
-            f"(test_manifest_sha256 {_short(theirs)} != {_short(ours)}): not comparable"
-        )
-        return [Check(CHECK_SAME_TEST_SET, _short(ours), _short(theirs), "==", False, reason)]
-    checks = [Check(CHECK_SAME_TEST_SET, _short(ours), _short(theirs), "==", True)]
-    for metric in REGRESSION_METRICS:
-        name = f"not_worse_than_champion:{metric}"
-        champ_value = champion.metrics.get(metric)
-        problem = metric_problem(metric, champ_value)
-        if problem is not None:
-            checks.append(
-                Check(
-                    name,
-                    metrics.get(metric),
-                    None,
-                    ">=",
-                    False,
-                    f"champion v{champion.version}: {problem}; cannot compare",
-                    metric,
-                )
-            )
-            continue
-        floor = float(champ_value) - tolerance
-        below = (
-            f"{metric} = {fmt_value(metrics.get(metric))} is worse than champion "
-            f"v{champion.version} ({fmt_value(champ_value)}) by more than the tolerance "
-            f"{tolerance}"
-        )
+def recomputed_metrics(evidence: Evidence) -> dict[str, float]:
+    """Precision, recall and ROC AUC of the evidence's predictions at its threshold."""
+    from mammo_pipeline.stats import operating_point, roc_auc
+
+    assert evidence.predictions is not None and evidence.threshold is not None
+    y = evidence.predictions.positive
+    point = operating_point(y, evidence.predictions.scores, evidence.threshold)
+    precision = point.precision if math.isfinite(point.precision) else 0.0  # sklearn's rule
+    return {
+        "test_precision": float(precision),
+        "test_recall": float(point.sensitivity),
+        "test_roc_auc": float(roc_auc(y, evidence.predictions.scores)),
+    }
+
+
+def _metrics_match(evidence: Evidence) -> Check:
+    recomputed = recomputed_metrics(evidence)
+    for metric, value in recomputed.items():
+        logged = evidence.metrics.get(metric)
+        if metric_problem(metric, logged) is not None or not math.isfinite(value):
+            return Check(CHECK_METRICS_MATCH, logged, value, "==", False,
+                         f"{metric}: logged {fmt_value(logged)}, recomputed {fmt_value(value)}",
+                         metric)  # fmt: skip
+        if abs(float(logged) - value) > METRIC_MATCH_TOLERANCE:
+            return Check(
+                CHECK_METRICS_MATCH, float(logged), value, "==", False,
+                f"logged {metric} = {fmt_value(logged)} disagrees with {fmt_value(value)} "
+                "recomputed from the run's per-tile predictions: metrics were re-logged or "
+                "the evidence does not belong to this run", metric,
+            )  # fmt: skip
+    return Check(CHECK_METRICS_MATCH, "agree", "agree", "==", True)
+
+
+def _absolute(evidence: Evidence, policy: GatePolicy, stats: dict[str, Any]) -> list[Check]:
+    from mammo_pipeline.stats import operating_point
+
+    assert evidence.predictions is not None and evidence.threshold is not None
+    point = operating_point(
+        evidence.predictions.positive, evidence.predictions.scores, evidence.threshold
+    )
+    intervals = point.intervals(policy.confidence)
+    stats["operating_point"] = point.to_dict()
+    stats["precision"] = intervals["precision"].to_dict()
+    stats["recall"] = intervals["sensitivity"].to_dict()
+    checks = []
+    for name, metric, key, minimum in (
+        (CHECK_MIN_PRECISION, "test_precision", "precision", policy.min_precision),
+        (CHECK_MIN_RECALL, "test_recall", "sensitivity", policy.min_recall),
+    ):
+        interval = intervals[key]
+        value = interval.low if policy.gate_lower_bound else interval.point
+        what = "lower bound" if policy.gate_lower_bound else "point estimate"
+        text = f"{metric} {interval.describe()} ({what} used)"
         check = threshold_check(
-            name,
-            metric,
-            metrics.get(metric),
-            floor,
-            what=f"champion v{champion.version} - tolerance",
-            below_reason=below,
-        )
+            name, metric, float(value) if math.isfinite(value) else float("nan"), minimum,
+            below_reason=f"{text} is below the threshold {minimum:g}",
+        )  # fmt: skip
+        if check.passed:
+            check = Check(check.name, check.observed, check.threshold, check.op, True, text,
+                          metric)  # fmt: skip
         checks.append(check)
     return checks
+
+
+def _same_tiles(candidate: Evidence, reference: Evidence) -> str | None:
+    """Why the two cannot be compared tile by tile (None when they can)."""
+    if not candidate.test_manifest_sha256 or not reference.test_manifest_sha256:
+        return "a run has no test_manifest_sha256: cannot tell whether the test sets are equal"
+    if candidate.test_manifest_sha256 != reference.test_manifest_sha256:
+        return (
+            f"evaluated on a different test set (test_manifest_sha256 "
+            f"{_short(reference.test_manifest_sha256)} != "
+            f"{_short(candidate.test_manifest_sha256)}): not comparable"
+        )
+    a, b = candidate.predictions, reference.predictions
+    assert a is not None and b is not None
+    if a.tile_ids != b.tile_ids or not np.array_equal(a.labels, b.labels):
+        return "the per-tile predictions are not on the same tiles in the same order"
+    return None
+
+
+def _non_regression(
+    role: str,
+    candidate: Evidence,
+    reference: Evidence,
+    policy: GatePolicy,
+    stats: dict[str, Any],
+) -> list[Check]:
+    from mammo_pipeline.stats import compare_paired
+
+    names = [regression_check_name(role, m) for m in REGRESSION_METRICS]
+    ref = f"{role} v{reference.version}"
+    if not reference.usable:
+        reason = f"{ref}: {reference.problem or 'no usable evidence'}; cannot compare"
+        return [Check(n, None, None, ">=", False, reason, m)
+                for n, m in zip(names, REGRESSION_METRICS, strict=True)]  # fmt: skip
+    problem = _same_tiles(candidate, reference)
+    if problem is not None:
+        return [
+            Check(CHECK_SAME_TEST_SET + f":{role}", None, None, "==", False, f"{ref}: {problem}")
+        ]
+    assert candidate.predictions is not None and reference.predictions is not None
+    assert reference.threshold is not None
+    comparison = compare_paired(
+        candidate.predictions.positive,
+        candidate.predictions.scores,
+        reference.predictions.scores,
+        reference_threshold=reference.threshold,
+        n_resamples=policy.n_resamples,
+        seed=policy.seed,
+        confidence=policy.confidence,
+        tolerance=policy.regression_tolerance,
+        candidate_ids=candidate.predictions.tile_ids,
+        reference_ids=reference.predictions.tile_ids,
+        synthetic=candidate.synthetic,
+        source=f"v{candidate.version} vs {ref}",
+    )
+    stats[f"vs_{role}"] = {"version": reference.version, **comparison.to_dict()}
+    checks = [Check(CHECK_SAME_TEST_SET + f":{role}", "same tiles", "same tiles", "==", True)]
+    for name, metric in zip(names, REGRESSION_METRICS, strict=True):
+        delta = getattr(comparison, metric)
+        text = f"vs {ref}: {delta.describe()}"
+        low = delta.low
+        if delta.passes(policy.regression_tolerance):
+            checks.append(Check(name, low, -policy.regression_tolerance, ">=", True, text, metric))
+        else:
+            reason = (
+                f"{text}: the lower bound {fmt_value(low)} is below -tolerance "
+                f"{-policy.regression_tolerance:g} (could be worse than {ref} by more than "
+                "the tolerance)"
+            )
+            observed = low if math.isfinite(low) else None
+            checks.append(Check(name, observed, -policy.regression_tolerance, ">=", False,
+                                reason, metric))  # fmt: skip
+    return checks
+
+
+def evaluate_gate(
+    candidate: Evidence,
+    *,
+    policy: GatePolicy,
+    champion: Evidence | None = None,
+    baseline: Evidence | None = None,
+    extra_failures: Sequence[tuple[str, str]] = (),
+    model_name: str | None = None,
+) -> GateDecision:
+    """Decide on ``candidate``. ``extra_failures`` are (check name, reason) pairs found by
+    the caller (a run that did not finish, a reviewer's rejection, a lookup error)."""
+    checks: list[Check] = []
+    stats: dict[str, Any] = {}
+    try:
+        if not candidate.usable:
+            checks.append(Check(CHECK_EVIDENCE, None, None, "", False,
+                                candidate.problem or "no usable evidence"))  # fmt: skip
+        else:
+            assert candidate.predictions is not None
+            stats["n"] = len(candidate.predictions)
+            stats["positives"] = int(candidate.predictions.positive.sum())
+            stats["synthetic"] = candidate.synthetic
+            checks.append(Check(CHECK_EVIDENCE, _short(candidate.predictions_sha256),
+                                "recorded digest", "==", True))  # fmt: skip
+            checks.append(_metrics_match(candidate))
+            checks.extend(_absolute(candidate, policy, stats))
+            seen = {candidate.version}
+            for role, reference in (("champion", champion), ("baseline", baseline)):
+                if reference is None or reference.version in seen:
+                    continue
+                seen.add(reference.version)
+                checks.extend(_non_regression(role, candidate, reference, policy, stats))
+    except Exception as exc:  # fail closed on anything unforeseen
+        checks.append(Check("gate_error", None, None, "", False, f"{type(exc).__name__}: {exc}"))
+    for name, reason in extra_failures:
+        checks.append(Check(name, None, None, "", False, reason))
+    reasons = list(dict.fromkeys(c.reason or f"{c.name} failed" for c in checks if not c.passed))
+    compared = {
+        k.removeprefix("vs_"): v["version"] for k, v in stats.items() if k.startswith("vs_")
+    }
+    return GateDecision(
+        passed=bool(checks) and not reasons,
+        checks=checks,
+        reasons=reasons,
+        champion_version=champion.version
+        if champion and champion.version != candidate.version
+        else None,
+        version=candidate.version,
+        model_name=model_name,
+        run_id=candidate.run_id,
+        min_precision=policy.min_precision,
+        min_recall=policy.min_recall,
+        tolerance=policy.regression_tolerance,
+        test_manifest_sha256=candidate.test_manifest_sha256,
+        baseline_version=baseline.version
+        if baseline is not None and baseline.version != candidate.version
+        else None,
+        policy=policy.to_dict(),
+        statistics=stats,
+    )

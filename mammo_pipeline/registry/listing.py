@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mammo_pipeline.common.jsonsafe import clean
 from mammo_pipeline.common.mlflow_access import mlflow_client, quiet_artifact_downloads
 from mammo_pipeline.config import Settings, get_settings
-from mammo_pipeline.registry.gate import RUN_TAGS_COPIED, GateDecision
+from mammo_pipeline.registry.decision import RUN_TAGS_COPIED, GateDecision
 from mammo_pipeline.registry.names import (
     CHAMPION,
     LIST_METRICS,
@@ -116,6 +116,22 @@ def gate_decision_from_tags(tags: Mapping[str, str]) -> GateDecision | None:
     )
 
 
+def _decision_artifact(
+    client: MlflowClient, run_id: str | None, version: str
+) -> GateDecision | None:
+    """The last gate decision with its statistics (``review/gate_decision-<V>.json``)."""
+    if not run_id:
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp, quiet_artifact_downloads():
+            path = client.download_artifacts(
+                run_id, f"{REVIEW_DIR}/gate_decision-{version}.json", tmp
+            )
+            return GateDecision.from_dict(json.loads(Path(path).read_text()))
+    except Exception:  # noqa: BLE001 - no report yet: the tags are the record
+        return None
+
+
 def _artifact_links(settings: Settings, client: MlflowClient, run: Run) -> dict[str, str]:
     """name -> where to open it: the UI for a remote server, the artifact URI otherwise."""
     uri = settings.mlflow_tracking_uri
@@ -196,7 +212,9 @@ def review_context(
         if decision and decision.min_recall is not None
         else s.min_recall,
         tolerance=s.regression_tolerance,
-        decision=decision if decision is not None else gate_decision_from_tags(tags),
+        decision=decision
+        if decision is not None
+        else (_decision_artifact(client, mv.run_id, version) or gate_decision_from_tags(tags)),
         images=images,
         links=links,
     )

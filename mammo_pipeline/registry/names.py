@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from mammo_pipeline.registry.gate import TEST_METRICS
+from mammo_pipeline.registry.decision import TEST_METRICS
 
 #: The served version.
 CHAMPION: Final = "champion"
@@ -13,7 +13,10 @@ CHAMPION: Final = "champion"
 PREVIOUS: Final = "previous"
 #: The last candidate that did not pass, or that passed and waits for a reviewer.
 CHALLENGER: Final = "challenger"
-ALIASES: Final = (CHAMPION, PREVIOUS, CHALLENGER)
+#: The reference that bounds cumulative regression: the best version that ever passed (moved
+#: automatically) or one a person pinned (`mammo registry pin V --reason`).
+BASELINE: Final = "baseline"
+ALIASES: Final = (CHAMPION, PREVIOUS, CHALLENGER, BASELINE)
 
 #: Metrics of ``mammo registry list`` (a subset of the gate's test metrics, plus the threshold).
 LIST_METRICS: Final[tuple[str, ...]] = (

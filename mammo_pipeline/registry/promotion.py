@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
-from mammo_pipeline.registry.gate import ChampionInfo, GateDecision, evaluate_gate
-from mammo_pipeline.registry.names import CHALLENGER, CHAMPION, PREVIOUS
+from mammo_pipeline.registry.evidence import load_evidence
+from mammo_pipeline.registry.gate import REGRESSION_METRICS, GateDecision, evaluate_gate, utc_now
+from mammo_pipeline.registry.lock import registry_lock
+from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, PREVIOUS
+from mammo_pipeline.registry.policy import GatePolicy, tightened
 from mammo_pipeline.registry.report import write_report_safely
 from mammo_pipeline.registry.store import (
     delete_tag,
     get_version,
-    metric_values,
     mlflow_errors,
     read_aliases,
     run_facts,
@@ -56,10 +58,13 @@ class PromotionResult:
 def gate_version(
     settings: Settings | None,
     version: str | int,
-    min_precision: float | None = None,
-    min_recall: float | None = None,
+    policy: GatePolicy | None = None,
+    *,
+    requested: Mapping[str, Any] | None = None,
 ) -> GateDecision:
-    """Check ``version`` against the thresholds and the champion; never raises for data problems.
+    """Check ``version`` against the policy, the champion and the baseline; never raises for
+    data problems (they fail the gate). ``requested`` may only tighten the deployment's
+    policy (:func:`~.policy.tightened`; a looser value raises :class:`ConfigError`).
 
     Raises :class:`MammoError` only when the version itself cannot be read (nothing to gate).
     """
@@ -67,60 +72,67 @@ def gate_version(
     name = s.registered_model_name
     client = mlflow_client(s)
     version = str(version)
-    p = s.min_precision if min_precision is None else float(min_precision)
-    r = s.min_recall if min_recall is None else float(min_recall)
+    policy = tightened(policy or GatePolicy.from_settings(s), requested)
     mv = get_version(client, name, version)
     failures: list[tuple[str, str]] = []
-    metrics: dict[str, Any] = {}
-    digest: str | None = None
-    champion: ChampionInfo | None = None
+    candidate = load_evidence(client, name, version)
+    champion = baseline = None
     try:
         if mv.status != "READY":
             failures.append(("version_ready", f"version status is {mv.status}, not READY"))
-        if (mv.tags or {}).get("review") == "rejected":
+        tags = mv.tags or {}
+        if tags.get("review") == "rejected":
             failures.append(
                 (
                     "not_rejected",
-                    f"rejected by {mv.tags.get('review_by', '?')}: "
-                    f"{mv.tags.get('review_reason', '')}".strip(),
+                    f"rejected by {tags.get('review_by', '?')}: "
+                    f"{tags.get('review_reason', '')}".strip(),
                 )
             )
-        if not mv.run_id:
-            failures.append(("run", "version has no training run: metrics unknown"))
-        else:
-            run = client.get_run(mv.run_id)
-            metrics = metric_values(run)
-            digest = run.data.tags.get("test_manifest_sha256") or None
-            if run.info.status != "FINISHED":
-                failures.append(
-                    ("run_finished", f"training run status is {run.info.status}, not FINISHED")
-                )
-        champ_version = read_aliases(client, name).get(CHAMPION)
-        if champ_version is not None and champ_version != version:
-            champ_mv = client.get_model_version(name, champ_version)
-            if champ_mv.run_id:
-                champ_run = client.get_run(champ_mv.run_id)
-                champion = ChampionInfo(
-                    champ_version,
-                    metric_values(champ_run),
-                    champ_run.data.tags.get("test_manifest_sha256") or None,
-                )
-            else:
-                champion = ChampionInfo(champ_version, {}, None)
+        if candidate.run_status is not None and candidate.run_status != "FINISHED":
+            failures.append(
+                ("run_finished", f"training run status is {candidate.run_status}, not FINISHED")
+            )
+        aliases = read_aliases(client, name)
+        if aliases.get(CHAMPION) not in {None, version}:
+            champion = load_evidence(client, name, aliases[CHAMPION])
+        if aliases.get(BASELINE) not in {None, version}:
+            baseline = load_evidence(client, name, aliases[BASELINE])
     except Exception as exc:  # fail closed, keep the text
         failures.append(("gate_error", f"{type(exc).__name__}: {exc}"))
     return evaluate_gate(
-        metrics,
-        min_precision=p,
-        min_recall=r,
-        tolerance=s.regression_tolerance,
-        test_manifest_sha256=digest,
+        candidate,
+        policy=policy,
         champion=champion,
+        baseline=baseline,
         extra_failures=failures,
-        version=version,
         model_name=name,
-        run_id=mv.run_id,
     )
+
+
+def _statistics_tags(d: GateDecision) -> dict[str, Any]:
+    """A readable summary of the gate's statistics for the version's tags (the full numbers
+    are in ``review/gate_decision-<V>.json`` on the run)."""
+    from mammo_pipeline.stats import Interval, PairedComparison
+
+    stats = d.statistics or {}
+    tags: dict[str, Any] = {}
+    if "n" in stats:
+        tags["gate_test_n"] = stats["n"]
+        tags["gate_test_positives"] = stats.get("positives")
+    for key in ("precision", "recall"):
+        if key in stats:
+            tags[f"gate_{key}_ci"] = Interval.from_dict(stats[key]).describe()
+    for role in ("champion", "baseline"):
+        data = stats.get(f"vs_{role}")
+        if data:
+            comparison = PairedComparison.from_dict(
+                {k: v for k, v in data.items() if k != "version"}
+            )
+            tags[f"gate_vs_{role}"] = f"v{data['version']}: " + "; ".join(
+                getattr(comparison, m).describe() for m in REGRESSION_METRICS
+            )
+    return tags
 
 
 def promote_aliases(
@@ -168,7 +180,10 @@ def apply_decision(
         raise MammoError(f"the decision is about model {d.model_name!r}, not {name!r}")
     client = mlflow_client(s)
     notes: list[str] = []
-    with mlflow_errors(f"applying the gate decision to {name!r} v{version}"):
+    with (
+        registry_lock(s),
+        mlflow_errors(f"applying the gate decision to {name!r} v{version}"),
+    ):
         mv = get_version(client, name, version)
         aliases = read_aliases(client, name)
         passed = d.passed
@@ -183,8 +198,22 @@ def apply_decision(
                 f"champion changed since the gate ran (was v{d.champion_version or 'none'}, "
                 f"now v{current}): re-run the gate"
             )
+        base = aliases.get(BASELINE)
+        if passed and base not in {d.baseline_version, d.champion_version, version}:
+            passed = False
+            reasons.append(f"baseline changed since the gate ran (now v{base}): re-run the gate")
+        policy = GatePolicy(**d.policy) if d.policy else GatePolicy.from_settings(s)
+        if passed:
+            try:  # a decision made under a looser policy than the deployment's is not a pass
+                tightened(
+                    GatePolicy.from_settings(s),
+                    policy.to_dict() | {"confidence": None, "n_resamples": None, "seed": None},
+                )
+            except MammoError as exc:
+                passed = False
+                reasons.append(f"decision made under a looser policy: {exc}")
         verdict = "passed" if passed else "failed"
-        awaiting = passed and s.require_approval and current != version
+        awaiting = passed and policy.require_approval and current != version
         run = client.get_run(mv.run_id) if mv.run_id else None
         tags: dict[str, Any] = run_facts(run, airflow_run_id) if run else {}
         tags.update(
@@ -196,11 +225,17 @@ def apply_decision(
                 "gate_min_recall": d.min_recall,
                 "gate_tolerance": d.tolerance,
                 "gate_champion_version": d.champion_version or "none",
+                "gate_baseline_version": d.baseline_version or "none",
+                "gate_policy": policy.to_json(),
                 "gate_checks": json.dumps([c.to_dict() for c in d.checks], separators=(",", ":")),
+                **_statistics_tags(d),
             }
         )
         if awaiting:
             tags["awaiting_approval"] = "true"
+        delta = baseline_delta(d, base)
+        if delta is not None:
+            tags["gate_delta_roc_auc_vs_baseline"] = delta
         if passed and not awaiting and current is not None and current != version:
             tags["replaced_champion"] = current
         set_tags(client, name, version, tags)
@@ -219,6 +254,9 @@ def apply_decision(
             tolerance=d.tolerance,
             test_manifest_sha256=d.test_manifest_sha256,
             evaluated_at=d.evaluated_at,
+            baseline_version=d.baseline_version,
+            policy=policy.to_dict(),
+            statistics=d.statistics,
         )
         report = write_report_safely(client, s, version, final, notes)
         # Aliases last.
@@ -226,6 +264,8 @@ def apply_decision(
         removed: list[str] = []
         if passed and not awaiting:
             moved, removed = promote_aliases(client, name, version, aliases)
+            delta = baseline_delta(final, aliases.get(BASELINE))
+            moved.update(update_baseline(client, name, version, aliases, delta, notes))
         elif current == version:
             notes.append(
                 f"v{version} is the champion and failed a re-run of the gate; aliases unchanged "
@@ -251,13 +291,56 @@ def apply_decision(
     )
 
 
+def baseline_delta(decision: GateDecision, baseline: str | None) -> float | None:
+    """ΔROC AUC (point) of the decision's candidate against the current baseline, if known."""
+    stats = decision.statistics or {}
+    vs = stats.get("vs_baseline")
+    if vs is None and baseline is not None and decision.champion_version == baseline:
+        vs = stats.get("vs_champion")
+    delta = (((vs or {}).get("deltas") or {}).get("roc_auc") or {}).get("delta")
+    return float(delta) if delta is not None else None
+
+
+def update_baseline(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    aliases: Mapping[str, str],
+    delta_vs_baseline: float | None,
+    notes: list[str],
+) -> dict[str, str]:
+    """After a promotion: the first champion becomes the ``baseline``; later, the baseline
+    moves to a new champion only when that one is better than it on ROC AUC (point estimate
+    of the paired difference), so the baseline is the best version that ever passed. A
+    baseline pinned by a person (tag ``baseline_pinned=true``) is never moved here."""
+    current = aliases.get(BASELINE)
+    if current == version:
+        return {}
+    if current is not None:
+        pinned = (client.get_model_version(name, current).tags or {}).get("baseline_pinned")
+        if pinned == "true":
+            return {}
+        if delta_vs_baseline is None or not delta_vs_baseline > 0:
+            return {}
+        notes.append(
+            f"baseline v{current} -> v{version} (ROC AUC better by {delta_vs_baseline:+.4f})"
+        )
+    client.set_registered_model_alias(name, BASELINE, version)
+    set_tags(client, name, version, {"baseline_since": utc_now()})
+    return {BASELINE: version}
+
+
 def gate_and_apply(
     settings: Settings | None,
     version: str | int,
-    min_precision: float | None = None,
-    min_recall: float | None = None,
+    *,
+    requested: Mapping[str, Any] | None = None,
     airflow_run_id: str | None = None,
 ) -> tuple[GateDecision, PromotionResult]:
-    """:func:`gate_version` then :func:`apply_decision` (what the DAG's gate task does)."""
-    decision = gate_version(settings, version, min_precision, min_recall)
-    return decision, apply_decision(settings, version, decision, airflow_run_id)
+    """Gate and promote atomically (what the DAG's gate task and ``mammo registry gate`` do):
+    under the registry-wide lock, read the champion and baseline, decide, apply. Concurrent
+    gates therefore serialise, each compared with the champion it would actually replace."""
+    s = settings or get_settings()
+    with registry_lock(s):
+        decision = gate_version(s, version, requested=requested)
+        return decision, apply_decision(s, version, decision, airflow_run_id)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
-from mammo_pipeline.registry.gate import GateDecision
+from mammo_pipeline.registry.decision import GateDecision
 from mammo_pipeline.registry.names import REVIEW_DIR
 from mammo_pipeline.registry.report_html import render_html
 from mammo_pipeline.registry.store import mlflow_errors, tag_value

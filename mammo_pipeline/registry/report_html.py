@@ -10,12 +10,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mammo_pipeline.registry.gate import (
+from mammo_pipeline.registry.decision import (
     CHECK_MIN_PRECISION,
     CHECK_MIN_RECALL,
     REGRESSION_METRICS,
@@ -94,15 +93,42 @@ def metric_rows(ctx: ReviewContext) -> list[MetricRow]:
         parts = []
         if m in mins:
             parts.append(f">= {fmt_value(mins[m])}")
-        if m in REGRESSION_METRICS and ctx.champion_version and champ is not None:
-            if isinstance(champ, float) and math.isfinite(champ):
-                parts.append(f">= champion - {ctx.tolerance} = {fmt_value(champ - ctx.tolerance)}")
         checks = by_metric.get(m, [])
         verdict = ("PASS" if all(c.passed for c in checks) else "FAIL") if checks else ""
         if cand is None and m in mins:
             verdict = "FAIL"
         rows.append(MetricRow(m, cand, champ, "; ".join(parts), verdict))
     return [r for r in rows if r.candidate is not None or r.champion is not None or r.threshold]
+
+
+def statistics_lines(decision: GateDecision | None) -> list[str]:
+    """The gate's statistics in words: test-set size, Wilson intervals of the absolute
+    metrics, and the paired differences with 95% intervals against champion and baseline."""
+    from mammo_pipeline.stats import Interval, PairedComparison
+
+    stats = (decision.statistics if decision is not None else None) or {}
+    if "n" not in stats:
+        return []
+    data = "SYNTHETIC data" if stats.get("synthetic") else "real data"
+    lines = [f"test set: {stats['n']} tiles, {stats.get('positives')} positive ({data})"]
+    for key, label in (("precision", "precision"), ("recall", "recall (sensitivity)")):
+        if key in stats:
+            lines.append(
+                f"{label} at the decision threshold: {Interval.from_dict(stats[key]).describe()}"
+            )
+    for role in ("champion", "baseline"):
+        vs = stats.get(f"vs_{role}")
+        if not vs:
+            continue
+        comparison = PairedComparison.from_dict({k: v for k, v in vs.items() if k != "version"})
+        lines.append(
+            f"vs {role} v{vs['version']} (paired, same tiles, {comparison.n_resamples} "
+            f"bootstrap resamples, {comparison.confidence:.0%} intervals):"
+        )
+        lines.extend(f"  {getattr(comparison, m).describe()}" for m in REGRESSION_METRICS)
+    if decision is not None and decision.policy:
+        lines.append(f"pass rule: lower bound of each difference >= -{decision.tolerance:g}")
+    return lines
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -208,6 +234,12 @@ def render_html(ctx: ReviewContext) -> str:
             f"<td class='{r.verdict}'>{_e(r.verdict)}</td></tr>"
         )
     out.append("</table>")
+    # Statistics: sample size, intervals, paired differences.
+    stat_lines = statistics_lines(dec)
+    if stat_lines:
+        out.append("<h2>Statistics</h2><ul class='stats'>")
+        out.extend(f"<li>{html.escape(line)}</li>" for line in stat_lines)
+        out.append("</ul>")
     # Every check.
     if dec is not None:
         out.append(

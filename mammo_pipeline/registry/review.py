@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
-from mammo_pipeline.registry.gate import utc_now
-from mammo_pipeline.registry.names import CHALLENGER, CHAMPION, MAX_TAG_VALUE, PREVIOUS
+from mammo_pipeline.registry.decision import utc_now
+from mammo_pipeline.registry.lock import registry_lock
+from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, MAX_TAG_VALUE, PREVIOUS
+from mammo_pipeline.registry.policy import GatePolicy
 from mammo_pipeline.registry.promotion import promote_aliases
 from mammo_pipeline.registry.report import write_report_safely
 from mammo_pipeline.registry.store import (
@@ -26,6 +28,7 @@ from mammo_pipeline.registry.store import (
     run_facts,
     set_tags,
 )
+from mammo_pipeline.registry.vetting import vetting_problem
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -82,9 +85,22 @@ def require_reason(reason: str | None, action: str) -> str:
 
 
 def approve(
-    settings: Settings | None, version: str | int, reason: str, who: str | None = None
+    settings: Settings | None,
+    version: str | int,
+    reason: str,
+    who: str | None = None,
+    *,
+    override_rejection: bool = False,
 ) -> ReviewResult:
-    """Make ``version`` the champion whatever the automatic gate said (``gate=manual``)."""
+    """A person's approval of ``version``, under the registry lock.
+
+    * A version that passed the gate and waits for approval goes through the gate again when
+      the champion or the baseline changed since the gate ran (an approval can come days
+      later); it is promoted only if it still passes, keeping ``gate=passed``.
+    * Any other version is made the champion by the person's decision (``gate=manual``, the
+      automatic verdict kept as ``gate_auto``).
+    * A version a reviewer rejected needs ``override_rejection=True`` (and the reason).
+    """
     s = settings or get_settings()
     name = s.registered_model_name
     version = str(version)
@@ -92,10 +108,19 @@ def approve(
     person = reviewer(s, who)
     at = utc_now()
     client = mlflow_client(s)
-    with mlflow_errors(f"approving {name!r} v{version}"):
+    with registry_lock(s), mlflow_errors(f"approving {name!r} v{version}"):
         mv = get_version(client, name, version)
         aliases = read_aliases(client, name)
         before = aliases.get(CHAMPION)
+        old = mv.tags or {}
+        if old.get("review") == "rejected" and not override_rejection:
+            raise MammoError(
+                f"v{version} was rejected by {old.get('review_by', '?')} "
+                f"({old.get('review_reason', 'no reason recorded')}); approving it needs "
+                "--override-rejection and a reason"
+            )
+        if old.get("gate") == "passed" and old.get("awaiting_approval") == "true":
+            return _approve_gated(s, client, version, reason, person, at, aliases)
         if before == version:
             return ReviewResult(
                 "approve",
@@ -149,6 +174,77 @@ def approve(
     )
 
 
+def _approve_gated(
+    s: Settings,
+    client: MlflowClient,
+    version: str,
+    reason: str,
+    person: str,
+    at: str,
+    aliases: Mapping[str, str],
+) -> ReviewResult:
+    """Approval of a version that passed the gate and waited for a person: re-gate when the
+    references changed, then promote (or record why not)."""
+    from mammo_pipeline.registry.promotion import apply_decision, gate_version
+    from mammo_pipeline.registry.promotion import update_baseline as move_baseline
+
+    name = s.registered_model_name
+    tags = client.get_model_version(name, version).tags or {}
+    before = aliases.get(CHAMPION)
+    gated_against = {
+        CHAMPION: tags.get("gate_champion_version", "none"),
+        BASELINE: tags.get("gate_baseline_version", "none"),
+    }
+    changed = [
+        f"{alias} v{gated_against[alias]} -> v{aliases.get(alias)}"
+        for alias in (CHAMPION, BASELINE)
+        if gated_against[alias] != "none"
+        and aliases.get(alias) not in {gated_against[alias], version}
+        or gated_against[alias] == "none"
+        and aliases.get(alias) not in {None, version}
+    ]
+    set_tags(client, name, version, review_tags(tags, "approved", person, at, reason))
+    message = f"v{version} approved by {person}"
+    if changed:
+        policy = GatePolicy(**json.loads(tags["gate_policy"])) if tags.get("gate_policy") else None
+        if policy is not None:
+            policy = GatePolicy(**{**policy.to_dict(), "require_approval": False})
+        decision = gate_version(s, version, policy)
+        result = apply_decision(s, version, decision)
+        message += (
+            f"; the references changed since the gate ran ({', '.join(changed)}): re-gated, "
+            f"{result.verdict}"
+        )
+        if result.verdict != "passed":
+            message += ": " + "; ".join(result.reasons)
+    else:
+        delete_tag(client, name, version, "awaiting_approval")
+        if before is not None and before != version:
+            set_tags(client, name, version, {"replaced_champion": before})
+        promote_aliases(client, name, version, dict(aliases))
+        notes: list[str] = []
+        delta = tags.get("gate_delta_roc_auc_vs_baseline")
+        move_baseline(client, name, version, aliases, float(delta) if delta else None, notes)
+        write_report_safely(client, s, version, None, notes)
+    after = read_aliases(client, name)
+    if after.get(CHAMPION) == version:
+        message += f"; v{version} is now the champion (was {'v' + before if before else 'none'})"
+    return ReviewResult(
+        "approve",
+        name,
+        version,
+        person,
+        at,
+        reason,
+        before,
+        after.get(CHAMPION),
+        after.get(PREVIOUS),
+        after.get(CHALLENGER),
+        changed=after.get(CHAMPION) != before,
+        message=message,
+    )
+
+
 def reject(
     settings: Settings | None, version: str | int, reason: str, who: str | None = None
 ) -> ReviewResult:
@@ -164,7 +260,7 @@ def reject(
     person = reviewer(s, who)
     at = utc_now()
     client = mlflow_client(s)
-    with mlflow_errors(f"rejecting {name!r} v{version}"):
+    with registry_lock(s), mlflow_errors(f"rejecting {name!r} v{version}"):
         mv = get_version(client, name, version)
         aliases = read_aliases(client, name)
         if aliases.get(CHAMPION) == version:
@@ -205,7 +301,7 @@ def rollback(
     person = reviewer(s, who)
     at = utc_now()
     client = mlflow_client(s)
-    with mlflow_errors(f"rolling back {name!r}"):
+    with registry_lock(s), mlflow_errors(f"rolling back {name!r}"):
         aliases = read_aliases(client, name)
         current, target = aliases.get(CHAMPION), aliases.get(PREVIOUS)
         if current is None:
@@ -217,6 +313,9 @@ def rollback(
         target_mv = get_version(client, name, target)
         if (target_mv.tags or {}).get("review") == "rejected":
             raise MammoError(f"previous version v{target} was rejected; approve another version")
+        problem = vetting_problem(target, target_mv.tags or {})
+        if problem:
+            raise MammoError(f"cannot roll back to v{target}: {problem}")
         current_mv = get_version(client, name, current)
         set_tags(
             client,
@@ -267,3 +366,53 @@ def _rollback_target_of(
     if (prior.tags or {}).get("review") == "rejected":
         return None
     return candidate
+
+
+def pin_baseline(
+    settings: Settings | None, version: str | int, reason: str, who: str | None = None
+) -> ReviewResult:
+    """A person pins ``version`` as the ``baseline`` every later candidate is compared with
+    (the automatic moves stop while it is pinned). Only a vetted version can be pinned."""
+    s = settings or get_settings()
+    name = s.registered_model_name
+    version = str(version)
+    reason = require_reason(reason, "pin")
+    person = reviewer(s, who)
+    at = utc_now()
+    client = mlflow_client(s)
+    with registry_lock(s), mlflow_errors(f"pinning {name!r} v{version}"):
+        mv = get_version(client, name, version)
+        problem = vetting_problem(version, mv.tags or {})
+        if problem:
+            raise MammoError(f"cannot pin v{version} as the baseline: {problem}")
+        aliases = read_aliases(client, name)
+        old = aliases.get(BASELINE)
+        if old is not None and old != version:
+            delete_tag(client, name, old, "baseline_pinned")
+        set_tags(
+            client,
+            name,
+            version,
+            {
+                "baseline_pinned": "true",
+                "baseline_pinned_by": person,
+                "baseline_pinned_at": at,
+                "baseline_pinned_reason": reason,
+                **review_tags(mv.tags or {}, "pinned_baseline", person, at, reason),
+            },
+        )
+        client.set_registered_model_alias(name, BASELINE, version)
+        after = read_aliases(client, name)
+    return ReviewResult(
+        "pin",
+        name,
+        version,
+        person,
+        at,
+        reason,
+        aliases.get(CHAMPION),
+        after.get(CHAMPION),
+        after.get(PREVIOUS),
+        after.get(CHALLENGER),
+        message=f"baseline is now v{version} (pinned; was {'v' + old if old else 'none'})",
+    )

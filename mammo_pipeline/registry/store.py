@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import MammoError
-from mammo_pipeline.registry.gate import RUN_TAGS_COPIED, TEST_METRICS
+from mammo_pipeline.registry.decision import RUN_TAGS_COPIED, TEST_METRICS
 from mammo_pipeline.registry.names import MAX_TAG_VALUE
 
 if TYPE_CHECKING:

@@ -100,6 +100,7 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
         try:
             target = resolve_version(settings, version)
             result.version = target
+            require_vetted(settings, target)
             port = free_port(
                 settings.serve_side_port, avoid={settings.serve_port, blue.get("port") or -1}
             )
@@ -157,6 +158,18 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
         result.message = f"serving version {target} at {result.url}"
         result.duration_s = round(time.monotonic() - started, 2)
         return result
+
+
+def require_vetted(settings: Settings, version: str) -> None:
+    """Raise :class:`DeployError` unless ``version`` may be served (gate=passed, or an
+    approved gate=manual): a rejected or never-gated version is never deployed."""
+    from mammo_pipeline.common.mlflow_access import mlflow_client
+    from mammo_pipeline.registry.vetting import vetting_problem
+
+    mv = mlflow_client(settings).get_model_version(settings.registered_model_name, version)
+    problem = vetting_problem(version, mv.tags or {})
+    if problem:
+        raise DeployError(f"refusing to deploy: {problem}")
 
 
 def _check_live(settings: Settings, url: str, version: str) -> None:

@@ -23,6 +23,7 @@ from mammo_pipeline.common.mlflow_access import mlflow_client, use_store
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import ConfigError, MammoError
 from mammo_pipeline.registry.names import CHAMPION
+from mammo_pipeline.registry.vetting import vetting_problem
 
 if TYPE_CHECKING:
     from bentoml import Model as BentoModel
@@ -75,6 +76,9 @@ def describe_version(settings: Settings, version: str) -> ModelInfo:
     name = settings.registered_model_name
     client = mlflow_client(settings)
     mv = client.get_model_version(name, version)
+    problem = vetting_problem(str(mv.version), mv.tags or {})
+    if problem:  # a hand-moved alias is not enough to be served
+        raise ConfigError(f"refusing to serve {name}: {problem}")
     run = client.get_run(mv.run_id) if mv.run_id else None
     run_metrics = dict(run.data.metrics) if run else {}
     tags = dict(mv.tags or {})

@@ -9,10 +9,15 @@ reaches ``target_recall`` (ties: the higher threshold); a tile is positive when
 - ``test_recall_label_1`` .. ``test_recall_label_4``: the fraction of test tiles of each
   lesion type called positive (1 benign calcification, 2 benign mass, 3 malignant
   calcification, 4 malignant mass); ``test_n``, ``test_positives``;
-- tag ``test_manifest_sha256``: the digest of the test split files.
+- ``test_recall_calcification`` / ``test_recall_mass`` and ``test_roc_auc_calcification`` /
+  ``test_roc_auc_mass``: the same per lesion type (labels 1+3 / 2+4), each type's positives
+  against all negatives, with ``test_positives_calcification`` / ``test_positives_mass``
+  (the public held-out set is half calcification, half mass cases);
+- tag ``test_manifest_sha256``: the digest of the test split files; tag
+  ``test_predictions_sha256``: the digest of the per-tile predictions.
 
 Artifacts under ``evaluation/``: ``confusion_matrix.png``, ``roc_pr_curves.png``,
-``metrics.json``.
+``metrics.json`` and ``test_predictions.csv`` (:mod:`.predictions`, what the gate reads).
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ import numpy as np
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.data.schema import LABEL_NAMES
 from mammo_pipeline.errors import ConfigError, MammoError
+from mammo_pipeline.training.predictions import (
+    PREDICTIONS_DIGEST_TAG,
+    PREDICTIONS_FILE,
+    TilePredictions,
+    tile_ids_for,
+)
 
 LABEL_RECALL_METRICS = {k: f"test_recall_label_{k}" for k in LABEL_NAMES if k > 0}
 ARTIFACT_DIR = "evaluation"
@@ -107,8 +118,32 @@ def predict_scores(model, dataset) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64).reshape(-1)
 
 
-def held_out_predictions(model, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, 5-class labels) of ``model`` on every numpy split in ``settings.test_split``."""
+#: Lesion types of the 5-class label: calcification (benign 1, malignant 3), mass (2, 4).
+LESION_TYPES: dict[str, tuple[int, ...]] = {"calcification": (1, 3), "mass": (2, 4)}
+
+
+def per_type_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Recall and ROC AUC of each lesion type's positives against all negatives."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    negatives = labels == 0
+    out: dict[str, float] = {}
+    for name, values in LESION_TYPES.items():
+        mask = np.isin(labels, values)
+        out[f"test_positives_{name}"] = float(mask.sum())
+        out[f"test_recall_{name}"] = (
+            float((scores[mask] >= threshold).mean()) if mask.any() else float("nan")
+        )
+        keep = mask | negatives
+        out[f"test_roc_auc_{name}"] = _safe(roc_auc_score, mask[keep].astype(int), scores[keep])
+    return out
+
+
+def held_out_predictions(model, settings: Settings):
+    """:class:`~mammo_pipeline.training.predictions.TilePredictions` of ``model`` on every
+    numpy split in ``settings.test_split`` (files sorted by name, tiles in file order)."""
     from mammo_pipeline.data.numpy_split import find_splits, load_split
     from mammo_pipeline.data.pipeline import PipelineOptions, numpy_dataset
 
@@ -116,13 +151,21 @@ def held_out_predictions(model, settings: Settings) -> tuple[np.ndarray, np.ndar
     data_files = find_splits(settings.test_split)
     if not data_files:
         raise MammoError(f"{settings.test_split}: no *_data.npy held-out test split found")
-    scores, labels = [], []
+    scores, labels, ids = [], [], []
     for path in data_files:
         split = load_split(path)
         opts = PipelineOptions(image_size=image_size, batch_size=settings.batch_size)
         scores.append(predict_scores(model, numpy_dataset(split, opts)))
         labels.append(np.asarray(split.labels, dtype=np.int64))
-    return np.concatenate(scores), np.concatenate(labels)
+        ids += tile_ids_for(path.name, len(split))
+    all_scores = np.concatenate(scores)
+    bad = np.flatnonzero(~np.isfinite(all_scores))
+    if bad.size:
+        raise MammoError(
+            f"the model outputs a non-finite score (e.g. {all_scores[bad[0]]}) on test tile "
+            f"{ids[bad[0]]}: a missing score is an error, never a negative"
+        )
+    return TilePredictions(tuple(ids), np.concatenate(labels), all_scores)
 
 
 @dataclass
@@ -131,6 +174,7 @@ class Evaluation:
     threshold: float
     test_manifest_sha256: str
     artifacts: list[Path] = field(default_factory=list)
+    predictions_sha256: str = ""
 
 
 def evaluate_model(
@@ -142,10 +186,12 @@ def evaluate_model(
 
     test_manifest = build_manifest(held_out_files(settings.test_split))
     synthetic = synthetic or test_manifest.synthetic
-    scores, labels = held_out_predictions(model, settings)
+    predictions = held_out_predictions(model, settings)
+    scores, labels = predictions.scores, predictions.labels
     y = (labels > 0).astype(int)
     metrics = binary_metrics(y, scores, threshold)
     metrics.update(per_label_recall(labels, scores, threshold))
+    metrics.update(per_type_metrics(labels, scores, threshold))
     metrics.update(test_n=float(y.size), test_positives=float(y.sum()))
     from sklearn.metrics import confusion_matrix
 
@@ -172,10 +218,13 @@ def evaluate_model(
             y, scores, out_dir / "roc_pr_curves.png", threshold=threshold, synthetic=synthetic
         ),
     ]
+    predictions_path = out_dir / PREDICTIONS_FILE
+    digest = predictions.write(predictions_path)
+    report["test_predictions_sha256"] = digest
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(report, indent=2))
-    artifacts.append(metrics_path)
-    return Evaluation(metrics, threshold, test_manifest.sha256, artifacts)
+    artifacts += [metrics_path, predictions_path]
+    return Evaluation(metrics, threshold, test_manifest.sha256, artifacts, digest)
 
 
 def log_evaluation(
@@ -190,6 +239,8 @@ def log_evaluation(
     use_store(settings)  # mlflow.log_metrics links the metrics to the LoggedModel too
     mlflow.log_metrics(evaluation.metrics, run_id=run_id, model_id=model_id)
     client.set_tag(run_id, "test_manifest_sha256", evaluation.test_manifest_sha256)
+    if evaluation.predictions_sha256:
+        client.set_tag(run_id, PREDICTIONS_DIGEST_TAG, evaluation.predictions_sha256)
     for path in evaluation.artifacts:
         client.log_artifact(run_id, str(path), ARTIFACT_DIR)
 

@@ -1,0 +1,95 @@
+"""What the gate knows about one model version: its run's logged metrics and threshold, the
+test set it was evaluated on, and its per-tile test predictions, read back from the run's
+artifact and checked against the digest recorded at evaluation.
+
+Loading never raises for a problem with the version's data: the problem is kept in
+:attr:`Evidence.problem` and fails the gate (fail closed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mammo_pipeline.common.jsonsafe import finite_or_none
+from mammo_pipeline.common.mlflow_access import quiet_artifact_downloads
+from mammo_pipeline.training.predictions import (
+    PREDICTIONS_DIGEST_TAG,
+    PREDICTIONS_FILE,
+    TilePredictions,
+    parse_predictions,
+    sha256_of,
+)
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+#: Where evaluation logs the predictions on the run.
+PREDICTIONS_ARTIFACT = f"evaluation/{PREDICTIONS_FILE}"
+
+
+@dataclass
+class Evidence:
+    """One version's evidence; ``problem`` says why it cannot be used (None when it can)."""
+
+    version: str
+    run_id: str | None = None
+    run_status: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    threshold: float | None = None
+    test_manifest_sha256: str | None = None
+    predictions: TilePredictions | None = None
+    predictions_sha256: str | None = None
+    synthetic: bool = False
+    problem: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.problem is None and self.predictions is not None and self.threshold is not None
+
+
+def load_evidence(client: MlflowClient, name: str, version: str) -> Evidence:
+    """Read version ``version`` of ``name`` with its run and predictions artifact."""
+    ev = Evidence(version=str(version))
+    try:
+        mv = client.get_model_version(name, str(version))
+        ev.run_id = mv.run_id or None
+        if not ev.run_id:
+            ev.problem = f"v{version} has no training run: no evidence"
+            return ev
+        run = client.get_run(ev.run_id)
+        ev.run_status = run.info.status
+        ev.metrics = dict(run.data.metrics)
+        tags = run.data.tags
+        ev.test_manifest_sha256 = tags.get("test_manifest_sha256") or None
+        ev.synthetic = tags.get("synthetic") == "true"
+        ev.threshold = finite_or_none(ev.metrics.get("decision_threshold"))
+        if ev.threshold is None:
+            ev.threshold = finite_or_none(run.data.params.get("decision_threshold"))
+        expected = tags.get(PREDICTIONS_DIGEST_TAG)
+        if not expected:
+            ev.problem = (
+                f"v{version}: run {ev.run_id} has no per-tile test predictions "
+                f"({PREDICTIONS_DIGEST_TAG} tag missing): re-run `mammo evaluate --run-id "
+                f"{ev.run_id}`"
+            )
+            return ev
+        with tempfile.TemporaryDirectory() as tmp, quiet_artifact_downloads():
+            local = Path(client.download_artifacts(ev.run_id, PREDICTIONS_ARTIFACT, tmp))
+            data = local.read_bytes()
+        ev.predictions_sha256 = sha256_of(data)
+        if ev.predictions_sha256 != expected:
+            ev.problem = (
+                f"v{version}: {PREDICTIONS_ARTIFACT} of run {ev.run_id} does not match the "
+                f"digest recorded at evaluation ({ev.predictions_sha256[:12]} != "
+                f"{expected[:12]}): the evidence was changed"
+            )
+            return ev
+        ev.predictions = parse_predictions(data, f"run {ev.run_id}: {PREDICTIONS_ARTIFACT}")
+        if ev.threshold is None:
+            ev.problem = f"v{version}: run {ev.run_id} has no finite decision_threshold"
+    except Exception as exc:  # noqa: BLE001 - any failure to read the evidence fails closed
+        ev.problem = f"v{version}: cannot read its evidence: {type(exc).__name__}: {exc}"
+    return ev
