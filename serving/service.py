@@ -1,27 +1,10 @@
-"""The BentoML prediction service of the champion mammogram classifier.
+"""The BentoML prediction service of the champion mammogram classifier (one service class).
 
 Start: ``bentoml serve serving.service:MammoClassifier --port 3000`` (or ``mammo serve``).
-
-Two BentoML services, composed the BentoML way:
-
-- :class:`MammoModel` owns the model. At start it resolves the version to serve
-  (``MAMMO_SERVE_VERSION`` or the ``champion`` alias of ``MAMMO_REGISTERED_MODEL_NAME`` in
-  ``MAMMO_MLFLOW_TRACKING_URI``), imports it into the BentoML model store under
-  ``MAMMO_BENTOML_HOME`` (tag ``<name>:v<version>``), loads it and logs which version it
-  serves. Its ``score`` API is ``batchable``: BentoML's adaptive batcher merges the model
-  inputs of concurrent calls into one ``predict_on_batch`` of at most
-  ``serve_max_batch_size`` images. Each row of the answer carries the probability *and* the
-  version and threshold of the model that computed it, so an answer can never name another
-  version than the one that scored it (even after BentoML restarts a crashed model worker
-  that then resolves a newer champion).
-- :class:`MammoClassifier` is the HTTP-facing service (``bentoml.depends(MammoModel)``). Every
-  upload is decoded and preprocessed on its own, in the request that sent it, before the
-  model is called: a bad upload fails only its own request with a 4xx and never reaches a
-  batch; all rows of a batch have the same S x S x 1 shape.
-
-Under ``bentoml serve`` each service runs in its own worker process (the model worker listens
-on a Unix socket and gets NumPy arrays pickled, never from outside); ``/readyz`` of the API
-answers 200 only when the model worker is ready and has said which version it serves.
+At start the service resolves the version to serve (``MAMMO_SERVE_VERSION`` or the
+``champion`` alias of ``MAMMO_REGISTERED_MODEL_NAME`` in ``MAMMO_MLFLOW_TRACKING_URI``),
+imports it into the BentoML model store under ``MAMMO_BENTOML_HOME`` (tag
+``<name>:v<version>``), loads it and logs which version it serves.
 
 Endpoints:
 
@@ -30,16 +13,16 @@ Endpoints:
 - ``POST /predict_batch``: multipart fields ``images`` (up to ``serve_max_batch_size``) -> a
   list of the same objects, in order;
 - ``GET /model``: name, version, aliases, test metrics, threshold, trained-at;
-- ``/livez``, ``/readyz`` (503 until the model is loaded), ``/metrics``: BentoML's own,
-  including ``bentoml_service_adaptive_batch_size`` of the model worker.
+- ``/livez``, ``/readyz`` (503 until the model is loaded), ``/metrics``: BentoML's own.
 
-A non-finite score is answered as a 500 for the request it belongs to, never as a label.
-
-Batching, measured (``benchmarks/serving.py --baseline <rev>``, same machine and run, the
-numbers are in ``docs/scaling-out.md``): BentoML's batcher replaced a hand-written one
-(``AdaptiveBatcher``, git history). BentoML's ``max_latency_ms`` is a load-shedding bound
-(a request that cannot be answered within it gets 503), not a batching window: it is set to
-the request timeout, so no request is shed that could still be answered in time.
+Batching: every request is decoded and preprocessed on its own (a bad upload fails only its
+own request with a 4xx), then the model-input tensors of all concurrent requests are
+coalesced by :class:`AdaptiveBatcher` into one ``predict_on_batch`` call of at most
+``serve_max_batch_size`` images, waiting at most ``serve_max_latency_ms`` for requests that
+are still being decoded (never when a request is alone). BentoML's own way (a batchable
+model service composed with ``bentoml.depends``) was built and measured against it; it was
+slower and failed requests under concurrency: the numbers are in :class:`AdaptiveBatcher`.
+A non-finite score fails its own request (500), never becomes a label.
 
 Guarding (:class:`RequestGuard`, an ASGI middleware): the API key (``MAMMO_API_KEY``, sent as
 ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) is required on everything but the probes
@@ -63,7 +46,7 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import BadInput, BentoMLException, ServiceUnavailable
+from bentoml.exceptions import BadInput, BentoMLException
 
 from mammo_pipeline.common.auth import key_matches, presented_key
 from mammo_pipeline.common.compat import harden_bentoml_multipart
@@ -75,21 +58,104 @@ logger = logging.getLogger("bentoml.mammo")  # under BentoML's configured logger
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
 UPLOAD_PATHS = frozenset({"/predict", "/predict_batch"})
 MULTIPART_OVERHEAD = 64 * 1024
-#: Seconds a request may take end to end (BentoML's traffic timeout of both services).
-REQUEST_TIMEOUT_S = 60
-#: One row of the model worker's answer: the score and what produced it.
-SCORE_DTYPE = np.dtype(
-    [("probability", np.float64), ("threshold", np.float64), ("model_version", "U32")]
-)
-#: Seconds the API waits for the model worker's metadata before answering "not ready".
-INFO_TIMEOUT_S = 5.0
 
 
 harden_bentoml_multipart()  # mammo_pipeline.common.compat: upstream bug, see there
 
 
-def _service_settings() -> Settings:
-    return get_settings()
+# --------------------------------------------------------------------------------------
+class AdaptiveBatcher:
+    """Coalesce single-image predictions of concurrent requests into bounded batches.
+
+    Kept hand-written because BentoML's batching was measured worse here. The alternative
+    (commit 1c9e5a0: a ``MammoModel`` service with ``@bentoml.api(batchable=True)`` composed
+    into this one with ``bentoml.depends``, uploads decoded in the calling API) against this
+    class, ``python benchmarks/serving.py --compare 1c9e5a0 --rounds 2`` (same run, same
+    machine: 2 busy CPU cores, SYNTHETIC 64 px convnet, batches of at most 32; requests/s,
+    p50/p99 ms, failed requests), two runs:
+
+    ===========  ==========================  ==========================
+    concurrency  hand-written (this class)   BentoML batchable + depends
+    ===========  ==========================  ==========================
+    1            37.2, 27/48, 0              22.0, 72/99, 0
+    8            50.4, 156/294, 0            30.0, 245/454, 19 failed
+    32           48.7, 614/1494, 0           32.6, 770/1585, 70 failed
+    1            26.0, 39/75, 0              12.4, 94/149, 0
+    8            35.8, 221/376, 0            29.1, 250/876, 9 failed
+    32           37.2, 781/2360, 0           28.3, 783/2244, 71 failed
+    ===========  ==========================  ==========================
+
+    Why, measured with the model worker's own metrics: BentoML's dispatcher corks a lone
+    request (its wait estimate feeds on its own past waits: 31 ms mean per call at c=1 for a
+    ~10 ms ``predict_on_batch``), it batched poorly at c=8 (283 calls in 168 batches), and the
+    hop to the model worker (aiohttp over a Unix socket, pickled arrays) adds to every
+    request. The failures break a guarantee: BentoML 1.4.39's internal client
+    (``_bentoml_impl/client/proxy2.py``, ``SessionManager``) replaces its aiohttp session
+    every 100 calls and closes the old one while calls on it are still in flight, which the
+    caller gets as ``ServerDisconnectedError`` -> 500 (upstream: bentoml/BentoML#4971, open
+    PR #5698). Measure again after a BentoML upgrade; switch when the composed service is at
+    least as fast at concurrency 8 and 32 and fails nothing.
+    """
+
+    def __init__(self, predict: Any, max_batch_size: int, max_latency_ms: float) -> None:
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_latency_s = max_latency_ms / 1000.0
+        self._queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[float]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.preparing = 0  # requests being decoded that will submit soon
+
+    def _start(self) -> asyncio.Queue[tuple[np.ndarray, asyncio.Future[float]]]:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        return self._queue
+
+    async def submit(self, items: list[np.ndarray]) -> list[float]:
+        """Model probabilities for model-input tensors (S x S x 1 float32 each)."""
+        queue = self._start()
+        loop = asyncio.get_running_loop()
+        futures = []
+        for x in items:
+            fut: asyncio.Future[float] = loop.create_future()
+            queue.put_nowait((x, fut))
+            futures.append(fut)
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self.max_latency_s
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if self.preparing <= 0 or remaining <= 0:
+                    break
+                # short polls rather than wait_for(queue.get()), which can lose an item when
+                # it arrives just as the timeout cancels the get (Python 3.11)
+                await asyncio.sleep(min(remaining, 0.0005))
+            live = [(x, f) for x, f in batch if not f.done()]
+            if not live:
+                continue
+            try:
+                probs = await anyio.to_thread.run_sync(self._predict, [x for x, _ in live])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                logger.exception("model prediction failed for a batch of %d", len(live))
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), p in zip(live, probs, strict=True):
+                if not fut.done():
+                    fut.set_result(float(p))
 
 
 # --------------------------------------------------------------------------------------
@@ -98,7 +164,7 @@ class RequestGuard:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        s = _service_settings()
+        s = get_settings()
         self.api_key = s.api_key or None
         self.max_body = s.max_upload_bytes * s.serve_max_batch_size + MULTIPART_OVERHEAD
         self.max_single = s.max_upload_bytes + MULTIPART_OVERHEAD
@@ -131,10 +197,10 @@ class RequestGuard:
                 send, 401, {"error": "missing or invalid API key"}, {"www-authenticate": "Bearer"}
             )
         if path == "/model" and scope.get("method") == "GET":
-            described = await _current.describe() if _current is not None else None
-            if described is None:
+            service = _current
+            if service is None or not service.__is_ready__():
                 return await self._send_json(send, 503, {"error": "model not loaded yet"})
-            return await self._send_json(send, 200, described)
+            return await self._send_json(send, 200, service.describe())
         if path not in UPLOAD_PATHS:
             return await self.app(scope, receive, send)
         limit = self.max_single if path == "/predict" else self.max_body
@@ -203,6 +269,9 @@ def _unwrap_errors(send: Any) -> Any:
     return wrapped
 
 
+_current: MammoClassifier | None = None
+
+
 def _http_error(exc: InputError) -> BentoMLException:
     if exc.status == 400:
         return BadInput(str(exc))
@@ -223,39 +292,52 @@ def _stop_arbiter() -> None:
         os.kill(ppid, signal.SIGTERM)
 
 
+def _service_settings() -> Settings:
+    return get_settings()
+
+
 # --------------------------------------------------------------------------------------
 @bentoml.service(
-    name="mammo_model",
+    name="mammo_classifier",
     workers=1,
-    traffic={"timeout": REQUEST_TIMEOUT_S},
+    traffic={"timeout": 60, "max_concurrency": 256},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
     metrics={"enabled": True},
 )
-class MammoModel:
-    """The model of one registry version; scores batches of model inputs."""
+class MammoClassifier:
+    """Serves one registry version of the classifier (reported in every answer)."""
 
     def __init__(self) -> None:
         from mammo_pipeline.serving.model_loader import load_served_model
 
+        global _current
         self.settings = _service_settings()
         self._ready = False
         started = time.perf_counter()
         try:
-            self.model, self.model_info = load_served_model(self.settings)
+            self.model, self.info = load_served_model(self.settings)
         except Exception:
             logger.exception("cannot load the model to serve; the server exits")
             _stop_arbiter()
             raise
-        self.image_size = self.model_info.image_size
-        self.threshold = float(self.model_info.decision_threshold)
-        s = self.image_size
+        self.image_size = self.info.image_size
+        self.threshold = float(self.info.decision_threshold)
+        self._limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.batcher = AdaptiveBatcher(
+            self._infer,
+            self.settings.serve_max_batch_size,
+            self.settings.serve_max_latency_ms,
+        )
         for n in (1, 2, self.settings.serve_max_batch_size):  # trace once, batch dim relaxed
-            self._probabilities(np.zeros((n, s, s, 1), np.float32))
+            self._predict_array(np.zeros((n, self.image_size, self.image_size, 1), np.float32))
+        to_model_input(np.zeros((8, 8, 1), np.uint8), self.image_size)  # warm the TF ops
         self._ready = True
+        _current = self
         logger.info(
             "serving %s version %s (bento model %s, threshold %.4f, input %dpx) ready in %.1fs",
-            self.model_info.name,
-            self.model_info.version,
-            self.model_info.bento_tag,
+            self.info.name,
+            self.info.version,
+            self.info.bento_tag,
             self.threshold,
             self.image_size,
             time.perf_counter() - started,
@@ -264,93 +346,24 @@ class MammoModel:
     def __is_ready__(self) -> bool:
         return self._ready
 
-    def _probabilities(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Model-input tensors (S x S x 1 float32) -> probabilities, in one model call."""
+        return self._predict_array(np.stack(inputs))
+
+    def _predict_array(self, batch: np.ndarray) -> np.ndarray:
         out = self.model.predict_on_batch(batch)
         return np.asarray(out, dtype=np.float64).reshape(-1)
 
-    @bentoml.api
     def describe(self) -> dict[str, Any]:
-        """Metadata of the loaded version (:class:`ModelInfo` as a dict)."""
-        return self.model_info.to_dict()
+        """Metadata of the served version (``GET /model``)."""
+        info = self.info.to_dict()
+        info["threshold"] = info.pop("decision_threshold")
+        info["max_batch_size"] = self.settings.serve_max_batch_size
+        return info
 
-    @bentoml.api(
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=_service_settings().serve_max_batch_size,
-        max_latency_ms=REQUEST_TIMEOUT_S * 1000,
-    )
-    def score(self, inputs: np.ndarray) -> np.ndarray:
-        """N x S x S x 1 float32 model inputs -> N rows of :data:`SCORE_DTYPE`, in order."""
-        s = self.image_size
-        if inputs.ndim != 4 or inputs.shape[1:] != (s, s, 1):
-            raise BadInput(f"model inputs must be N x {s} x {s} x 1, got {inputs.shape}")
-        probs = self._probabilities(inputs.astype(np.float32, copy=False))
-        rows = np.empty(len(probs), dtype=SCORE_DTYPE)
-        rows["probability"] = probs
-        rows["threshold"] = self.threshold
-        rows["model_version"] = self.model_info.version
-        return rows
-
-
-# --------------------------------------------------------------------------------------
-@bentoml.service(
-    name="mammo_classifier",
-    workers=1,
-    traffic={"timeout": REQUEST_TIMEOUT_S, "max_concurrency": 256},
-    endpoints={"livez": "/livez", "readyz": "/readyz"},
-    metrics={"enabled": True},
-)
-class MammoClassifier:
-    """HTTP API: decodes and checks each upload, then asks :class:`MammoModel` for scores."""
-
-    model = bentoml.depends(MammoModel)
-
-    def __init__(self) -> None:
-        global _current
-        self.settings = _service_settings()
-        self._info: dict[str, Any] | None = None
-        self._info_lock = asyncio.Lock()
-        self._limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        to_model_input(np.zeros((8, 8, 1), np.uint8), 8)  # warm the TF ops
-        _current = self
-
-    async def _model_info(self) -> dict[str, Any] | None:
-        """The model worker's :meth:`MammoModel.describe`, fetched once; ``None`` while the
-        model worker is not ready yet."""
-        if self._info is not None:
-            return self._info
-        async with self._info_lock:  # one request asks, the others wait for its answer
-            if self._info is not None:
-                return self._info
-            is_ready = getattr(self.model, "is_ready", None)  # a local instance has none
-            try:
-                if is_ready is not None and not await is_ready(int(INFO_TIMEOUT_S)):
-                    return None
-                info = await asyncio.wait_for(self.model.to_async.describe(), INFO_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - not ready yet is not an error
-                logger.debug("model worker not ready: %s", type(exc).__name__)
-                return None
-            self._info = dict(info)
-            logger.info("API answers for %s version %s", self._info["name"], self._info["version"])
-            return self._info
-
-    async def __is_ready__(self) -> bool:
-        return await self._model_info() is not None
-
-    async def describe(self) -> dict[str, Any] | None:
-        """Metadata of the served version (``GET /model``); ``None`` until it is known."""
-        info = await self._model_info()
-        if info is None:
-            return None
-        out = dict(info)
-        out["threshold"] = out.pop("decision_threshold")
-        out["max_batch_size"] = self.settings.serve_max_batch_size
-        return out
-
-    def _answer(self, row: np.void) -> dict[str, Any]:
-        probability = float(row["probability"])
-        threshold = float(row["threshold"])
+    def _answer(self, probability: float) -> dict[str, Any]:
         if not (np.isfinite(probability) and 0.0 <= probability <= 1.0):
+            # never a label from a score that is not one; only this image's request fails
             logger.error("the model returned a non-finite or out-of-range score")
             raise BentoMLException(
                 "the model returned no valid score for this image",
@@ -358,58 +371,51 @@ class MammoClassifier:
             )
         return {
             "probability": probability,
-            "label": "positive" if probability >= threshold else "negative",
-            "threshold": threshold,
-            "model_name": self.settings.registered_model_name,
-            "model_version": str(row["model_version"]),
+            "label": "positive" if probability >= self.threshold else "negative",
+            "threshold": self.threshold,
+            "model_name": self.info.name,
+            "model_version": self.info.version,
         }
 
-    def _prepare(self, path: Path, image_size: int) -> np.ndarray:
+    def _prepare(self, path: Path) -> np.ndarray:
         s = self.settings
         try:
             gray = decode_path(path, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels)
-            return to_model_input(gray, image_size)
+            return to_model_input(gray, self.image_size)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - decoding failures are the upload's fault
             raise InputError(f"cannot use this image: {type(exc).__name__}") from None
 
-    async def _prepare_many(self, paths: list[Path]) -> np.ndarray:
+    async def _prepare_many(self, paths: list[Path]) -> list[np.ndarray]:
         """Decode + preprocess in a few worker threads (bounded: memory of large images, TF
-        contention) -> N x S x S x 1 float32; the first bad upload fails the request."""
-        info = await self._model_info()
-        if info is None:
-            raise ServiceUnavailable("model not loaded yet")
-        size = int(info["image_size"])
-        out = []
-        for i, path in enumerate(paths):
-            try:
-                out.append(
-                    await anyio.to_thread.run_sync(self._prepare, path, size, limiter=self._limiter)
-                )
-            except InputError as exc:
-                if len(paths) > 1:
-                    exc = InputError(f"image {i}: {exc}", exc.status)
-                raise _http_error(exc) from None
-        return np.stack(out)
-
-    async def _score(self, inputs: np.ndarray) -> list[dict[str, Any]]:
-        rows = await self.model.to_async.score(inputs)
-        if not (
-            isinstance(rows, np.ndarray) and rows.dtype == SCORE_DTYPE and len(rows) == len(inputs)
-        ):
-            logger.error("the model worker's answer does not match %d inputs", len(inputs))
-            raise BentoMLException(
-                "the model answered an unexpected number of scores",
-                error_code=HTTPStatus.INTERNAL_SERVER_ERROR,
-            )
-        return [self._answer(row) for row in rows]
+        contention); the batcher knows how many are coming."""
+        self.batcher.preparing += len(paths)
+        done = 0
+        try:
+            out = []
+            for i, path in enumerate(paths):
+                try:
+                    out.append(
+                        await anyio.to_thread.run_sync(self._prepare, path, limiter=self._limiter)
+                    )
+                except InputError as exc:
+                    if len(paths) > 1:
+                        exc = InputError(f"image {i}: {exc}", exc.status)
+                    raise _http_error(exc) from None
+                finally:
+                    done += 1
+                    self.batcher.preparing -= 1
+            return out
+        finally:
+            self.batcher.preparing -= len(paths) - done
 
     @bentoml.api(route="/predict")
     async def predict(self, image: Path) -> dict[str, Any]:
         """One image -> probability and label from the served version."""
-        (answer,) = await self._score(await self._prepare_many([image]))
-        return answer
+        x = await self._prepare_many([image])
+        (p,) = await self.batcher.submit(x)
+        return self._answer(p)
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, images: list[Path]) -> list[dict[str, Any]]:
@@ -421,9 +427,9 @@ class MammoClassifier:
                 f"{len(images)} images is over the batch limit of "
                 f"{self.settings.serve_max_batch_size}"
             )
-        return await self._score(await self._prepare_many(images))
+        xs = await self._prepare_many(images)
+        probs = await self.batcher.submit(xs)
+        return [self._answer(p) for p in probs]
 
-
-_current: MammoClassifier | None = None
 
 MammoClassifier.add_asgi_middleware(RequestGuard)

@@ -293,3 +293,22 @@ def test_cli_predict(
     bad.write_bytes(b"nope")
     result = CliRunner().invoke(app, ["predict", str(bad), "--url", server["url"]])
     assert result.exit_code != 0
+
+
+# --- without a server -------------------------------------------------------------------------
+def test_a_non_finite_score_is_an_error_never_a_label() -> None:
+    from types import SimpleNamespace
+
+    from bentoml.exceptions import BentoMLException
+
+    from serving.service import MammoClassifier
+
+    service = object.__new__(MammoClassifier.inner)  # the answer logic, no model loaded
+    service.threshold = 0.5
+    service.info = SimpleNamespace(name="mammo-vgg16", version="7")
+    assert service._answer(0.7)["label"] == "positive"
+    assert service._answer(0.2)["label"] == "negative"
+    for bad in (float("nan"), float("inf"), -float("inf"), 1.5, -0.1):
+        with pytest.raises(BentoMLException) as err:
+            service._answer(bad)
+        assert err.value.error_code == 500, bad
