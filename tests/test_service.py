@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -312,3 +313,95 @@ def test_a_non_finite_score_is_an_error_never_a_label() -> None:
         with pytest.raises(BentoMLException) as err:
             service._answer(bad)
         assert err.value.error_code == 500, bad
+
+
+_CLOSURE = r"""
+import ast, json, sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+import serving.service, mammo_pipeline.serving.model_loader  # what the service imports
+repo = Path.cwd().resolve()
+ours = ("mammo_pipeline", "serving")
+files, dists = [], set()
+by_module = packages_distributions()
+for name, module in list(sys.modules.items()):
+    path = getattr(module, "__file__", None)
+    if name.split(".")[0] not in ours or not path:
+        continue
+    files.append(str(Path(path).resolve().relative_to(repo)))
+    # third-party modules our modules import at module level (lazy imports are not checked)
+    for node in ast.parse(Path(path).read_text()).body:
+        if isinstance(node, ast.Import):
+            tops = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            tops = [node.module.split(".")[0]]
+        else:
+            continue
+        for top in tops:
+            if top not in ours and top not in sys.stdlib_module_names:
+                dists.update(by_module.get(top, [top]))
+print(json.dumps({"files": sorted(files), "dists": sorted(dists)}))
+"""
+
+
+def _requirement_closure(names: set[str]) -> set[str]:
+    """``names`` and everything they require (this environment's metadata, no extras)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    todo, seen = [canonicalize_name(n) for n in names], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            reqs = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for line in reqs:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(canonicalize_name(req.name))
+    return seen
+
+
+def test_bento_holds_the_service_import_closure(tmp_path: Path) -> None:
+    """`bentoml build` of serving/bentofile.yaml ships every project module the service imports,
+    and its package list brings every third-party distribution they import at module level."""
+    import subprocess
+    import sys
+
+    import yaml
+    from packaging.utils import canonicalize_name
+
+    from mammo_pipeline.common.environment import REPO_ROOT
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    build = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", "serving/bentofile.yaml", "."],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (bento,) = (tmp_path / "home" / "bentos" / "mammo-classifier").glob("*/bento.yaml")
+    shipped = {str(p.relative_to(bento.parent / "src")) for p in bento.parent.rglob("src/**/*.py")}
+    closure = subprocess.run(
+        [sys.executable, "-c", _CLOSURE], cwd=REPO_ROOT, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert closure.returncode == 0, closure.stderr[-2000:]
+    imported = json.loads(closure.stdout.strip().splitlines()[-1])
+    assert "serving/service.py" in imported["files"]
+    missing = sorted(set(imported["files"]) - shipped)
+    assert not missing, f"bentofile.yaml does not ship {missing}"
+
+    spec = yaml.safe_load((REPO_ROOT / "serving" / "bentofile.yaml").read_text())
+    listed = {line.split("==")[0] for line in spec["python"]["packages"]}
+    covered = _requirement_closure(listed)
+    uncovered = sorted(
+        d for d in {canonicalize_name(d) for d in imported["dists"]} if d not in covered
+    )
+    assert not uncovered, f"bentofile.yaml's packages do not bring {uncovered}"
