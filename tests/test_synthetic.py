@@ -50,3 +50,50 @@ def test_lesions_are_visible_and_local():
             assert diff.max() >= 25, (i, label)
             assert (diff > 5).mean() < 0.15, (i, label)
             assert diff.min() >= -1  # lesions only add density
+
+
+def _tiles(files):
+    from mammo_pipeline.data.example_codec import decode_tile
+    from mammo_pipeline.data.tfrecord_io import iter_records
+
+    decoded = [decode_tile(r) for f in files for r in iter_records(f)]
+    return np.stack([t.pixels() for t in decoded]), np.array([t.label for t in decoded])
+
+
+def test_one_view_per_lesion_gives_the_single_view_tiles(tmp_path):
+    ds = generate(
+        tmp_path, 16, files=2, positive_fraction=0.5, seed=8, views_per_lesion=1, progress=False
+    )
+    tiles, labels = _tiles(ds.train_files)
+    assert labels.tolist() == make_labels(16, 0.5, seed=8, split="train").tolist()
+    for i, (tile, label) in enumerate(zip(tiles, labels, strict=True)):
+        assert np.array_equal(tile, make_tile(8, "train", i, int(label)))
+
+
+def test_positives_are_near_duplicate_views_of_fewer_lesions(tmp_path):
+    """Each positive lesion is written as up to 4 views (shifted crops, flipped/rotated):
+    distinct tiles that the near-duplicate hash joins; the test split has its own lesions."""
+    from mammo_pipeline.data.near_duplicates import (
+        DEFAULT_MAX_DISTANCE,
+        group_tiles,
+        pairwise_distances,
+        perceptual_hashes,
+    )
+    from mammo_pipeline.data.synthetic import plan_records
+
+    ds = generate(tmp_path, 48, files=3, positive_fraction=0.25, seed=9, test_n=16, progress=False)
+    plan = plan_records(48, 0.25, 9, "train", 4)
+    assert ds.train_lesions == 3 and ds.test_lesions == 1 and ds.views_per_lesion == 4
+    tiles, labels = _tiles(ds.train_files)
+    assert labels.tolist() == plan.labels.tolist() and (labels > 0).sum() == 12
+    pos = np.flatnonzero(labels > 0)
+    groups = group_tiles(perceptual_hashes(tiles))
+    for lesion in range(3):
+        members = np.flatnonzero(plan.lesions == lesion)
+        assert len(members) == 4 and len(set(labels[members].tolist())) == 1
+        assert len({tiles[m].tobytes() for m in members}) == 4  # no exact duplicates
+        assert len(set(groups[members].tolist())) == 1  # ... but one near-duplicate group
+    assert len(set(groups[pos].tolist())) == 3
+    test = load_split(ds.test_data)
+    d = pairwise_distances(perceptual_hashes(test.images), perceptual_hashes(tiles))
+    assert d.min() > DEFAULT_MAX_DISTANCE  # no test tile is a view of a training lesion

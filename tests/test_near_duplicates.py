@@ -1,0 +1,219 @@
+"""Near-duplicate hashing and the leak-free group split, on real SYNTHETIC tfrecord files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammo_pipeline.data import grouped_split as gs
+from mammo_pipeline.data import near_duplicates as nd
+from mammo_pipeline.data.example_codec import encode_features, encode_tile
+from mammo_pipeline.data.synthetic import dihedral, generate, make_lesion_views, make_tile
+from mammo_pipeline.data.tfrecord_io import write_records
+from mammo_pipeline.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def multiview(tmp_path_factory: pytest.TempPathFactory):
+    """SYNTHETIC files whose 30 positives are 8 lesions of up to 4 views each, spread
+    over 3 files (as in the public data), plus a fourth file generated separately."""
+    out = tmp_path_factory.mktemp("multiview")
+    ds = generate(out / "a", 120, files=3, positive_fraction=0.25, seed=21, progress=False)
+    extra = generate(out / "b", 40, files=1, positive_fraction=0.25, seed=22, progress=False)
+    return ds, extra
+
+
+def test_hash_is_exactly_invariant_to_the_8_dihedral_transforms() -> None:
+    rng = np.random.default_rng(0)
+    tiles = [make_tile(5, "train", i, label) for i, label in enumerate([0, 1, 2, 3, 4])]
+    tiles.append(make_lesion_views(5, "train", 0, 4, 1)[0])
+    tiles.append(rng.integers(0, 256, (299, 299), dtype=np.uint8))  # pure noise
+    batch = np.stack(tiles)
+    reference = nd.perceptual_hashes(batch)
+    assert reference.shape == (len(tiles), nd.ANCHORS, nd.HASH_WORDS)
+    for k in range(8):
+        moved = np.stack([dihedral(t, k) for t in tiles])
+        assert np.array_equal(nd.perceptual_hashes(moved), reference), k
+        assert np.array_equal(nd.perceptual_hashes(moved[..., None]), reference)  # N,H,W,1
+    # Different tiles hash differently, far beyond the threshold.
+    d = nd.pairwise_distances(reference, reference)
+    assert (d[~np.eye(len(tiles), dtype=bool)] > 2 * nd.DEFAULT_MAX_DISTANCE).all()
+
+
+def test_orientations_are_the_hashes_of_the_transformed_windows() -> None:
+    """The bit-level action used by the search equals hashing the transformed coefficients."""
+    rng = np.random.default_rng(1)
+    coeffs = rng.normal(size=(5, 12, 12))
+    cells_u = np.array([c[0] for c in nd.CELLS])
+    cells_v = np.array([c[1] for c in nd.CELLS])
+    base = nd._pack(coeffs[:, cells_u, cells_v] > 0)
+    variants = nd.orientations(base)
+    for k in range(8):
+        moved = nd.transform_coefficients(coeffs, k)
+        assert np.array_equal(variants[:, k], nd._pack(moved[:, cells_u, cells_v] > 0)), k
+        # ... and transform_coefficients is exact for the pixel transform it names.
+        window = rng.integers(0, 256, (129, 129)).astype(np.float64)
+        direct = nd._DCT @ dihedral(window, k) @ nd._DCT.T
+        assert np.array_equal(direct, nd.transform_coefficients(nd._DCT @ window @ nd._DCT.T, k))
+
+
+def test_views_of_one_lesion_join_one_group_and_distinct_lesions_do_not() -> None:
+    lesions, views = 6, 4
+    tiles = np.concatenate(
+        [make_lesion_views(9, "train", k, k % 4 + 1, views) for k in range(lesions)]
+    )
+    negatives = np.stack([make_tile(9, "train", i, 0) for i in range(12)])
+    hashes = nd.perceptual_hashes(np.concatenate([tiles, negatives]))
+    groups = nd.group_tiles(hashes)
+    per_lesion = groups[: lesions * views].reshape(lesions, views)
+    assert (per_lesion == per_lesion[:, :1]).all()  # every view joined its lesion
+    assert len(set(per_lesion[:, 0])) == lesions  # distinct lesions stay apart
+    assert len(set(groups[lesions * views :])) == len(negatives)  # negatives stay alone
+    assert not set(groups[lesions * views :]) & set(per_lesion[:, 0])
+
+
+def _pair_set(pairs: nd.Pairs) -> set[tuple[int, int]]:
+    return set(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True))
+
+
+def test_search_finds_exactly_the_pairs_brute_force_finds() -> None:
+    rng = np.random.default_rng(2)
+    n = 400
+    words = rng.integers(0, 1 << 62, (n, nd.ANCHORS, 2), dtype=np.uint64) * np.uint64(4)
+    # Plant copies at distances 0..20 from their source (bits anywhere in the 128).
+    for i in range(1, n, 2):
+        flips = rng.choice(128, size=(i // 2) % 21, replace=False)
+        copy = nd._unpack(words[i - 1])
+        copy[:, flips] ^= True
+        words[i] = nd._pack(copy)
+    hashes = nd.sort_anchors(words)
+    brute = nd.pairwise_distances(hashes, hashes)
+    for t in (0, 7, 14):
+        want = {(i, j) for i, j in zip(*np.nonzero(np.triu(brute <= t, 1)), strict=True)}
+        exhaustive = nd.close_pairs(hashes, None, t, exhaustive=True)
+        assert _pair_set(exhaustive) == want
+        assert (exhaustive.distance == brute[exhaustive.left, exhaustive.right]).all()
+        fast = nd.close_pairs(hashes, None, t)
+        found = _pair_set(fast)
+        assert found <= want
+        assert {p for p in want if brute[p] <= 7} <= found  # pigeonhole guarantee
+    # Query against an index: left indexes the queries, right the index.
+    pairs = nd.close_pairs(hashes[1::2], hashes[0::2], 14, exhaustive=True)
+    assert _pair_set(pairs) == {
+        (q, i) for q, i in zip(*np.nonzero(brute[1::2, 0::2] <= 14), strict=True)
+    }
+
+
+def test_hex_round_trip_and_union_find() -> None:
+    hashes = nd.perceptual_hashes(np.stack([make_tile(1, "train", i, 0) for i in range(3)]))
+    assert np.array_equal(nd.from_hex(nd.to_hex(hashes)), hashes)
+    with pytest.raises(ValueError):
+        nd.from_hex(["not a hash"])
+    groups = nd.union_find_groups(6, np.array([4, 1, 5]), np.array([5, 2, 3]))
+    assert groups.tolist() == [0, 1, 1, 3, 3, 3]
+
+
+def test_unreadable_record_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.tfrecords"
+    good = encode_tile(make_tile(0, "train", 0, 0), 0)
+    write_records(path, [good, encode_features({"image": [b"\x01" * 10], "label": [0]})])
+    with pytest.raises(DataError, match=r"bad.tfrecords: record 1: image has 10 bytes"):
+        nd.hash_tfrecord(path)
+
+
+def _groups_of(files: list[str]) -> np.ndarray:
+    corpus = gs.hash_files(files, progress=False)
+    return nd.group_tiles(corpus.hashes)
+
+
+def test_group_split_never_separates_a_group_and_has_no_leakage(multiview) -> None:
+    ds, _ = multiview
+    split = gs.assign_validation(ds.train_files, 0.3, seed=4, progress=False)
+    is_val = np.concatenate(split.validation)
+    groups = _groups_of(ds.train_files)
+    for g in np.unique(groups):
+        assert len(set(is_val[groups == g].tolist())) == 1, f"group {g} straddles the split"
+    assert split.records == 120 and split.positives == 30
+    assert split.groups == 90 + 8  # 90 independent negatives + 8 lesions
+    assert 0 < split.validation_records < 120 and split.validation_positives > 0
+    assert split.leakage == 0
+    assert [m.size for m in split.validation] == [40, 40, 40]
+    assert split.summary()["validation_records"] == int(is_val.sum())
+
+
+def test_split_is_stable_when_a_file_is_added(multiview) -> None:
+    ds, extra = multiview
+    before = gs.assign_validation(ds.train_files, 0.3, seed=4, progress=False)
+    after = gs.assign_validation([*ds.train_files, *extra.train_files], 0.3, seed=4, progress=False)
+    for path, mask in zip(ds.train_files, before.validation, strict=True):
+        assert np.array_equal(after.mask(path), mask)
+    # The order of the files does not matter either.
+    shuffled = gs.assign_validation(list(reversed(ds.train_files)), 0.3, seed=4, progress=False)
+    for path in ds.train_files:
+        assert np.array_equal(shuffled.mask(path), before.mask(path))
+    other_seed = gs.assign_validation(ds.train_files, 0.3, seed=5, progress=False)
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(other_seed.validation, before.validation, strict=True)
+    )
+
+
+def test_leakage_old_per_tile_split_vs_group_split(multiview, capsys) -> None:
+    ds, _ = multiview
+    corpus = gs.hash_files(ds.train_files, progress=False)
+    old = gs.legacy_leakage(ds.train_files, 0.3, corpus=corpus)
+    new = gs.group_leakage_report(gs.assign_validation(ds.train_files, 0.3, 4, progress=False))
+    with capsys.disabled():
+        print(
+            f"\n[SYNTHETIC] leaked validation positives: per-tile split {old.leakage} of "
+            f"{old.validation_positives}, group split {new.leakage} of {new.validation_positives}"
+        )
+    assert old.leakage > 0
+    assert new.leakage == 0
+
+
+def test_split_checks_the_files_it_was_made_for(multiview, tmp_path: Path) -> None:
+    ds, extra = multiview
+    split = gs.assign_validation(ds.train_files[:2], 0.3, seed=4, progress=False)
+    split.check_files(ds.train_files[:2])
+    with pytest.raises(DataError, match="not among the files"):
+        split.check_files(ds.train_files)
+    with pytest.raises(DataError, match="not given"):
+        split.check_files(ds.train_files[:1])
+    copy = tmp_path / "copy.tfrecords"
+    copy.write_bytes(Path(extra.train_files[0]).read_bytes())
+    moved = gs.assign_validation([copy], 0.3, seed=4, progress=False)
+    copy.write_bytes(copy.read_bytes()[:-10])
+    with pytest.raises(DataError, match="changed since"):
+        moved.check_files([copy])
+    with pytest.raises(DataError, match="given twice"):
+        gs.assign_validation([copy, copy], 0.3, seed=4, progress=False)
+
+
+#: tf.strings.to_hash_bucket_fast(bytes, 2**63 - 1) of (arange(L) * 7 % 251) as uint8,
+#: recorded with TensorFlow 2.21 (the live comparison is the slow test below).
+_TF_FINGERPRINTS = {
+    65: 3017696507073527805,
+    200: 5887833072366470502,
+    89_401: 3266147085910083640,
+}
+
+
+def test_legacy_rule_reproduces_tensorflows_hash_buckets() -> None:
+    """The numpy FarmHash gives TensorFlow's buckets, so the old split's figures are the old
+    split's."""
+    for length, expected in _TF_FINGERPRINTS.items():
+        data = (np.arange(length) * 7 % 251).astype(np.uint8)
+        assert int(gs.fingerprint64(data[None])[0]) % (2**63 - 1) == expected, length
+
+
+@pytest.mark.slow
+def test_legacy_rule_matches_live_tensorflow() -> None:
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(3)
+    for length in (65, 127, 128, 1000, 89_401):
+        rows = rng.integers(0, 256, (8, length), dtype=np.uint8)
+        ours = gs.fingerprint64(rows) % np.uint64(gs.LEGACY_BUCKETS)
+        theirs = tf.strings.to_hash_bucket_fast([r.tobytes() for r in rows], gs.LEGACY_BUCKETS)
+        assert ours.astype(np.int64).tolist() == theirs.numpy().tolist(), length
