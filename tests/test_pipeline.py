@@ -88,3 +88,30 @@ def test_numpy_split_pipeline(synthetic_dir):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         make_dataset([tmp_path / "gone.tfrecords"])
+
+
+def test_group_split_selects_exactly_the_assigned_records(synthetic_dir):
+    """With a SplitAssignment, each side holds exactly the records the assignment puts there
+    (also with shuffled files in training mode); the old per-tile rule stays the default."""
+    from mammo_pipeline.data.example_codec import decode_tile
+    from mammo_pipeline.data.grouped_split import assign_validation
+    from mammo_pipeline.data.tfrecord_io import iter_records
+
+    files = _files(synthetic_dir)
+    split = assign_validation(files, 0.3, seed=1, progress=False)
+    tiles = {True: set(), False: set()}
+    for f in files:
+        for is_val, raw in zip(split.mask(f), iter_records(f), strict=True):
+            tiles[bool(is_val)].add(decode_tile(raw).image)
+    for subset, want in (("validation", tiles[True]), ("train", tiles[False])):
+        for training in (False, True):
+            opts = PipelineOptions(
+                batch_size=64, subset=subset, split=split, training=training, augment=False
+            )
+            images = _collect(make_dataset(files, opts))[0]
+            got = [img.astype(np.uint8).tobytes() for img in images]
+            assert len(got) == len(want) and set(got) == want, (subset, training)
+    old = _collect(make_dataset(files, PipelineOptions(batch_size=64, subset="validation")))[0]
+    assert 0 < len(old) < 120
+    with pytest.raises(DataError, match="in the train/validation split but not given"):
+        make_dataset(files[:2], PipelineOptions(subset="train", split=split))

@@ -4,8 +4,11 @@ files -> interleave(TFRecordDataset, per-file compression detected) -> [take max
       -> [subset] -> [cache raw records] -> [shuffle] -> batch
       -> parse + decode + resize per batch -> [training-only augmentation, seeded] -> prefetch
 
-``subset="train"|"validation"`` keeps one side of a deterministic split that hashes each
-record's image bytes (:func:`in_subset`), so a tile never changes side as files arrive.
+``subset="train"|"validation"`` keeps one side of a deterministic split. With
+``PipelineOptions.split`` (a :class:`~mammo_pipeline.data.grouped_split.SplitAssignment`)
+the side of every record is looked up in the assignment's per-file masks, so near-duplicate
+groups never straddle the split; without it, the old per-tile rule hashes each record's
+image bytes (:func:`in_subset`), which leaks near-copies of a region across the split.
 
 Elements are ``(image, label_normal)`` or, with ``with_label=True``,
 ``(image, label_normal, label)``: ``image`` float32 (B, S, S, 1) in 0..255,
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mammo_pipeline.data.grouped_split import SplitAssignment
 from mammo_pipeline.data.numpy_split import NumpySplit
 from mammo_pipeline.data.preprocess import prepare_image
 from mammo_pipeline.data.schema import (
@@ -44,9 +48,11 @@ class PipelineOptions:
     with_label: bool = False
     max_records: int | None = None
     drop_remainder: bool = False
-    #: "all", or one side of the deterministic content-based split (see :func:`in_subset`).
+    #: "all", or one side of the deterministic split (``split``, else :func:`in_subset`).
     subset: Literal["all", "train", "validation"] = "all"
-    val_fraction: float = 0.15
+    val_fraction: float = 0.15  # used by the per-tile rule only (``split`` has its own)
+    #: Per-record sides made per near-duplicate group (for exactly the files given).
+    split: SplitAssignment | None = None
 
 
 def _feature_spec():
@@ -151,6 +157,21 @@ def _finish(ds, opts: PipelineOptions, decode_batch):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _split_filter(ds, paths: list[str], split: SplitAssignment, subset: str):
+    """Keep the records of ``(record, file id, index in file)`` elements on ``subset``'s side
+    of ``split``: one flat boolean constant, indexed by file offset + record index."""
+    import numpy as np
+    import tensorflow as tf
+
+    if subset not in ("train", "validation"):
+        raise ValueError(f"subset must be 'all', 'train' or 'validation', got {subset!r}")
+    masks = [split.mask(p) for p in paths]
+    offsets = tf.constant(np.concatenate([[0], np.cumsum([m.size for m in masks])[:-1]]), tf.int64)
+    flat = tf.constant(np.concatenate(masks) if masks else np.zeros(0, bool), tf.bool)
+    want = subset == "validation"
+    return ds.filter(lambda rec, f, i: tf.equal(tf.gather(flat, offsets[f] + i), want))
+
+
 def _records(files: Sequence[Path | str], opts: PipelineOptions):
     """Serialized records of ``files`` (interleaved, capped, filtered to ``opts.subset``)."""
     import tensorflow as tf
@@ -162,18 +183,34 @@ def _records(files: Sequence[Path | str], opts: PipelineOptions):
         if not Path(p).is_file():
             raise DataError(p, "no such file")
     compressions = [detect_compression(Path(p)) for p in paths]
-    files_ds = tf.data.Dataset.from_tensor_slices((paths, compressions))
+    by_group = opts.split is not None and opts.subset != "all"
+    if by_group:
+        opts.split.check_files(paths)  # type: ignore[union-attr]
+    files_ds = tf.data.Dataset.from_tensor_slices(
+        (paths, compressions, tf.range(len(paths), dtype=tf.int64))
+    )
     if opts.training:
         files_ds = files_ds.shuffle(len(paths), seed=opts.seed, reshuffle_each_iteration=True)
+
+    def read(p, c, f):
+        records = tf.data.TFRecordDataset(p, compression_type=c)
+        if not by_group:
+            return records
+        # (record, file id, index in file): the index survives interleaving and shuffling.
+        return records.enumerate().map(lambda i, rec: (rec, f, i))
+
     ds = files_ds.interleave(
-        lambda p, c: tf.data.TFRecordDataset(p, compression_type=c),
+        read,
         cycle_length=min(len(paths), 8),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
     if opts.max_records:
         ds = ds.take(opts.max_records)
-    if opts.subset != "all":
+    if by_group:
+        ds = _split_filter(ds, paths, opts.split, opts.subset)  # type: ignore[arg-type]
+        ds = ds.map(lambda rec, f, i: rec)
+    elif opts.subset != "all":
         ds = ds.filter(lambda s: in_subset(s, opts.subset, opts.val_fraction))
     return ds
 
