@@ -1,8 +1,9 @@
 """Stream a tfrecord file into a profile: one row of small numbers per record + file facts.
 
 Pixels are never kept: each record's 89,401-byte image is summarised in one numpy pass
-(mean, std, min, max, fraction of saturated and of zero pixels) and a content hash, then
-dropped, so memory does not grow with the file size (only the small per-record rows do).
+(mean, std, min, max, fraction of saturated and of zero pixels), a content hash and a
+flip/rotation-invariant perceptual hash (computed for batches of 64 tiles), then dropped, so
+memory does not grow with the file size (only the small per-record rows do).
 
 A record that does not parse still gets a row (``parse_ok`` False, NaN statistics), and a
 broken framing (bad CRC, truncation, a gzip stream that does not decompress, random bytes)
@@ -22,15 +23,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mammo_pipeline.data.example_codec import ExampleDecodeError, decode_tile
-from mammo_pipeline.data.schema import IMAGE_BYTES, is_tfrecord_path
+from mammo_pipeline.data.near_duplicates import from_hex, perceptual_hashes, to_hex
+from mammo_pipeline.data.schema import IMAGE_BYTES, SOURCE_SIZE, is_tfrecord_path
 from mammo_pipeline.data.tfrecord_io import detect_compression, file_sha256, iter_records
 from mammo_pipeline.errors import CorruptRecordError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-#: The columns of a record profile, in order (``seen_before`` is added by the run, from the
-#: content-hash index of already validated data).
+    from mammo_pipeline.validation.test_guard import TestGuard
+
+#: The columns of a record profile, in order (the run adds ``seen_before``, from the
+#: content-hash index of already validated data, and ``near_test_copy``, from the index of
+#: held-out test tiles, see :func:`add_test_copy_column`).
 RECORD_COLUMNS: tuple[str, ...] = (
     "record_index",
     "framing_ok",
@@ -46,8 +51,11 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "saturated_fraction",
     "zero_fraction",
     "content_hash",
+    "perceptual_hash",
 )
 _NAN = math.nan
+#: Tiles hashed together (perceptual hashes are computed per batch: constant memory).
+_HASH_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +119,27 @@ class _Rows:
 
     def __init__(self) -> None:
         self.cols: dict[str, list[Any]] = {c: [] for c in RECORD_COLUMNS}
+        self._pending: list[tuple[int, bytes]] = []
 
     def add(self, **values: Any) -> None:
         for name, column in self.cols.items():
-            column.append(values.get(name, _NAN))
+            column.append(values.get(name, None if name == "perceptual_hash" else _NAN))
+
+    def hash_later(self, image: bytes) -> None:
+        """Queue the last added row's image for its perceptual hash."""
+        self._pending.append((len(self.cols["perceptual_hash"]) - 1, image))
+        if len(self._pending) >= _HASH_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        tiles = np.stack([np.frombuffer(img, dtype=np.uint8) for _, img in self._pending])
+        hexes = to_hex(perceptual_hashes(tiles.reshape(-1, SOURCE_SIZE, SOURCE_SIZE)))
+        column = self.cols["perceptual_hash"]
+        for (row, _), text in zip(self._pending, hexes, strict=True):
+            column[row] = text
+        self._pending = []
 
     def frame(self) -> pd.DataFrame:
         import pandas as pd
@@ -128,6 +153,7 @@ class _Rows:
                 "problem": pd.Series(self.cols["problem"], dtype=object),
                 **{c: np.asarray(self.cols[c], dtype=np.float64) for c in RECORD_COLUMNS[4:13]},
                 "content_hash": pd.Series(self.cols["content_hash"], dtype=object),
+                "perceptual_hash": pd.Series(self.cols["perceptual_hash"], dtype=object),
             }
         )
         return df.set_index(df["record_index"].rename(None))
@@ -157,6 +183,7 @@ def _record_row(index: int, payload: bytes) -> dict[str, Any]:
         row["image_bytes"] = float(len(tile.image))
         row["content_hash"] = content_hash(tile.image)
         if len(tile.image) == IMAGE_BYTES:
+            row["image"] = tile.image  # for the perceptual hash; not a column
             (
                 row["pixel_mean"],
                 row["pixel_std"],
@@ -196,7 +223,10 @@ def profile_file(
         for count, payload in enumerate(iter_records(path, compression=compression), start=1):
             row = _record_row(count - 1, payload)
             parse_errors += row["parse_ok"] is False
+            image = row.pop("image", None)
             rows.add(**row)
+            if image is not None:
+                rows.hash_later(image)
             bar.update(1)
     except CorruptRecordError as exc:
         framing_error = exc.problem.split(": ", 1)[-1] if exc.problem else str(exc)
@@ -211,6 +241,7 @@ def profile_file(
         )
     finally:
         bar.close()
+    rows.flush()
     facts = FileFacts(
         path=str(path),
         name=path.name,
@@ -225,3 +256,18 @@ def profile_file(
         tfrecord_name=is_tfrecord_path(path.name),
     )
     return FileProfile(facts=facts, records=rows.frame())
+
+
+def add_test_copy_column(frame: pd.DataFrame, guard: TestGuard) -> None:
+    """Add ``near_test_copy`` to a record profile: ``""`` when the record copies no held-out
+    test tile, else which one, e.g. ``"cv10_data.npy#17 (distance 3)"`` or ``"... (exact
+    copy)"``; None when the record has no valid image to compare (other rules fail it)."""
+    import pandas as pd
+
+    column = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    has_hash = frame["perceptual_hash"].notna().to_numpy()
+    if has_hash.any():
+        hashes = from_hex(frame["perceptual_hash"][has_hash])
+        found = guard.find(hashes, frame["content_hash"][has_hash].tolist())
+        column[has_hash] = ["" if c is None else c.describe() for c in found]
+    frame["near_test_copy"] = column

@@ -10,7 +10,8 @@ either gets a clear error, it does not wait), finishes what an interrupted run l
    bytes checked below are exactly the bytes moved, whatever an uploader does meanwhile;
 1. sha256 of the bytes; a file whose sha256 is in the ledger was already decided and is
    reported as ``skipped`` and put back into landing (rerunning does nothing new);
-2. the streaming profile (:mod:`.profile`) plus ``seen_before`` from the content-hash index;
+2. the streaming profile (:mod:`.profile`) plus ``seen_before`` from the content-hash index
+   and ``near_test_copy`` from the index of held-out test tiles (:mod:`.test_guard`);
 3. the committed checkpoint runs the suite on it and updates Data Docs (:mod:`.gx_context`);
 4. drift against the reference profile of the training data (:mod:`.drift`), blocking only
    when ``drift_blocks`` is set;
@@ -67,7 +68,7 @@ from mammo_pipeline.validation.movement import (
     run_lock,
     write_json_atomic,
 )
-from mammo_pipeline.validation.profile import FileProfile, profile_file
+from mammo_pipeline.validation.profile import FileProfile, add_test_copy_column, profile_file
 from mammo_pipeline.validation.reference import IntensityProfile, load_reference, save_reference
 from mammo_pipeline.validation.result import (
     FailedExpectation,
@@ -75,6 +76,7 @@ from mammo_pipeline.validation.result import (
     ValidationRunResult,
     Verdict,
 )
+from mammo_pipeline.validation.test_guard import load_guard
 from mammo_pipeline.validation.verdict import explain
 
 log = logging.getLogger(__name__)
@@ -227,6 +229,7 @@ class _Run:
         frame = profile.records
         seen = self.index.seen(frame["content_hash"].dropna())
         frame["seen_before"] = frame["content_hash"].isin(seen) if seen else False
+        add_test_copy_column(frame, load_guard(self.settings))  # copies of held-out test tiles
         outcome = self.checker.validate(frame, run_name=f"{claimed.name}@{sha[:12]}")
         failures = explain(outcome.results, frame)
         intensity = IntensityProfile.from_frame(frame, self.bins, name=claimed.name)

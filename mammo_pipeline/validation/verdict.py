@@ -81,6 +81,8 @@ def _condition_words(condition: Any) -> str:
 
 def _expected_words(expected: dict[str, Any]) -> str:
     if "value_set" in expected:
+        if expected["value_set"] == [""]:  # a column that names what a record matched
+            return "no match"
         return f"values in {expected['value_set']}"
     if "value_pairs_set" in expected:
         return f"pairs in {expected['value_pairs_set']}"

@@ -1,0 +1,246 @@
+"""The held-out test split as an index of perceptual hashes: no copy of a test tile (exact,
+flipped, rotated, or a shifted crop of the same region) may enter training.
+
+The index holds, for every tile of the numpy splits under ``Settings().test_split``
+(:func:`mammo_pipeline.data.manifest.held_out_files`), its perceptual hashes
+(:mod:`mammo_pipeline.data.near_duplicates`), the name of its test file, its index there and
+the sha1 of its pixels (the profile's ``content_hash``, for exact copies). Building it hashes
+the whole test split once; the result is cached under ``<reports>/test_guard/`` in a file
+named by the sha256 of the test files' manifest and the hash version, so it is rebuilt only
+when the test split (or the hash) changes, and kept in memory for the life of the process.
+
+No test split configured (no directory, no ``*_data.npy``) gives an empty index, logged as a
+warning: there is then nothing to protect. A test split that cannot be read raises
+:class:`~mammo_pipeline.errors.DataError`, so validation fails closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mammo_pipeline.config import Settings
+from mammo_pipeline.data.manifest import build_manifest, held_out_files
+from mammo_pipeline.data.near_duplicates import (
+    ANCHORS,
+    DEFAULT_MAX_DISTANCE,
+    HASH_VERSION,
+    HASH_WORDS,
+    close_pairs,
+    perceptual_hashes,
+)
+from mammo_pipeline.data.numpy_split import find_splits, load_split
+from mammo_pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = "test_guard"
+_BATCH = 256
+
+
+@dataclass(frozen=True)
+class TestCopy:
+    """An incoming tile that copies test tile ``index`` of ``test_file``."""
+
+    test_file: str
+    index: int
+    distance: int
+    exact: bool
+
+    def describe(self) -> str:
+        how = "exact copy" if self.exact else f"distance {self.distance}"
+        return f"{self.test_file}#{self.index} ({how})"
+
+
+class TestGuard:
+    """An index of the held-out test tiles (see the module docstring)."""
+
+    def __init__(
+        self,
+        hashes: np.ndarray,
+        files: Sequence[str],
+        file_of: np.ndarray,
+        index: np.ndarray,
+        content: np.ndarray,
+        *,
+        max_distance: int = DEFAULT_MAX_DISTANCE,
+        key: str = "",
+    ) -> None:
+        self.hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, ANCHORS, HASH_WORDS)
+        self.files = tuple(files)
+        self.file_of = np.asarray(file_of, dtype=np.int64)
+        self.index = np.asarray(index, dtype=np.int64)
+        self.content = np.asarray(content, dtype="S40")
+        self.max_distance = max_distance
+        self.key = key
+        self._by_content = {c.decode(): i for i, c in enumerate(self.content.tolist())}
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @classmethod
+    def empty(cls, max_distance: int = DEFAULT_MAX_DISTANCE) -> TestGuard:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(
+            np.zeros((0, ANCHORS, HASH_WORDS), np.uint64),
+            (),
+            none,
+            none,
+            none.astype("S40"),
+            max_distance=max_distance,
+        )
+
+    def _copy(self, row: int, distance: int, exact: bool) -> TestCopy:
+        name = self.files[int(self.file_of[row])]
+        return TestCopy(name, int(self.index[row]), distance, exact)
+
+    def find(
+        self, hashes: np.ndarray, content_hashes: Sequence[str | None] | None = None
+    ) -> list[TestCopy | None]:
+        """For each query tile ((N, A, 2) hashes), the closest test tile within the
+        threshold (an exact pixel copy, by ``content_hashes``, first), or None."""
+        hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, ANCHORS, HASH_WORDS)
+        found: list[TestCopy | None] = [None] * hashes.shape[0]
+        if not len(self):
+            return found
+        pairs = close_pairs(hashes, self.hashes, self.max_distance)
+        order = np.lexsort((pairs.right, pairs.distance, pairs.left))
+        seen: set[int] = set()
+        for k in order.tolist():
+            q = int(pairs.left[k])
+            if q not in seen:
+                seen.add(q)
+                found[q] = self._copy(int(pairs.right[k]), int(pairs.distance[k]), False)
+        for q, digest in enumerate(content_hashes or ()):
+            row = self._by_content.get(digest) if digest else None
+            if row is not None:
+                found[q] = self._copy(row, 0, True)
+        return found
+
+    def nearest(self, hashes: np.ndarray) -> list[tuple[str, int, int] | None]:
+        """For each query tile, ``(test file, index, distance)`` of the closest test tile
+        within the threshold, or None."""
+        return [
+            None if c is None else (c.test_file, c.index, c.distance) for c in self.find(hashes)
+        ]
+
+    def save(self, path: Path) -> Path:
+        """Write the index atomically (temp file + rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(
+                    fh,
+                    hashes=self.hashes,
+                    files=np.asarray(self.files, dtype=str),
+                    file_of=self.file_of,
+                    index=self.index,
+                    content=self.content,
+                    max_distance=np.int64(self.max_distance),
+                    key=np.asarray(self.key),
+                )
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> TestGuard:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(
+                    z["hashes"],
+                    [str(f) for f in z["files"].tolist()],
+                    z["file_of"],
+                    z["index"],
+                    z["content"],
+                    max_distance=int(z["max_distance"]),
+                    key=str(z["key"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise DataError(path, f"not a readable test-set index ({exc})") from exc
+
+
+def build_guard(
+    test_dir: Path | str, *, max_distance: int = DEFAULT_MAX_DISTANCE, progress: bool = False
+) -> TestGuard:
+    """Hash every tile of the numpy splits in ``test_dir``."""
+    from tqdm.auto import tqdm
+
+    hashes, file_of, index, content, names = [], [], [], [], []
+    for f, data_path in enumerate(find_splits(test_dir)):
+        split = load_split(data_path)
+        names.append(data_path.name)
+        n = len(split)
+        bar = tqdm(total=n, desc=f"indexing test tiles of {data_path.name}", disable=not progress)
+        for start in range(0, n, _BATCH):
+            tiles = np.ascontiguousarray(split.images[start : start + _BATCH, :, :, 0])
+            hashes.append(perceptual_hashes(tiles))
+            content.extend(
+                hashlib.sha1(t.tobytes(), usedforsecurity=False).hexdigest() for t in tiles
+            )
+            bar.update(tiles.shape[0])
+        bar.close()
+        file_of.append(np.full(n, f, dtype=np.int64))
+        index.append(np.arange(n, dtype=np.int64))
+    if not names:
+        return TestGuard.empty(max_distance)
+    return TestGuard(
+        np.concatenate(hashes),
+        names,
+        np.concatenate(file_of),
+        np.concatenate(index),
+        np.asarray(content, dtype="S40"),
+        max_distance=max_distance,
+    )
+
+
+_MEMO: dict[tuple, TestGuard] = {}
+
+
+def _stat_key(files: list[Path], max_distance: int) -> tuple:
+    stats = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return (stats, max_distance)
+
+
+def load_guard(
+    settings: Settings,
+    *,
+    max_distance: int = DEFAULT_MAX_DISTANCE,
+    progress: bool = False,
+) -> TestGuard:
+    """The index of ``settings.test_split``: from memory, else from the on-disk cache under
+    ``settings.reports``, else built (and cached). Empty when no test split is configured."""
+    test_dir = settings.test_split
+    if not test_dir.is_dir() or not find_splits(test_dir):
+        log.warning(
+            "no held-out test split in %s: incoming files are not checked for test tiles", test_dir
+        )
+        return TestGuard.empty(max_distance)
+    files = held_out_files(test_dir)
+    memo_key = _stat_key(files, max_distance)
+    if memo_key in _MEMO:
+        return _MEMO[memo_key]
+    manifest = build_manifest(files)
+    key = hashlib.sha256(f"{manifest.sha256}:{HASH_VERSION}:{max_distance}".encode()).hexdigest()
+    cache = settings.reports / CACHE_DIR / f"{key}.npz"
+    guard: TestGuard | None = None
+    if cache.is_file():
+        try:
+            guard = TestGuard.load(cache)
+        except DataError:
+            log.warning("rebuilding the unreadable test-set index %s", cache)
+    if guard is None or guard.key != key:
+        guard = build_guard(test_dir, max_distance=max_distance, progress=progress)
+        guard.key = key
+        guard.save(cache)
+    _MEMO.clear()  # one test split per process is the norm; never grow without bound
+    _MEMO[memo_key] = guard
+    return guard
