@@ -117,7 +117,12 @@ class Settings(BaseSettings):
     # --- serving -----------------------------------------------------------------------
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(3000, ge=1, le=65535)
-    api_key: str | None = None
+    api_key: str | None = Field(
+        None, description="key required on predictions (unset: no authentication)"
+    )
+    auth: Literal["key", "none"] = Field(
+        "key", description="'none' explicitly serves without authentication"
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(
         40_000_000, ge=1024, description="decompression-bomb guard: width*height cap"
@@ -146,6 +151,23 @@ class Settings(BaseSettings):
                 f"got {value!r}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_api_key(self) -> Settings:
+        if self.api_key is not None and not self.api_key.strip():
+            if self.auth != "none":
+                raise ValueError(
+                    "MAMMO_API_KEY is empty or whitespace, which would silently disable "
+                    "authentication: set a real key, or MAMMO_AUTH=none to serve without one"
+                )
+            object.__setattr__(self, "api_key", None)
+        if self.auth == "none" and self.api_key:
+            raise ValueError("MAMMO_AUTH=none contradicts MAMMO_API_KEY: choose one")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_key)
 
     @model_validator(mode="after")
     def _check_bands(self) -> Settings:
@@ -204,6 +226,22 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+def describe_validation_error(exc: Exception) -> str:
+    """A pydantic ValidationError of the settings as one line naming each field and problem."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    parts = []
+    for e in errors():
+        field = ".".join(str(x) for x in e.get("loc", ()))
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        if field:
+            parts.append(f"{field}={e.get('input')!r}: {msg}")
+        else:
+            parts.append(msg)
+    return "invalid setting: " + "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

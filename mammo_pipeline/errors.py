@@ -28,3 +28,15 @@ class CorruptRecordError(DataError):
 
 class ConfigError(MammoError):
     """The configuration asks for something that cannot be provided."""
+
+
+class TrainingDiverged(MammoError):
+    """The loss became NaN or infinite: the run is stopped and marked FAILED."""
+
+    def __init__(self, epoch: int, loss: float, learning_rate: float | None = None) -> None:
+        self.epoch = epoch
+        self.loss = loss
+        hint = f" (now {learning_rate:g})" if learning_rate is not None else ""
+        super().__init__(
+            f"training diverged at epoch {epoch} (loss {loss}): lower the learning rate{hint}"
+        )

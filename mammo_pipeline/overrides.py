@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from mammo_pipeline.config import Settings
+from mammo_pipeline.config import Settings, describe_validation_error
 from mammo_pipeline.errors import ConfigError
 
 #: Settings that ``train_model(overrides=...)`` and Airflow Params may change.
@@ -52,4 +52,4 @@ def apply_overrides(
     try:
         return Settings(**{**settings.model_dump(), **values})
     except ValidationError as exc:
-        raise ConfigError(f"invalid override: {exc}") from exc
+        raise ConfigError(describe_validation_error(exc)) from None

@@ -54,3 +54,23 @@ def test_reading_settings_creates_nothing(tmp_path, monkeypatch):
     s = Settings()
     _ = (s.landing, s.validated, s.quarantine, s.reports)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["", "   ", "\t"])
+def test_empty_api_key_is_a_startup_error_not_silently_no_auth(monkeypatch, key):
+    from pydantic import ValidationError
+
+    from mammo_pipeline.config import Settings, describe_validation_error
+
+    monkeypatch.setenv("MAMMO_API_KEY", key)
+    with pytest.raises(ValidationError) as exc:
+        Settings()
+    assert "MAMMO_AUTH=none" in describe_validation_error(exc.value)
+    monkeypatch.setenv("MAMMO_AUTH", "none")
+    s = Settings()
+    assert s.api_key is None and not s.auth_enabled
+    monkeypatch.setenv("MAMMO_API_KEY", "secret")
+    with pytest.raises(ValidationError, match="contradicts"):
+        Settings()
+    monkeypatch.delenv("MAMMO_AUTH")
+    assert Settings().auth_enabled

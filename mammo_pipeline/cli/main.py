@@ -6,9 +6,11 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from mammo_pipeline.cli import data as data_cli
 from mammo_pipeline.cli import registry, serve, train, validate
+from mammo_pipeline.config import describe_validation_error
 from mammo_pipeline.errors import MammoError
 
 app = typer.Typer(
@@ -30,6 +32,9 @@ def main() -> None:
         app()
     except MammoError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except ValidationError as exc:  # the settings (MAMMO_* / config file) are invalid
+        typer.secho(f"error: {describe_validation_error(exc)}", fg=typer.colors.RED, err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -52,20 +52,22 @@ def register(app: typer.Typer) -> None:
             list[Path] | None,
             typer.Option(help="tfrecord files or folders (default: the validated folder)"),
         ] = None,
-        epochs: Annotated[int | None, typer.Option(min=1)] = None,
-        fine_tune_epochs: Annotated[int | None, typer.Option(min=0)] = None,
-        batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-        learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
-        image_size: Annotated[int | None, typer.Option(min=16)] = None,
-        trainable_blocks: Annotated[int | None, typer.Option(min=0, max=5)] = None,
-        max_records: Annotated[int | None, typer.Option(min=1)] = None,
+        epochs: Annotated[int | None, typer.Option()] = None,
+        fine_tune_epochs: Annotated[int | None, typer.Option()] = None,
+        batch_size: Annotated[int | None, typer.Option()] = None,
+        learning_rate: Annotated[float | None, typer.Option()] = None,
+        image_size: Annotated[int | None, typer.Option()] = None,
+        trainable_blocks: Annotated[int | None, typer.Option()] = None,
+        max_records: Annotated[int | None, typer.Option()] = None,
         weights: Annotated[
             str | None, typer.Option(help="'imagenet', 'none' or a VGG16 notop .h5 path")
         ] = None,
         augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
         airflow_run_id: Annotated[str | None, typer.Option(hidden=True)] = None,
     ) -> None:
-        """Train the VGG16 classifier (one MLflow run), evaluate it on the test split."""
+        """Train the VGG16 classifier (one MLflow run), evaluate it on the test split.
+
+        Option values are checked once, by the settings' own ranges (one-line errors)."""
         from mammo_pipeline.config import get_settings
         from mammo_pipeline.data.tfrecord_io import list_tfrecords
         from mammo_pipeline.training.train import train_model

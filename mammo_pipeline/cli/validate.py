@@ -49,6 +49,13 @@ def validate(
     for f in result.files:
         if f.reason_file:
             typer.echo(f"  {f.file}: reasons in {f.reason_file}")
+    if result.errors:  # a file could not be validated (it stays in landing, intact)
+        typer.secho(
+            f"error: {result.errors} file(s) could not be validated; they stay in landing",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

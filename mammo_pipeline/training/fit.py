@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mammo_pipeline.data.pipeline import read_labels
+from mammo_pipeline.errors import TrainingDiverged
 from mammo_pipeline.training.train import TrainData, class_weights
 
 
@@ -50,10 +51,50 @@ def _compile(model, learning_rate: float, steps: int):
     return optimizer
 
 
+class _Divergence:
+    """Keras callback factory: stop at the first non-finite loss and remember where."""
+
+    @staticmethod
+    def make():
+        import keras
+
+        class StopOnNonFiniteLoss(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.diverged: tuple[int, float] | None = None
+                self.epoch = 0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch + 1
+
+            def _check(self, logs) -> None:
+                for key in ("loss", "val_loss"):
+                    value = (logs or {}).get(key)
+                    if value is not None and not math.isfinite(float(value)):
+                        self.diverged = self.diverged or (self.epoch, float(value))
+                        self.model.stop_training = True
+
+            def on_train_batch_end(self, batch, logs=None):
+                self._check(logs)
+
+            def on_epoch_end(self, epoch, logs=None):
+                self._check(logs)
+
+        return StopOnNonFiniteLoss()
+
+
+def _raise_if_diverged(callbacks: list, learning_rate: float) -> None:
+    for cb in callbacks:
+        found = getattr(cb, "diverged", None)
+        if found is not None:
+            raise TrainingDiverged(found[0], found[1], learning_rate)
+
+
 def _callbacks(optimizer, checkpoint: Path, patience: int, best: float | None):
     import keras
 
     return [
+        _Divergence.make(),
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint),
@@ -101,6 +142,7 @@ def fit_head_on_features(model, data: TrainData, tmp: Path, history: dict) -> np
     steps = math.ceil(data.n_train / s.batch_size) * s.epochs
     optimizer = _compile(head, s.learning_rate, steps)
     ckpt = tmp / "head_best.weights.h5"
+    callbacks = _callbacks(optimizer, ckpt, s.early_stopping_patience, None)
     result = head.fit(
         x_train,
         y_train,
@@ -109,10 +151,11 @@ def fit_head_on_features(model, data: TrainData, tmp: Path, history: dict) -> np
         shuffle=True,
         validation_data=(x_val, y_val),
         class_weight=class_weights(data.label_counts),
-        callbacks=_callbacks(optimizer, ckpt, s.early_stopping_patience, None),
+        callbacks=callbacks,
         verbose=2,
     )
     _merge(history, result.history)
+    _raise_if_diverged(callbacks, s.learning_rate)
     if ckpt.is_file():
         head.load_weights(str(ckpt))
     return np.asarray(head.predict(x_val, verbose=0), dtype=np.float64).reshape(-1)
@@ -130,16 +173,18 @@ def fit_full(model, data: TrainData, tmp: Path, history: dict, *, phase: int) ->
     optimizer = _compile(model, lr, steps)
     ckpt = tmp / f"phase{phase}_best.weights.h5"
     done = len(history.get("loss", []))
+    callbacks = _callbacks(optimizer, ckpt, s.early_stopping_patience, _best(history))
     result = model.fit(
         data.dataset("train", True),
         validation_data=data.dataset("validation", False),
         initial_epoch=done,
         epochs=done + epochs,
         class_weight=class_weights(data.label_counts),
-        callbacks=_callbacks(optimizer, ckpt, s.early_stopping_patience, _best(history)),
+        callbacks=callbacks,
         verbose=2,
     )
     _merge(history, result.history)
+    _raise_if_diverged(callbacks, lr)
     if ckpt.is_file():
         model.load_weights(str(ckpt))
         return True

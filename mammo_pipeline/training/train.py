@@ -34,7 +34,7 @@ from mammo_pipeline.common.jsonsafe import clean
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.data.manifest import DataManifest, build_manifest, held_out_files
 from mammo_pipeline.data.pipeline import PipelineOptions, make_dataset, read_labels
-from mammo_pipeline.errors import DataError
+from mammo_pipeline.errors import DataError, TrainingDiverged
 from mammo_pipeline.overrides import apply_overrides
 from mammo_pipeline.training.model import ModelSpec, resolve_weights, weights_source
 
@@ -191,7 +191,14 @@ def train_model(
         run_id = run.info.run_id
         mlflow.set_tags(tags)
         log_dataset(manifest, tmp)
-        history, val_scores, cached, phase1 = fit(model, data, tmp)
+        try:
+            history, val_scores, cached, phase1 = fit(model, data, tmp)
+            if not np.all(np.isfinite(val_scores)):
+                raise TrainingDiverged(len(history.get("loss", [])), float("nan"), s.learning_rate)
+        except TrainingDiverged as exc:
+            # the run ends FAILED (the context manager sees the exception) with the reason
+            mlflow.set_tags({"failure_reason": str(exc), "mlflow.note.content": str(exc)})
+            raise
         mlflow.log_params(run_params(s, data, mixed, cached))
         threshold = choose_threshold(data.val_labels, val_scores, s.target_recall)
         val = binary_metrics(data.val_labels, val_scores, threshold, prefix="val_")

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Verdict = Literal["passed", "quarantined", "skipped", "error"]
+Verdict = Literal["passed", "quarantined", "skipped", "deferred", "error"]
 
 
 @dataclass(slots=True)
@@ -81,6 +81,11 @@ class ValidationRunResult:
         return self._count("skipped")
 
     @property
+    def deferred(self) -> int:
+        """Files left in landing for the next run (still being written, or changed meanwhile)."""
+        return self._count("deferred")
+
+    @property
     def errors(self) -> int:
         return self._count("error")
 
@@ -103,6 +108,7 @@ class ValidationRunResult:
                 "passed": self.passed,
                 "quarantined": self.quarantined,
                 "skipped": self.skipped,
+                "deferred": self.deferred,
                 "errors": self.errors,
             },
             "passed": self.passed,
@@ -134,7 +140,8 @@ class ValidationRunResult:
             )
         lines.append(
             f"{len(self.files)} file(s): {self.passed} passed, {self.quarantined} quarantined, "
-            f"{self.skipped} skipped (already validated), {self.errors} error(s)"
+            f"{self.skipped} skipped (already validated), {self.deferred} deferred to the next "
+            f"run, {self.errors} error(s)"
         )
         if self.drift:
             lines.append(f"drift: {self.drift.get('summary', '-')}")

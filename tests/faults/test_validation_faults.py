@@ -527,10 +527,6 @@ def test_an_unwritable_quarantine_fails_that_file_only(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="mammo_pipeline/cli/validate.py still exits 0 when files got an error verdict",
-)
 def test_mammo_validate_exits_non_zero_when_a_file_could_not_be_validated(
     tmp_path: Path,
 ) -> None:
