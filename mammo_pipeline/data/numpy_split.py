@@ -95,10 +95,36 @@ def find_splits(directory: Path | str) -> list[Path]:
     return sorted(directory.glob(f"*{NPY_DATA_SUFFIX}"))
 
 
+#: The public DDSM release's numpy splits that together form the held-out TEST set: they are
+#: the two halves of the original CBIS-DDSM test split (one calcification cases, the other
+#: mass cases). Neither is training data.
+PUBLIC_HELD_OUT_SPLITS = ("cv10", "test10")
+
+
+def is_public_held_out(name: str) -> bool:
+    """Whether a split (or file) name is one of the public held-out halves."""
+    stem = Path(name).name.removesuffix(NPY_DATA_SUFFIX).removesuffix(NPY_LABELS_SUFFIX)
+    return stem in PUBLIC_HELD_OUT_SPLITS
+
+
 def split_to_tfrecords(
-    split: NumpySplit, out_path: Path | str, *, compression: Compression = ""
+    split: NumpySplit,
+    out_path: Path | str,
+    *,
+    compression: Compression = "",
+    allow_held_out: bool = False,
 ) -> int:
-    """Write a numpy split in the public tfrecord schema; returns the record count."""
+    """Write a numpy split in the public tfrecord schema; returns the record count.
+
+    Refuses the public held-out halves (``cv10``, ``test10``) unless ``allow_held_out``:
+    converting them usually means training on the test set."""
+    if is_public_held_out(split.name) and not allow_held_out:
+        raise DataError(
+            split.data_path,
+            f"'{split.name}' is half of the public held-out test set (cv10 + test10 together): "
+            "keep it in the test directory, never train on it (allow_held_out=True to convert "
+            "it anyway)",
+        )
     return write_records(
         out_path,
         (encode_tile(img, lab, label_normal_of(lab)) for img, lab in split.iter_tiles()),
