@@ -30,3 +30,15 @@ def test_both_halves_are_the_test_set(tmp_path):
         np.save(tmp_path / f"{name}_labels.npy", np.array(labels))
     names = sorted(p.name for p in held_out_files(tmp_path))
     assert names == ["cv10_data.npy", "cv10_labels.npy", "test10_data.npy", "test10_labels.npy"]
+
+
+def test_metrics_per_lesion_type():
+    from mammo_pipeline.training.evaluate import per_type_metrics
+
+    labels = np.array([0, 0, 0, 0, 1, 3, 2, 4])
+    scores = np.array([0.1, 0.2, 0.3, 0.9, 0.8, 0.7, 0.05, 0.95])
+    m = per_type_metrics(labels, scores, threshold=0.5)
+    assert m["test_positives_calcification"] == 2 and m["test_positives_mass"] == 2
+    assert m["test_recall_calcification"] == 1.0 and m["test_recall_mass"] == 0.5
+    assert m["test_roc_auc_calcification"] == pytest.approx(0.75)  # both beat 3 of 4 negatives
+    assert m["test_roc_auc_mass"] == pytest.approx(0.5)
