@@ -4,6 +4,11 @@ of the project with valid arguments, every build context and Dockerfile exists, 
 worker listens on queue ``gpu`` with an NVIDIA device reservation, health checks and start
 order are in place, and secrets come only from ``.env`` (``.env.example`` lists them all).
 
+The prediction service is published only through the nginx reverse proxy: its config
+(``docker/nginx.conf``) is parsed by nginx's own parser (``crossplane``) and checked against
+the service's limits and the compose wiring; where an ``nginx`` binary is installed it also
+passes ``nginx -t`` and is run in front of a stand-in backend (limits, JSON errors, headers).
+
 The vendored schema ``docker/compose-spec.schema.json`` is ``schemas/compose.schema.json`` of
 the npm package ``dclint`` 3.1.0 (MIT; its ``update-compose-schema`` script downloads it from
 the compose-spec/compose-spec repository), copied unchanged; ``SCHEMA_SHA256`` pins it.
@@ -12,12 +17,15 @@ the compose-spec/compose-spec repository), copied unchanged; ``SCHEMA_SHA256`` p
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,11 +44,12 @@ SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d49
 REQUIRED_SERVICES = {
     "postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
     "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu",
-    "mlflow", "bentoml",
+    "mlflow", "bentoml", "proxy",
 }  # fmt: skip
 MUST_HAVE_HEALTHCHECK = {
     "postgres", "redis", "airflow-apiserver", "airflow-scheduler", "mlflow", "bentoml",
     "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu",
+    "proxy",
 }  # fmt: skip
 PROJECT_PROGRAMS = {"airflow", "mlflow", "mammo", "bentoml"}
 # the only other programs a shell script of ours may run (airflow-init)
@@ -453,3 +462,304 @@ def test_interpolation_helper():
     assert interpolate("${A}-${B:-x}-${E:-y}-${E-z}-$$HOME", env) == "1-x-y--$HOME"
     with pytest.raises(AssertionError):
         interpolate("${MISSING:?set it}", env)
+
+
+# ------------------------------------------------------------------------------ the proxy
+NGINX_CONF = REPO / "docker" / "nginx.conf"
+NGINX_CONF_TARGET = "/etc/nginx/nginx.conf"
+_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
+
+
+def nginx_bytes(size: str) -> int:
+    """An nginx size (``21m``, ``512k``, ``1g``, ``100``) in bytes."""
+    m = _SIZE.match(size)
+    assert m, f"not an nginx size: {size!r}"
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def nginx_seconds(value: str) -> float:
+    m = re.match(r"^(\d+)(ms|s|m)?$", value)
+    assert m, f"not an nginx time: {value!r}"
+    return int(m.group(1)) * {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0}[m.group(2)]
+
+
+@cache
+def nginx_tree() -> list[dict]:
+    """docker/nginx.conf parsed by crossplane (nginx's config parser, with its directive
+    table: unknown directives, wrong contexts and wrong argument counts are errors)."""
+    import crossplane
+
+    parsed = crossplane.parse(str(NGINX_CONF), strict=True, check_ctx=True, check_args=True)
+    assert parsed["status"] == "ok", parsed["errors"]
+    (config,) = parsed["config"]
+    return config["parsed"]
+
+
+def directives(block: list[dict], name: str) -> list[dict]:
+    return [d for d in block if d["directive"] == name]
+
+
+def one(block: list[dict], name: str) -> list[str]:
+    (found,) = directives(block, name)
+    return found["args"]
+
+
+def nginx_server() -> list[dict]:
+    (http,) = directives(nginx_tree(), "http")
+    (server,) = directives(http["block"], "server")
+    return server["block"]
+
+
+def nginx_locations() -> dict[str, list[dict]]:
+    """``{"= /predict": block, "/": block, "@unavailable": block, ...}``"""
+    return {" ".join(d["args"]): d["block"] for d in directives(nginx_server(), "location")}
+
+
+def test_prediction_service_is_published_only_through_the_proxy():
+    services = compose()["services"]
+    networks = compose().get("networks") or {}
+    bento, proxy = services["bentoml"], services["proxy"]
+    assert "ports" not in bento, "the BentoML service must not be published"
+    assert networks["serving"].get("internal") is True
+    on_serving = {n for n, s in services.items() if "serving" in (s.get("networks") or [])}
+    assert on_serving == {"bentoml", "proxy"}, on_serving
+    # the service keeps the default network (MLflow, Redis, PostgreSQL); the proxy does not
+    assert set(bento["networks"]) == {"default", "serving"}
+    published_side = set(proxy["networks"]) - {"serving"}
+    assert published_side and not any(
+        (networks.get(n) or {}).get("internal") for n in published_side
+    ), "a container only on internal networks cannot publish a port"
+    assert "default" not in proxy["networks"], "the proxy needs no route to the databases"
+    # the only published port of the service is the proxy's, on the loopback address
+    env = env_example()
+    (mapping,) = proxy["ports"]
+    host_ip, host_port, container_port = interpolate(mapping, env).split(":")
+    assert host_ip == "127.0.0.1"
+    assert host_port == env["MAMMO_SERVE_PORT"]
+    assert one(nginx_server(), "listen") == [container_port]
+    for name, svc in services.items():
+        for port in svc.get("ports") or []:
+            if "MAMMO_SERVE_PORT" in str(port):
+                assert name == "proxy", f"{name} publishes the service port"
+    # an upstream image pinned to a release line, with a health check of its own
+    image = proxy["image"]
+    assert image.startswith("nginx:") and image.split(":")[1] not in ("latest", "stable", "")
+    assert proxy["healthcheck"]["test"][:2] == ["CMD", "wget"]
+    health_url = proxy["healthcheck"]["test"][-1]
+    assert health_url == f"http://127.0.0.1:{container_port}/proxy-healthz"
+    assert "= /proxy-healthz" in nginx_locations()
+    assert proxy["depends_on"]["bentoml"]["condition"] == "service_started"
+    # a read-only container: what nginx writes (pid file, temporary files) is on tmpfs
+    if proxy.get("read_only"):
+        (pid,) = one(nginx_tree(), "pid")
+        writable = [Path(t) for t in proxy["tmpfs"]]
+        assert any(Path(pid).is_relative_to(t) for t in writable), pid
+        assert Path("/var/cache/nginx") in writable  # the image's compiled-in temp paths
+    # the config mounted is the file checked below
+    (cfg,) = proxy["configs"]
+    assert cfg["target"] == NGINX_CONF_TARGET
+    source = compose()["configs"][cfg["source"]]["file"]
+    assert (REPO / source).resolve() == NGINX_CONF.resolve()
+
+
+def test_nginx_config_forwards_to_the_service_with_its_limits():
+    from mammo_pipeline.config import Settings
+    from serving.service import MULTIPART_OVERHEAD, MammoClassifier
+
+    server, locations = nginx_server(), nginx_locations()
+    # where: the bentoml service's live port, looked up per request through Docker's DNS
+    services = compose()["services"]
+    bento_port = services["bentoml"]["environment"]["MAMMO_SERVE_PORT"]
+    assert bento_port in [str(p) for p in services["bentoml"]["expose"]]
+    (http,) = directives(nginx_tree(), "http")
+    assert one(http["block"], "resolver")[0] == "127.0.0.11"
+    (target,) = [d["args"] for d in directives(server, "set")]
+    assert target == ["$bentoml_service", f"http://bentoml:{bento_port}"]
+    for where in ("= /predict", "= /predict_batch", "/"):
+        assert one(locations[where], "proxy_pass") == ["$bentoml_service"], where
+
+    # limits: at least the service's own (it answers the precise 413), at most 1 MiB more
+    fields = Settings.model_fields
+    upload = fields["max_upload_bytes"].default
+    batch = fields["serve_max_batch_size"].default
+    expected = {
+        "= /predict": upload + MULTIPART_OVERHEAD,
+        "= /predict_batch": upload * batch + MULTIPART_OVERHEAD,
+    }
+    for where, limit in expected.items():
+        block = locations[where]
+        allowed = nginx_bytes(one(block, "client_max_body_size")[0])
+        assert limit <= allowed < limit + (1 << 20), (where, allowed, limit)
+        assert one(block, "proxy_request_buffering") == ["off"], where
+    assert nginx_bytes(one(server, "client_max_body_size")[0]) <= 1 << 20
+
+    # timeouts: the service's own timeout fires first
+    service_timeout = MammoClassifier.config["traffic"]["timeout"]
+    for name in ("proxy_read_timeout", "proxy_send_timeout"):
+        assert nginx_seconds(one(server, name)[0]) > service_timeout, name
+
+    # errors made by nginx are JSON, like the service's own
+    pages = {tuple(d["args"][:-1]): d["args"][-1] for d in directives(server, "error_page")}
+    assert pages == {("413", "="): "@too_large", ("502", "504", "="): "@unavailable"}
+    for status, page in (("413", "@too_large"), ("503", "@unavailable")):
+        code, body = one(locations[page], "return")
+        body = body.removesuffix("\\n")  # the newline, as nginx's "\\n" escape
+        assert code == status and "error" in json.loads(body)
+    assert one(http["block"], "default_type") == ["application/json"]
+    assert one(http["block"], "server_tokens") == ["off"]
+
+
+def test_nginx_parser_really_rejects_a_broken_config(tmp_path: Path):
+    """Guard against a parser that accepts anything."""
+    import crossplane
+
+    text = NGINX_CONF.read_text()
+    mutations = {
+        "unknown directive": ("proxy_read_timeout 65s;", "proxy_read_timout 65s;"),
+        "argument count": ("listen 8080;", "listen;"),
+        "context": ("worker_processes auto;", "worker_processes auto;\nproxy_pass x;"),
+        "syntax": ("client_max_body_size 21m;", "client_max_body_size 21m"),
+    }
+    for what, (old, new) in mutations.items():
+        assert old in text, what
+        path = tmp_path / "nginx.conf"
+        path.write_text(text.replace(old, new, 1))
+        parsed = crossplane.parse(str(path), strict=True, check_ctx=True, check_args=True)
+        assert parsed["status"] == "failed", f"crossplane accepted a config with: {what}"
+
+
+NGINX = shutil.which("nginx")
+needs_nginx = pytest.mark.skipif(NGINX is None, reason="no nginx binary (apt-get install nginx)")
+
+
+def render_nginx_conf(tmp: Path, listen_port: int, backend_port: int) -> Path:
+    """docker/nginx.conf for a local run: own port, a local backend, pid file under ``tmp``."""
+    text = NGINX_CONF.read_text()
+    for old, new in (
+        ("listen 8080;", f"listen 127.0.0.1:{listen_port};"),
+        ("http://bentoml:3000", f"http://127.0.0.1:{backend_port}"),
+        ("pid /tmp/nginx.pid;", f"pid {tmp / 'nginx.pid'};"),
+    ):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+@needs_nginx
+def test_nginx_accepts_the_config(tmp_path: Path):
+    conf = render_nginx_conf(tmp_path, 8080, 3000)
+    r = subprocess.run(
+        [NGINX, "-t", "-q", "-c", str(conf), "-p", str(tmp_path)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+class _StandIn(http.server.BaseHTTPRequestHandler):
+    """The backend behind nginx in the run below: answers what it received, as JSON."""
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        received = 0
+        while received < length:
+            chunk = self.rfile.read(min(1 << 20, length - received))
+            if not chunk:
+                break
+            received += len(chunk)
+        body = json.dumps({
+            "path": self.path, "method": self.command, "bytes": received,
+            "authorization": self.headers.get("authorization"),
+            "x_forwarded_for": self.headers.get("x-forwarded-for"),
+        }).encode()  # fmt: skip
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+
+def _raw_post(port: int, path: str, declared: int) -> tuple[int, dict]:
+    """POST with a declared Content-Length and no body: nginx must refuse it from the header."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {declared}\r\n\r\n".encode()
+        )
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@needs_nginx
+def test_nginx_in_front_of_a_stand_in_backend(tmp_path: Path):
+    import threading
+
+    import httpx
+
+    from mammo_pipeline.common.net import free_port
+
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    port = free_port()
+    conf = render_nginx_conf(tmp_path, port, backend.server_address[1])
+    log = (tmp_path / "nginx.log").open("wb")
+    proc = subprocess.Popen(
+        [NGINX, "-c", str(conf), "-p", str(tmp_path), "-g", "daemon off;"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/proxy-healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError((tmp_path / "nginx.log").read_text()[-2000:])
+
+        # probes and GET /model pass through, with the client's headers and address
+        resp = httpx.get(f"{url}/model", headers={"Authorization": "Bearer k"})
+        seen = resp.json()
+        assert resp.status_code == 200 and seen["path"] == "/model"
+        assert seen["authorization"] == "Bearer k" and seen["x_forwarded_for"] == "127.0.0.1"
+
+        # a batch upload larger than one image's limit streams through to the service ...
+        big = 22 << 20
+        resp = httpx.post(f"{url}/predict_batch", content=b"\0" * big, timeout=60)
+        assert resp.status_code == 200 and resp.json()["bytes"] == big
+        # ... but the same size to /predict, or a batch over its limit, is refused by nginx
+        before = httpx.get(f"{url}/livez").json()  # the backend answers; nothing else sent
+        assert _raw_post(port, "/predict", big) == (
+            413, {"error": "request body over the limit"}
+        )  # fmt: skip
+        assert _raw_post(port, "/predict_batch", 700 << 20)[0] == 413
+        assert _raw_post(port, "/livez", 2 << 20)[0] == 413
+        assert before["path"] == "/livez"
+
+        # no service behind it: 503 with a JSON error, not nginx's HTML 502
+        backend.shutdown()
+        backend.server_close()
+        resp = httpx.get(f"{url}/readyz")
+        assert resp.status_code == 503
+        assert resp.json() == {"error": "no model service is running"}
+        assert resp.headers["content-type"].startswith("application/json")
+        assert "nginx/" not in resp.headers.get("server", "")  # server_tokens off
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
