@@ -72,7 +72,7 @@ class AdaptiveBatcher:
     into this one with ``bentoml.depends``, uploads decoded in the calling API) against this
     class, ``python benchmarks/serving.py --compare 1c9e5a0 --rounds 2`` (same run, same
     machine: 2 busy CPU cores, SYNTHETIC 64 px convnet, batches of at most 32; requests/s,
-    p50/p99 ms, failed requests), two runs:
+    p50/p99 ms, failed requests in the two 6 s rounds), two runs:
 
     ===========  ==========================  ==========================
     concurrency  hand-written (this class)   BentoML batchable + depends
