@@ -11,51 +11,48 @@ Modules: :mod:`.names` (alias and metric names), :mod:`.gate` (the decision, pur
 (+ :mod:`.report_html`) for people.
 
 May import: config, errors, common, data, training (the run's model name). Never serving,
-orchestration or cli. The public API is re-exported here.
+orchestration or cli. The public API is re-exported here, lazily (importing
+``mammo_pipeline.registry.names`` does not pull in MLflow, NumPy or the gate).
 """
 
 from __future__ import annotations
 
-from mammo_pipeline.registry.decision import GateDecision
-from mammo_pipeline.registry.listing import VersionRow, list_versions, review_context
-from mammo_pipeline.registry.lock import registry_lock
-from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, PREVIOUS
-from mammo_pipeline.registry.policy import GatePolicy, tightened
-from mammo_pipeline.registry.promotion import (
-    PromotionResult,
-    apply_decision,
-    gate_and_apply,
-    gate_version,
-)
-from mammo_pipeline.registry.register import ModelVersionRef, register_run
-from mammo_pipeline.registry.report import report_artifact_path, write_review_report
-from mammo_pipeline.registry.review import ReviewResult, approve, pin_baseline, reject, rollback
-from mammo_pipeline.registry.vetting import vetting_problem
+import importlib
+from typing import Any
 
-__all__ = [
-    "BASELINE",
-    "CHALLENGER",
-    "CHAMPION",
-    "PREVIOUS",
-    "GateDecision",
-    "GatePolicy",
-    "ModelVersionRef",
-    "PromotionResult",
-    "ReviewResult",
-    "VersionRow",
-    "apply_decision",
-    "approve",
-    "gate_and_apply",
-    "gate_version",
-    "list_versions",
-    "pin_baseline",
-    "register_run",
-    "registry_lock",
-    "reject",
-    "report_artifact_path",
-    "review_context",
-    "rollback",
-    "tightened",
-    "vetting_problem",
-    "write_review_report",
-]
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "BASELINE": "mammo_pipeline.registry.names",
+    "CHALLENGER": "mammo_pipeline.registry.names",
+    "CHAMPION": "mammo_pipeline.registry.names",
+    "GateDecision": "mammo_pipeline.registry.decision",
+    "GatePolicy": "mammo_pipeline.registry.policy",
+    "ModelVersionRef": "mammo_pipeline.registry.register",
+    "PREVIOUS": "mammo_pipeline.registry.names",
+    "PromotionResult": "mammo_pipeline.registry.promotion",
+    "ReviewResult": "mammo_pipeline.registry.review",
+    "VersionRow": "mammo_pipeline.registry.listing",
+    "apply_decision": "mammo_pipeline.registry.promotion",
+    "approve": "mammo_pipeline.registry.review",
+    "gate_and_apply": "mammo_pipeline.registry.promotion",
+    "gate_version": "mammo_pipeline.registry.promotion",
+    "list_versions": "mammo_pipeline.registry.listing",
+    "pin_baseline": "mammo_pipeline.registry.review",
+    "register_run": "mammo_pipeline.registry.register",
+    "registry_lock": "mammo_pipeline.registry.lock",
+    "reject": "mammo_pipeline.registry.review",
+    "report_artifact_path": "mammo_pipeline.registry.report",
+    "review_context": "mammo_pipeline.registry.listing",
+    "rollback": "mammo_pipeline.registry.review",
+    "tightened": "mammo_pipeline.registry.policy",
+    "vetting_problem": "mammo_pipeline.registry.vetting",
+    "write_review_report": "mammo_pipeline.registry.report",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@ mammo_pipeline.serving.proxy``): every new connection goes to the backend named 
 file, so switching backends is an atomic rename of that file and no connection is refused.
 
 Kept hand-written for the one-machine default (no extra daemon to install); the compose
-stack puts a real reverse proxy (Traefik) in front of the service instead.
+stack puts a real reverse proxy (nginx, ``docker/nginx.conf``) in front of the service instead.
 """
 
 from __future__ import annotations
