@@ -1,0 +1,44 @@
+"""Whole-mammogram analysis: breast mask, sliding tiles at the training scale, per-tile
+scores aggregated to an image score with located regions, and a heatmap picture.
+
+Arrays in, results out (no file formats here): callers decode images and know the pixel
+spacing. See :func:`analyze` and :func:`render_heatmap`.
+"""
+
+from mammo_pipeline.analysis.analyze import (
+    AGGREGATION,
+    DEFAULT_PIXEL_SPACING_MM,
+    AnalysisResult,
+    Region,
+    TileGrid,
+    analyze,
+)
+from mammo_pipeline.analysis.breast_mask import breast_mask
+from mammo_pipeline.analysis.errors import (
+    AnalysisError,
+    AnalysisInputError,
+    ModelOutputError,
+    NoBreastTissueError,
+    NonFiniteScoreError,
+)
+from mammo_pipeline.analysis.heatmap import probability_map, render_heatmap
+from mammo_pipeline.analysis.tiling import TRAINING_MM_PER_PX, Box
+
+__all__ = [
+    "AGGREGATION",
+    "DEFAULT_PIXEL_SPACING_MM",
+    "TRAINING_MM_PER_PX",
+    "AnalysisError",
+    "AnalysisInputError",
+    "AnalysisResult",
+    "Box",
+    "ModelOutputError",
+    "NoBreastTissueError",
+    "NonFiniteScoreError",
+    "Region",
+    "TileGrid",
+    "analyze",
+    "breast_mask",
+    "probability_map",
+    "render_heatmap",
+]
