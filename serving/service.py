@@ -8,12 +8,24 @@ imports it into the BentoML model store under ``MAMMO_BENTOML_HOME`` (tag
 
 Endpoints:
 
-- ``POST /predict``: multipart field ``image`` (PNG, JPEG, TIFF, PGM or ``.npy``) ->
-  ``{probability, label, threshold, model_name, model_version}``;
+- ``POST /predict``: multipart field ``image`` (PNG, JPEG, TIFF, PGM, ``.npy`` or DICOM), one
+  TILE -> ``{probability, label, threshold, model_name, model_version}``; an image whose
+  longer side is over twice the tile (2 x 299 px at 0.1 mm/px, scaled by a DICOM's spacing)
+  is a whole mammogram and answers 422 pointing to ``/analyze``;
+- ``POST /analyze``: multipart field ``image`` (a whole mammogram, same formats) and optional
+  text fields ``pixel_spacing_mm`` (else the DICOM's, else 0.1 mm/px, the training scale),
+  ``stride_fraction`` (of the 299-px tile, default 0.5), ``top_k`` (regions, default 5),
+  ``heatmap`` (``true``: the picture as base64 PNG in ``heatmap_png_base64``) and
+  ``synthetic`` (the client says the image is SYNTHETIC; printed on the picture) -> the score
+  (max tile probability, rule named in ``aggregation``), label, top regions as boxes in the
+  ORIGINAL pixels, tiles scored, the scale and its source, model name/version
+  (:func:`mammo_pipeline.analysis.analyze`);
 - ``POST /predict_batch``: multipart fields ``images`` (up to ``serve_max_batch_size``) -> a
   list of the same objects, in order;
 - ``GET /model``: name, version, aliases, test metrics, threshold, trained-at;
-- ``/livez``, ``/readyz`` (503 until the model is loaded), ``/metrics``: BentoML's own.
+- ``/livez``, ``/readyz`` (503 until the model is loaded AND has given a finite score on a
+  fixed self-check image: a NaN model is never ready), ``/metrics``: BentoML's own plus
+  ``mammo_nonfinite_scores_total`` (non-finite model outputs, by endpoint).
 
 Batching: every request is decoded and preprocessed on its own (a bad upload fails only its
 own request with a 4xx), then the model-input tensors of all concurrent requests are
@@ -22,14 +34,23 @@ coalesced by :class:`AdaptiveBatcher` into one ``predict_on_batch`` call of at m
 are still being decoded (never when a request is alone). BentoML's own way (a batchable
 model service composed with ``bentoml.depends``) was built and measured against it; it was
 slower and failed requests under concurrency: the numbers are in :class:`AdaptiveBatcher`.
-A non-finite score fails its own request (500), never becomes a label.
+A non-finite score fails its own request (500), never becomes a label, and is counted.
+
+Memory is bounded: the request body (buffered by the guard, never beyond its limit, with or
+without Content-Length), the pixels one request may decode and the pixels all concurrent
+requests hold decoded (:class:`mammo_pipeline.serving.limits.PixelBudget`, counted from the
+image headers before decoding: 413 early, 503 when busy), and one analysis at a time.
 
 Guarding (:class:`RequestGuard`, an ASGI middleware): the API key (``MAMMO_API_KEY``, sent as
 ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) is required on everything but the probes
 and ``/metrics``; request bodies over the size limit get 413 before anything is parsed;
 ``GET /model`` is answered there (BentoML API routes are POST-only); 4xx bodies are always
-``{"error": message}``. BentoML's multipart parsing is hardened (no URL fetching for file
-fields, malformed bodies are 400s: :mod:`mammo_pipeline.common.compat`). No pixel data is logged.
+``{"error": message}``. Upload bodies are checked and their client file names replaced before
+BentoML parses them (:mod:`mammo_pipeline.serving.upload_form`: wrong field, too many parts,
+long or path-like names); BentoML's multipart parsing is hardened too (no URL fetching for
+file fields, malformed bodies are 400s: :mod:`mammo_pipeline.common.compat`). No pixel data
+and no DICOM patient identifier is logged or answered. Whether authentication is on is
+logged at start.
 """
 
 from __future__ import annotations
@@ -51,13 +72,34 @@ from bentoml.exceptions import BadInput, BentoMLException
 from mammo_pipeline.common.auth import key_matches, presented_key
 from mammo_pipeline.common.compat import harden_bentoml_multipart
 from mammo_pipeline.config import Settings, get_settings
-from mammo_pipeline.serving.image_io import InputError, decode_path, to_model_input
+from mammo_pipeline.serving.image_io import (
+    DecodedUpload,
+    InputError,
+    decode_upload,
+    peek_size,
+    read_upload,
+    to_model_input,
+)
+from mammo_pipeline.serving.limits import PixelBudget
+from mammo_pipeline.serving.upload_form import FormSpec, sanitize_form
 
 logger = logging.getLogger("bentoml.mammo")  # under BentoML's configured logger
 
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
-UPLOAD_PATHS = frozenset({"/predict", "/predict_batch"})
 MULTIPART_OVERHEAD = 64 * 1024
+#: Training tile side (px at 0.1 mm/px); /predict takes images up to TILE_FACTOR x this side.
+TILE_SIDE_PX = 299
+TRAINING_MM_PER_PX = 0.1
+TILE_FACTOR = 2.0
+ANALYZE_FIELDS = frozenset({"pixel_spacing_mm", "stride_fraction", "top_k", "heatmap", "synthetic"})
+#: Relative difference above which a form spacing contradicts the DICOM's.
+SPACING_CONFLICT = 0.02
+
+NONFINITE = bentoml.metrics.Counter(
+    name="mammo_nonfinite_scores",
+    documentation="Model outputs that were NaN, infinite or outside 0..1 (never a label)",
+    labelnames=["endpoint"],
+)
 
 
 harden_bentoml_multipart()  # mammo_pipeline.common.compat: upstream bug, see there
@@ -90,7 +132,7 @@ class AdaptiveBatcher:
     ~10 ms ``predict_on_batch``), it batched poorly at c=8 (283 calls in 168 batches), and the
     hop to the model worker (aiohttp over a Unix socket, pickled arrays) adds to every
     request. The failures break a guarantee: BentoML 1.4.39's internal client
-    (``_bentoml_impl/client/proxy2.py``, ``SessionManager``) replaces its aiohttp session
+    (its ``client/proxy2.py``, ``SessionManager``) replaces its aiohttp session
     every 100 calls and closes the old one while calls on it are still in flight, which the
     caller gets as ``ServerDisconnectedError`` -> 500 (upstream: bentoml/BentoML#4971, open
     PR #5698). Measure again after a BentoML upgrade; switch when the composed service is at
@@ -160,14 +202,23 @@ class AdaptiveBatcher:
 
 # --------------------------------------------------------------------------------------
 class RequestGuard:
-    """ASGI middleware: API key, body-size limit and ``GET /model``, before BentoML parses."""
+    """ASGI middleware: API key, body-size limit, upload form checks and ``GET /model``,
+    before BentoML parses anything."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         s = get_settings()
         self.api_key = s.api_key or None
-        self.max_body = s.max_upload_bytes * s.serve_max_batch_size + MULTIPART_OVERHEAD
-        self.max_single = s.max_upload_bytes + MULTIPART_OVERHEAD
+        single = s.max_upload_bytes + MULTIPART_OVERHEAD
+        batch = s.max_upload_bytes * s.serve_max_batch_size + MULTIPART_OVERHEAD
+        self.forms: dict[str, tuple[FormSpec, int]] = {
+            "/predict": (FormSpec("image"), single),
+            "/predict_batch": (
+                FormSpec("images", many=True, max_parts=s.serve_max_batch_size),
+                batch,
+            ),
+            "/analyze": (FormSpec("image", text_fields=ANALYZE_FIELDS), single),
+        }
 
     @staticmethod
     async def _send_json(send: Any, status: int, body: Any, headers: dict[str, str] | None = None):
@@ -199,11 +250,12 @@ class RequestGuard:
         if path == "/model" and scope.get("method") == "GET":
             service = _current
             if service is None or not service.__is_ready__():
-                return await self._send_json(send, 503, {"error": "model not loaded yet"})
+                why = service.not_ready_reason if service is not None else "model not loaded yet"
+                return await self._send_json(send, 503, {"error": why})
             return await self._send_json(send, 200, service.describe())
-        if path not in UPLOAD_PATHS:
+        if path not in self.forms or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
-        limit = self.max_single if path == "/predict" else self.max_body
+        spec, limit = self.forms[path]
         length = headers.get(b"content-length")
         if length is not None:
             try:
@@ -212,24 +264,36 @@ class RequestGuard:
                 return await self._send_json(send, 400, {"error": "bad Content-Length"})
             if declared > limit:
                 return await self._send_json(
-                    send, 413, {"error": f"request body of {declared} bytes is over the limit"}
+                    send,
+                    413,
+                    {"error": f"request body of {declared} bytes is over the limit of {limit}"},
                 )
-            return await self.app(scope, receive, _unwrap_errors(send))
-        # No Content-Length (chunked): read up to the limit, then replay to the app.
-        chunks: list[bytes] = []
-        size = 0
+        # Read the body (with or without Content-Length), never holding more than the limit.
+        body = bytearray()
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > limit:
-                return await self._send_json(send, 413, {"error": "request body over the limit"})
-            chunks.append(body)
+                return  # the client went away
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return await self._send_json(
+                    send, 413, {"error": f"request body over the limit of {limit} bytes"}
+                )
             if not message.get("more_body", False):
                 break
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        try:
+            clean = sanitize_form(body, content_type, spec)
+        except InputError as exc:
+            return await self._send_json(send, exc.status, {"error": str(exc)})
+        del body
+        scope = dict(scope)
+        scope["headers"] = [
+            (k, v)
+            for k, v in scope.get("headers", [])
+            if k.lower() not in (b"content-length", b"transfer-encoding")
+        ] + [(b"content-length", str(len(clean)).encode())]
+        replay = [{"type": "http.request", "body": clean, "more_body": False}]
 
         async def replay_receive() -> Any:
             return replay.pop() if replay else await receive()
@@ -313,7 +377,9 @@ class MammoClassifier:
         global _current
         self.settings = _service_settings()
         self._ready = False
+        self.not_ready_reason = "model not loaded yet"
         started = time.perf_counter()
+        self._log_auth()
         try:
             self.model, self.info = load_served_model(self.settings)
         except Exception:
@@ -322,7 +388,13 @@ class MammoClassifier:
             raise
         self.image_size = self.info.image_size
         self.threshold = float(self.info.decision_threshold)
+        self.weights = self._weights_note()
         self._limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self._analysis_limiter = anyio.CapacityLimiter(1)  # one whole film at a time
+        s = self.settings
+        self.pixel_budget = PixelBudget(
+            total=max(s.max_image_pixels, 60_000_000), per_request=s.max_image_pixels
+        )
         self.batcher = AdaptiveBatcher(
             self._infer,
             self.settings.serve_max_batch_size,
@@ -331,17 +403,61 @@ class MammoClassifier:
         for n in (1, 2, self.settings.serve_max_batch_size):  # trace once, batch dim relaxed
             self._predict_array(np.zeros((n, self.image_size, self.image_size, 1), np.float32))
         to_model_input(np.zeros((8, 8, 1), np.uint8), self.image_size)  # warm the TF ops
-        self._ready = True
         _current = self
+        problem = self._self_check()
+        if problem:
+            self.not_ready_reason = problem
+            logger.error("self-check failed, /readyz stays 503: %s", problem)
+            return
+        self._ready = True
+        self.not_ready_reason = ""
         logger.info(
-            "serving %s version %s (bento model %s, threshold %.4f, input %dpx) ready in %.1fs",
+            "serving %s version %s (bento model %s, threshold %.4f, input %dpx, %s) ready in %.1fs",
             self.info.name,
             self.info.version,
             self.info.bento_tag,
             self.threshold,
             self.image_size,
+            self.weights,
             time.perf_counter() - started,
         )
+
+    def _log_auth(self) -> None:
+        if self.settings.auth_enabled:
+            logger.info("authentication ON: predictions need Authorization: Bearer / X-API-Key")
+        else:
+            logger.warning(
+                "authentication OFF (MAMMO_AUTH=none): anyone who reaches this port may predict"
+            )
+
+    def _weights_note(self) -> str:
+        """What the registry says about the weights (``weights_source``, ``synthetic`` tags)."""
+        try:
+            from mammo_pipeline.common.mlflow_access import mlflow_client
+
+            mv = mlflow_client(self.settings).get_model_version(self.info.name, self.info.version)
+            tags = mv.tags or {}
+        except Exception:  # noqa: BLE001 - a caption detail, never a reason not to serve
+            return "weights: unknown"
+        parts = []
+        if tags.get("weights_source"):
+            parts.append(f"weights: {tags['weights_source']}")
+        if str(tags.get("synthetic", "")).lower() == "true":
+            parts.append("trained on SYNTHETIC data")
+        return ", ".join(parts) or "weights: not recorded"
+
+    def _self_check(self) -> str:
+        """'' when the model gives a probability on the fixed smoke image, else the problem."""
+        from mammo_pipeline.serving.smoke import smoke_image
+
+        gray = decode_upload(
+            smoke_image(), max_bytes=1 << 20, max_pixels=self.settings.max_image_pixels
+        ).gray
+        p = float(self._predict_array(to_model_input(gray, self.image_size)[np.newaxis])[0])
+        if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+            NONFINITE.labels(endpoint="self_check").inc()
+            return f"model outputs {p} on the self-check image (not a probability)"
+        return ""
 
     def __is_ready__(self) -> bool:
         return self._ready
@@ -359,14 +475,16 @@ class MammoClassifier:
         info = self.info.to_dict()
         info["threshold"] = info.pop("decision_threshold")
         info["max_batch_size"] = self.settings.serve_max_batch_size
+        info["weights"] = self.weights
         return info
 
-    def _answer(self, probability: float) -> dict[str, Any]:
+    def _answer(self, probability: float, endpoint: str = "predict") -> dict[str, Any]:
         if not (np.isfinite(probability) and 0.0 <= probability <= 1.0):
             # never a label from a score that is not one; only this image's request fails
+            NONFINITE.labels(endpoint=endpoint).inc()
             logger.error("the model returned a non-finite or out-of-range score")
             raise BentoMLException(
-                "the model returned no valid score for this image",
+                "the model returned no valid score for this image (non-finite output)",
                 error_code=HTTPStatus.INTERNAL_SERVER_ERROR,
             )
         return {
@@ -377,49 +495,99 @@ class MammoClassifier:
             "model_version": self.info.version,
         }
 
-    def _prepare(self, path: Path) -> np.ndarray:
+    def _check_ready(self) -> None:
+        if not self._ready:
+            raise BentoMLException(
+                f"model not ready: {self.not_ready_reason}",
+                error_code=HTTPStatus.SERVICE_UNAVAILABLE,
+            )
+
+    def _prepare(self, data: bytes, dicom: bool) -> np.ndarray:
         s = self.settings
         try:
-            gray = decode_path(path, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels)
-            return to_model_input(gray, self.image_size)
+            decoded = decode_upload(
+                data, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels, dicom=dicom
+            )
+            self._check_tile_sized(decoded)
+            return to_model_input(decoded.gray, self.image_size)
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - decoding failures are the upload's fault
             raise InputError(f"cannot use this image: {type(exc).__name__}") from None
 
+    @staticmethod
+    def _check_tile_sized(decoded: DecodedUpload) -> None:
+        """422 for a whole mammogram sent to /predict (longer side > 2 tiles at its scale)."""
+        h, w = decoded.gray.shape[:2]
+        spacing = decoded.pixel_spacing_mm or TRAINING_MM_PER_PX
+        limit = TILE_FACTOR * TILE_SIDE_PX * TRAINING_MM_PER_PX / spacing
+        if max(h, w) > limit:
+            raise InputError(
+                f"image of {w}x{h} px is larger than a tile (limit {limit:.0f} px on the longer "
+                f"side at {spacing:g} mm/px): /predict scores one {TILE_SIDE_PX}-px tile; "
+                "send whole mammograms to POST /analyze",
+                status=422,
+            )
+
+    def _read(self, path: Path) -> tuple[bytes, bool, int]:
+        """(bytes, DICOM hint, pixels from the header) of an uploaded file."""
+        s = self.settings
+        data = read_upload(path, s.max_upload_bytes)
+        dicom = path.name.endswith(".dcm")
+        w, h = peek_size(data, max_pixels=s.max_image_pixels, dicom=dicom)
+        return data, dicom, w * h
+
     async def _prepare_many(self, paths: list[Path]) -> list[np.ndarray]:
         """Decode + preprocess in a few worker threads (bounded: memory of large images, TF
-        contention); the batcher knows how many are coming."""
+        contention, the pixel budget); the batcher knows how many are coming."""
         self.batcher.preparing += len(paths)
         done = 0
         try:
-            out = []
+            uploads = []
             for i, path in enumerate(paths):
                 try:
-                    out.append(
-                        await anyio.to_thread.run_sync(self._prepare, path, limiter=self._limiter)
-                    )
+                    uploads.append(await anyio.to_thread.run_sync(self._read, path))
                 except InputError as exc:
-                    if len(paths) > 1:
-                        exc = InputError(f"image {i}: {exc}", exc.status)
-                    raise _http_error(exc) from None
-                finally:
-                    done += 1
-                    self.batcher.preparing -= 1
+                    raise _http_error(_numbered(exc, i, len(paths))) from None
+            total = sum(n for _, _, n in uploads)
+            try:
+                self.pixel_budget.check_request(total)
+            except InputError as exc:
+                raise _http_error(exc) from None
+            out = []
+            try:
+                async with self.pixel_budget.hold(total):
+                    for i, (data, dicom, _) in enumerate(uploads):
+                        try:
+                            out.append(
+                                await anyio.to_thread.run_sync(
+                                    self._prepare, data, dicom, limiter=self._limiter
+                                )
+                            )
+                        except InputError as exc:
+                            raise _numbered(exc, i, len(paths)) from None
+                        finally:
+                            done += 1
+                            self.batcher.preparing -= 1
+                            uploads[i] = (b"", False, 0)  # free the bytes early
+            except InputError as exc:
+                raise _http_error(exc) from None
             return out
         finally:
             self.batcher.preparing -= len(paths) - done
 
     @bentoml.api(route="/predict")
     async def predict(self, image: Path) -> dict[str, Any]:
-        """One image -> probability and label from the served version."""
+        """One tile -> probability and label from the served version."""
+        self._check_ready()
         x = await self._prepare_many([image])
         (p,) = await self.batcher.submit(x)
         return self._answer(p)
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, images: list[Path]) -> list[dict[str, Any]]:
-        """Several images in one request -> one answer each, in order."""
+        """Several tiles in one request -> one answer each, in order."""
+        self._check_ready()
         if not images:
             raise BadInput("send at least one file in the 'images' field")
         if len(images) > self.settings.serve_max_batch_size:
@@ -429,7 +597,135 @@ class MammoClassifier:
             )
         xs = await self._prepare_many(images)
         probs = await self.batcher.submit(xs)
-        return [self._answer(p) for p in probs]
+        return [self._answer(p, "predict_batch") for p in probs]
+
+    @bentoml.api(route="/analyze")
+    async def analyze(
+        self,
+        image: Path,
+        pixel_spacing_mm: float | None = None,
+        stride_fraction: float = 0.5,
+        top_k: int = 5,
+        heatmap: bool = False,
+        synthetic: bool = False,
+    ) -> dict[str, Any]:
+        """A whole mammogram -> image score (max tile probability), top regions, heatmap."""
+        self._check_ready()
+        if not (0.05 <= stride_fraction <= 1.0):
+            raise BadInput(f"stride_fraction must be within 0.05..1, got {stride_fraction}")
+        if not (1 <= top_k <= 50):
+            raise BadInput(f"top_k must be within 1..50, got {top_k}")
+        try:
+            data, dicom, pixels = await anyio.to_thread.run_sync(self._read, image)
+            async with self.pixel_budget.hold(pixels):
+                return await anyio.to_thread.run_sync(
+                    self._analyze_sync,
+                    data,
+                    dicom,
+                    pixel_spacing_mm,
+                    stride_fraction,
+                    top_k,
+                    heatmap,
+                    synthetic,
+                    limiter=self._analysis_limiter,
+                )
+        except InputError as exc:
+            raise _http_error(exc) from None
+
+    def _predict_tiles(self, batch: np.ndarray) -> np.ndarray:
+        return self._predict_array(batch)
+
+    def _analyze_sync(
+        self,
+        data: bytes,
+        dicom: bool,
+        form_spacing: float | None,
+        stride_fraction: float,
+        top_k: int,
+        heatmap: bool,
+        synthetic: bool,
+    ) -> dict[str, Any]:
+        from mammo_pipeline.analysis import AnalysisError, NonFiniteScoreError, analyze
+
+        s = self.settings
+        try:
+            decoded = decode_upload(
+                data,
+                max_bytes=s.max_upload_bytes,
+                max_pixels=s.max_image_pixels,
+                dicom=dicom,
+                whole_image=True,
+            )
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - decoding failures are the upload's fault
+            raise InputError(f"cannot use this image: {type(exc).__name__}") from None
+        del data
+        spacing, source = _choose_spacing(decoded.pixel_spacing_mm, form_spacing)
+        gray = decoded.gray[..., 0]
+        started = time.perf_counter()
+        try:
+            result = analyze(
+                gray,
+                predict_batch=self._predict_tiles,
+                image_size=self.image_size,
+                threshold=self.threshold,
+                pixel_spacing_mm=spacing,
+                spacing_source=source,
+                stride_fraction=stride_fraction,
+                top_k=top_k,
+                batch_size=s.serve_max_batch_size,
+            )
+        except NonFiniteScoreError as exc:
+            NONFINITE.labels(endpoint="analyze").inc()
+            logger.error("analyze: %s", exc)
+            raise InputError(f"the model returned no valid score: {exc}", status=500) from None
+        except AnalysisError as exc:
+            raise InputError(str(exc), status=exc.status) from None
+        answer = result.to_dict()
+        answer.update(
+            model_name=self.info.name,
+            model_version=self.info.version,
+            weights=self.weights,
+            image_format=decoded.fmt,
+            data="SYNTHETIC (declared by the client)" if synthetic else "not declared synthetic",
+            analysis_seconds=round(time.perf_counter() - started, 3),
+        )
+        if heatmap:
+            import base64
+
+            from mammo_pipeline.analysis import render_heatmap
+
+            caption = (
+                f"model {self.info.name} v{self.info.version}, {self.image_size}px input, "
+                f"threshold {self.threshold:.3f}; {self.weights}"
+            )
+            png = render_heatmap(gray, result, caption=caption, synthetic=synthetic)
+            answer["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
+            answer["heatmap_caption"] = caption
+        return answer
+
+
+def _choose_spacing(
+    dicom_mm: float | None, form_mm: float | None
+) -> tuple[float | None, str | None]:
+    """(spacing, source): the DICOM's, else the form field's, else None (the documented
+    default of :func:`mammo_pipeline.analysis.analyze`); a contradiction is a 422."""
+    if dicom_mm is not None:
+        if form_mm is not None and abs(form_mm - dicom_mm) > SPACING_CONFLICT * dicom_mm:
+            raise InputError(
+                f"pixel_spacing_mm {form_mm:g} contradicts the DICOM's pixel spacing "
+                f"{dicom_mm:g} mm",
+                status=422,
+            )
+        return dicom_mm, "dicom"
+    if form_mm is not None:
+        return form_mm, "form"
+    return None, None
+
+
+def _numbered(exc: InputError, i: int, n: int) -> InputError:
+    return InputError(f"image {i}: {exc}", exc.status) if n > 1 else exc
 
 
 MammoClassifier.add_asgi_middleware(RequestGuard)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -98,31 +99,98 @@ def register(app: typer.Typer) -> None:
     def predict(
         image: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
         url: str | None = typer.Option(None, "--url", help="service URL (default: live port)"),
-        timeout: float = typer.Option(60.0, "--timeout"),
+        timeout: float = typer.Option(120.0, "--timeout"),
+        analyze: bool = typer.Option(
+            False, "--analyze", help="always use /analyze (default: for images over 2 tiles)"
+        ),
+        heatmap: Path | None = typer.Option(
+            None, "--heatmap", dir_okay=False, help="write the /analyze heatmap PNG here"
+        ),
+        spacing: float | None = typer.Option(
+            None, "--pixel-spacing-mm", help="mm per pixel (default: the DICOM's, else 0.1)"
+        ),
+        synthetic: bool = typer.Option(
+            False, "--synthetic", help="the image is SYNTHETIC (printed on the heatmap)"
+        ),
     ) -> None:
-        """Send IMAGE to the service and print its answer as JSON."""
+        """Send IMAGE to the service and print its answer as JSON: a tile to /predict, a
+        whole mammogram (or with --analyze / --heatmap) to /analyze."""
         import httpx
 
         settings = get_settings()
         base = url or f"http://{settings.serve_host}:{settings.serve_port}"
         if base.split("://", 1)[-1].startswith("0.0.0.0"):
             base = base.replace("0.0.0.0", "127.0.0.1", 1)
-        headers = auth_headers(settings.api_key)
         try:
-            with image.open("rb") as fh:
-                resp = httpx.post(
-                    f"{base.rstrip('/')}/predict",
-                    files={"image": (image.name, fh)},
-                    headers=headers,
-                    timeout=timeout,
-                )
-        except httpx.HTTPError as exc:
-            raise MammoError(f"{image}: cannot reach the service at {base}: {exc}") from None
+            data = image.read_bytes()
         except OSError as exc:
             raise MammoError(f"{image}: cannot read the file: {exc.strerror}") from None
+        use_analyze = analyze or heatmap is not None or spacing is not None
+        use_analyze = use_analyze or is_whole_image(data, image.name)
+
+        def post(route: str) -> httpx.Response:
+            form: dict[str, str] = {}
+            if route == "/analyze":
+                form = {"heatmap": json.dumps(heatmap is not None),
+                        "synthetic": json.dumps(synthetic)}  # fmt: skip
+                if spacing is not None:
+                    form["pixel_spacing_mm"] = repr(spacing)
+            try:
+                return httpx.post(
+                    f"{base.rstrip('/')}{route}",
+                    files={"image": (image.name, data)},
+                    data=form,
+                    headers=auth_headers(settings.api_key),
+                    timeout=timeout,
+                )
+            except httpx.HTTPError as exc:
+                raise MammoError(f"{image}: cannot reach the service at {base}: {exc}") from None
+
+        resp = post("/analyze" if use_analyze else "/predict")
+        if not use_analyze and resp.status_code == 422 and "/analyze" in error_message(resp):
+            use_analyze, resp = True, post("/analyze")  # the service says: a whole mammogram
         if resp.status_code != 200:
             raise MammoError(f"{image}: HTTP {resp.status_code}: {error_message(resp)}")
-        typer.echo(json.dumps(resp.json(), indent=2))
+        body = resp.json()
+        if heatmap is not None and isinstance(body, dict):
+            encoded = body.pop("heatmap_png_base64", None)
+            if not encoded:
+                raise MammoError(f"{image}: the service sent no heatmap")
+            write_atomic(heatmap, base64.b64decode(encoded))
+            body["heatmap_written_to"] = str(heatmap)
+        typer.echo(json.dumps(body, indent=2))
+
+
+#: Longer side (px) above which ``mammo predict`` sends an image to /analyze: two 299-px
+#: tiles at the training scale (the service's own /predict limit at 0.1 mm/px).
+WHOLE_IMAGE_SIDE_PX = 598
+
+
+def is_whole_image(data: bytes, name: str, side_px: int = WHOLE_IMAGE_SIDE_PX) -> bool:
+    """Whether an image file is a whole mammogram rather than a tile (from its header)."""
+    from mammo_pipeline.serving.image_io import peek_size
+
+    try:
+        width, height = peek_size(data, max_pixels=1 << 40, dicom=name.lower().endswith(".dcm"))
+    except MammoError:
+        return False  # the service names the problem
+    return max(width, height) > side_px
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name in the same folder."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def error_message(resp: object) -> str:

@@ -1,16 +1,26 @@
 """Decoding of uploaded images for the prediction service (and ``mammo predict``).
 
-An upload is one file: PNG, JPEG, TIFF, PGM (8 or 16 bit, grey or colour) or a ``.npy`` array.
-The format is recognised from the file's magic bytes, never from its name or a header sent by
-the client. Every check that can fail raises :class:`InputError` with a message meant for the
-client (the service maps it to a 4xx) and never includes pixel data:
+An upload is one file: PNG, JPEG, TIFF, PGM (8 or 16 bit, grey or colour), a ``.npy`` array
+or a DICOM file. The format is recognised from the file's magic bytes (DICOM: ``DICM`` at
+offset 128), never from its name; the only hint taken from the client is ``dicom=True`` (the
+service passes it for a ``.dcm`` name or ``application/dicom``), which sends a file without
+the preamble to the DICOM reader for a clear error. Every check that can fail raises
+:class:`InputError` with a message meant for the client (the service maps it to a 4xx) and
+never includes pixel data:
 
 - size: the byte count is checked before anything is decoded (``max_upload_bytes``);
 - decompression bombs: the declared width x height is checked against ``max_image_pixels``
   from the header, before the pixels are decompressed; Pillow's own bomb guard is an error;
 - truncated or corrupt files, unsupported formats, empty bodies;
 - ``.npy``: loaded with ``allow_pickle=False``; only uint8/uint16/float arrays of rank 2 or
-  rank 3 (H x W x 1/3/4) are accepted.
+  rank 3 (H x W x 1/3/4) are accepted;
+- DICOM: :func:`mammo_pipeline.imaging.dicom.read_dicom` (MONOCHROME1 inverted, Modality and
+  VOI LUT / window applied, 12-16 bit), then a percentile window to 8 bits
+  (:func:`mammo_pipeline.imaging.to_display_uint8`); its pixel spacing is kept
+  (:class:`DecodedUpload`). No patient identifier is ever read into a message.
+
+:func:`peek_size` reads only the header (width x height) so the service can budget memory
+before decoding (:mod:`mammo_pipeline.serving.limits`).
 
 The pixels are then converted exactly as in training by the shared
 :func:`mammo_pipeline.data.preprocess.to_uint8_gray` and
@@ -20,6 +30,8 @@ The pixels are then converted exactly as in training by the shared
 from __future__ import annotations
 
 import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +52,10 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "pgm": "PPM"}
 _NPY_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
 
-SUPPORTED = "PNG, JPEG, TIFF, PGM or .npy"
+SUPPORTED = "PNG, JPEG, TIFF, PGM, .npy or DICOM"
+_DICOM_MAGIC_AT = 128
+#: Anisotropy (|row - col| / row) above which a DICOM's pixel spacing is refused.
+MAX_SPACING_ANISOTROPY = 0.02
 
 
 class InputError(MammoError):
@@ -51,10 +66,23 @@ class InputError(MammoError):
         super().__init__(message)
 
 
-def sniff_format(data: bytes) -> str:
-    """The format name of ``data`` from its magic bytes, or raise :class:`InputError`."""
+@dataclass(frozen=True)
+class DecodedUpload:
+    """One decoded upload: H x W x 1 uint8 grayscale, its format and (DICOM) pixel spacing."""
+
+    gray: np.ndarray
+    fmt: str
+    pixel_spacing_mm: float | None = None
+
+
+def sniff_format(data: bytes, *, dicom: bool = False) -> str:
+    """The format name of ``data`` from its magic bytes, or raise :class:`InputError`.
+    ``dicom``: the client said DICOM (file name / media type), so no magic means a DICOM
+    without its preamble, which the DICOM reader refuses with its own message."""
     if not data:
         raise InputError("empty upload: send one image file (" + SUPPORTED + ")")
+    if data[_DICOM_MAGIC_AT : _DICOM_MAGIC_AT + 4] == b"DICM" or dicom:
+        return "dicom"
     for magic, name in _MAGIC:
         if data.startswith(magic):
             return name
@@ -75,7 +103,7 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InputError(
             f"image of {width}x{height} pixels is over the limit of {max_pixels} pixels "
-            "(decompression-bomb guard)",
+            "(max_image_pixels, decompression-bomb guard)",
             status=413,
         )
 
@@ -118,7 +146,7 @@ def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> np.ndarray:
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"image rejected by the decompression-bomb guard: {exc}", 413) from None
+        raise _bomb_error(exc, max_pixels) from None
     except UnidentifiedImageError:
         raise InputError(f"corrupt {fmt.upper()} file: cannot identify the image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -143,25 +171,130 @@ def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> np.ndarray:
     return arr
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Bytes of one upload -> H x W x 1 uint8 grayscale (the training input's pixel form)."""
+def _bomb_error(exc: Exception, max_pixels: int) -> InputError:
+    """Pillow's own bomb guard fired (it opens at twice the cap): quote OUR configured cap."""
+    m = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"image of {m.group(1)} pixels" if m else "image"
+    return InputError(
+        f"{size} is over the limit of {max_pixels} pixels (max_image_pixels, "
+        "decompression-bomb guard)",
+        status=413,
+    )
+
+
+def _dicom_error(exc: Exception) -> InputError:
+    status = int(getattr(exc, "status", 422))
+    return InputError(str(exc), status=status if 400 <= status < 500 else 422)
+
+
+def _decode_dicom(data: bytes, max_pixels: int, whole_image: bool) -> DecodedUpload:
+    from mammo_pipeline.imaging import display_window, to_display_uint8
+    from mammo_pipeline.imaging.dicom import DicomError, read_dicom
+
+    width, height = _dicom_size(data)
+    _check_pixels(width, height, max_pixels)
+    try:
+        image = read_dicom(data, name="uploaded DICOM")
+    except DicomError as exc:
+        raise _dicom_error(exc) from None
+    spacing = None
+    if image.pixel_spacing_mm is not None:
+        row, col = image.pixel_spacing_mm
+        if abs(row - col) / row > MAX_SPACING_ANISOTROPY:
+            raise InputError(
+                f"uploaded DICOM: anisotropic pixel spacing ({row:g}, {col:g}) mm is not supported",
+                status=422,
+            )
+        spacing = (row + col) / 2.0
+    pixels = image.pixels
+    try:
+        # a whole film: window on the breast; a tile: on all its pixels (no background)
+        window = None if whole_image else display_window(pixels, np.ones(pixels.shape, bool))
+        gray = to_display_uint8(pixels, window)
+    except ValueError as exc:
+        raise InputError(f"uploaded DICOM: unusable pixel data: {exc}", status=422) from None
+    return DecodedUpload(gray[..., np.newaxis], "dicom", spacing)
+
+
+def _dicom_size(data: bytes) -> tuple[int, int]:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        return int(ds.Columns), int(ds.Rows)
+    except Exception:  # noqa: BLE001 - the full reader gives the precise message
+        return 1, 1
+
+
+def peek_size(data: bytes, *, max_pixels: int, dicom: bool = False) -> tuple[int, int]:
+    """(width, height) of an upload from its header only (nothing decompressed); (1, 1)
+    when the header cannot be read (the decoder then names the problem). Raises
+    :class:`InputError` for what cannot be an image or is over ``max_pixels``."""
+    fmt = sniff_format(data, dicom=dicom)
+    if fmt == "dicom":
+        width, height = _dicom_size(data)
+    elif fmt == "npy":
+        try:
+            fh = io.BytesIO(data)
+            version = np.lib.format.read_magic(fh)
+            shape, _, _ = np.lib.format._read_array_header(fh, version)  # noqa: SLF001
+        except Exception:  # noqa: BLE001 - the decoder gives the precise message
+            return 1, 1
+        if len(shape) < 2:
+            return 1, 1
+        height, width = int(shape[0]), int(shape[1])
+    else:
+        from PIL import Image
+
+        if Image.MAX_IMAGE_PIXELS != max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as img:
+                width, height = img.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise _bomb_error(exc, max_pixels) from None
+        except Exception:  # noqa: BLE001 - the decoder gives the precise message
+            return 1, 1
+    width, height = max(width, 1), max(height, 1)
+    _check_pixels(width, height, max_pixels)
+    return width, height
+
+
+def decode_upload(
+    data: bytes, *, max_bytes: int, max_pixels: int, dicom: bool = False, whole_image: bool = False
+) -> DecodedUpload:
+    """Bytes of one upload -> :class:`DecodedUpload` (H x W x 1 uint8, format, spacing).
+    ``whole_image``: a DICOM is a whole film (8-bit window from the breast's pixels)."""
     check_size(len(data), max_bytes)
-    fmt = sniff_format(data)
+    fmt = sniff_format(data, dicom=dicom)
+    if fmt == "dicom":
+        return _decode_dicom(data, max_pixels, whole_image)
     arr = _decode_npy(data, max_pixels) if fmt == "npy" else _decode_pil(data, fmt, max_pixels)
     try:
-        return to_uint8_gray(arr)
+        return DecodedUpload(to_uint8_gray(arr), fmt)
     except ValueError as exc:
         raise InputError(f"unusable pixel data: {exc}") from None
 
 
-def decode_path(path: Path, *, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """Like :func:`decode_image` for a file on disk; the size is checked before reading."""
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Bytes of one upload -> H x W x 1 uint8 grayscale (the training input's pixel form)."""
+    return decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels).gray
+
+
+def read_upload(path: Path, max_bytes: int) -> bytes:
+    """The bytes of an uploaded file on disk; the size is checked before reading."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise InputError(f"cannot read upload: {exc.strerror}") from None
     check_size(size, max_bytes)
-    return decode_image(path.read_bytes(), max_bytes=max_bytes, max_pixels=max_pixels)
+    return path.read_bytes()
+
+
+def decode_path(path: Path, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """Like :func:`decode_image` for a file on disk; the size is checked before reading."""
+    data = read_upload(path, max_bytes)
+    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
 
 
 def to_model_input(gray: np.ndarray, image_size: int) -> np.ndarray:

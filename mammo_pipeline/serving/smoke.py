@@ -1,5 +1,9 @@
 """The deploy smoke test: a fixed image through the new backend's ``/predict`` must name the
-right version and give the in-process probability of the same registry version."""
+right version and give the in-process probability of the same registry version.
+
+A model that outputs NaN (or anything that is not a probability) fails with "model outputs
+NaN on the smoke image", whether the service refuses to answer (it never turns a non-finite
+score into a label) or the in-process prediction is the one that is not finite."""
 
 from __future__ import annotations
 
@@ -8,6 +12,19 @@ import io
 from mammo_pipeline.common.auth import auth_headers
 from mammo_pipeline.config import Settings
 from mammo_pipeline.serving.state import DeployError
+
+_NONFINITE_HINTS = ("non-finite", "no valid score", "not a probability", "self-check")
+
+
+def _nonfinite(value: object) -> str | None:
+    """The value as text when it is not a finite probability in 0..1, else None."""
+    import math
+
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return repr(value)
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        return str(value)
+    return None
 
 
 def smoke_image(size: int = 64) -> bytes:
@@ -52,12 +69,28 @@ def smoke_test(settings: Settings, url: str, version: str) -> tuple[float, float
     except httpx.HTTPError as exc:
         raise DeployError(f"smoke request to {url} failed: {exc}") from None
     if resp.status_code != 200:
-        raise DeployError(f"smoke request got HTTP {resp.status_code}: {resp.text[:300]}")
-    body = resp.json()
+        text = resp.text[:300]
+        if resp.status_code >= 500 and any(h in text for h in _NONFINITE_HINTS):
+            raise DeployError(
+                f"model outputs NaN on the smoke image (HTTP {resp.status_code}: {text})"
+            )
+        raise DeployError(f"smoke request got HTTP {resp.status_code}: {text}")
+    try:
+        body = resp.json()
+    except ValueError:
+        raise DeployError(f"smoke answer is not JSON: {resp.text[:300]}") from None
+    if not isinstance(body, dict):
+        raise DeployError(f"smoke answer is not a JSON object: {resp.text[:300]}")
     if str(body.get("model_version")) != str(version):
         raise DeployError(f"service answers as version {body.get('model_version')}, not {version}")
+    bad = _nonfinite(body.get("probability"))
+    if bad is not None:
+        raise DeployError(f"model outputs NaN on the smoke image (served probability {bad})")
     served = float(body["probability"])
     expected = expected_probability(settings, version, image)
+    bad = _nonfinite(expected)
+    if bad is not None:
+        raise DeployError(f"model outputs NaN on the smoke image (in-process probability {bad})")
     if not abs(served - expected) <= settings.smoke_tolerance:
         raise DeployError(
             f"served probability {served:.8f} differs from in-process {expected:.8f} "
