@@ -11,11 +11,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "mammo_pipeline"
-STAGES = ("common", "data", "validation", "training", "registry", "serving", "orchestration", "cli")
+STAGES = (
+    "common",
+    "stats",
+    "imaging",
+    "data",
+    "validation",
+    "analysis",
+    "training",
+    "registry",
+    "serving",
+    "orchestration",
+    "cli",
+)
 #: stage -> project packages it must never import (arrows only point down the lifecycle).
 FORBIDDEN: dict[str, set[str]] = {
     "common": set(STAGES) - {"common"},
-    "data": {"validation", "training", "registry", "serving", "orchestration", "cli"},
+    "stats": set(STAGES) - {"stats"},
+    "imaging": set(STAGES) - {"imaging", "common"},
+    "data": {"validation", "analysis", "training", "registry", "serving", "orchestration", "cli"},
+    "analysis": {"validation", "training", "registry", "serving", "orchestration", "cli"},
     "validation": {"training", "registry", "serving", "orchestration", "cli"},
     "training": {"validation", "registry", "serving", "orchestration", "cli"},
     "registry": {"serving", "orchestration", "cli"},

@@ -25,6 +25,8 @@ ARTIFACTS = {
     "evaluation/confusion_matrix.png",
     "evaluation/roc_pr_curves.png",
     "evaluation/metrics.json",
+    "evaluation/test_predictions.csv",
+    "data/split.json",
 }
 
 
@@ -80,7 +82,11 @@ def test_run_metrics_tags_params(trained):
     run = _run(settings, result.run_id)
     names = set(TEST_METRICS) | set(LABEL_RECALL_METRICS.values())
     names |= {"decision_threshold", "val_roc_auc", "loss", "val_auc", "learning_rate"}
+    names |= {"test_recall_calcification", "test_recall_mass", "test_roc_auc_mass"}
+    names |= {"split_groups", "split_leakage", "split_validation_positives"}
     assert names <= set(run.data.metrics), names - set(run.data.metrics)
+    assert run.data.metrics["split_leakage"] == 0  # no validation positive has a copy in train
+    assert len(run.data.tags["test_predictions_sha256"]) == 64
     tags = run.data.tags
     assert tags["weights_source"] == "none" and tags["weights_random"] == "true"
     assert tags["synthetic"] == "true" and tags["airflow_run_id"] == "manual__t1"
@@ -114,10 +120,13 @@ def test_threshold_meets_target_recall_on_validation(trained):
     from mammo_pipeline.data.pipeline import PipelineOptions, make_dataset, read_labels
     from mammo_pipeline.training.evaluate import predict_scores
 
+    from mammo_pipeline.data.grouped_split import assign_validation
+
     settings, result = trained
     model = mlflow.keras.load_model(result.model_uri)
-    opts = PipelineOptions(image_size=32, subset="validation", val_fraction=0.25)
     files = _files(Path(settings.test_split))
+    split = assign_validation(files, settings.val_fraction, settings.seed, progress=False)
+    opts = PipelineOptions(image_size=32, subset="validation", split=split)
     scores = predict_scores(model, make_dataset(files, opts))
     y = read_labels(files, opts) > 0
     recall = (scores[y] >= result.decision_threshold).mean()

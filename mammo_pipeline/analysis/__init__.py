@@ -3,6 +3,9 @@ scores aggregated to an image score with located regions, and a heatmap picture.
 
 Arrays in, results out (no file formats here): callers decode images and know the pixel
 spacing. See :func:`analyze` and :func:`render_heatmap`.
+
+May import: config, errors, common, data (preprocessing, the contract's scale) and imaging.
+Never training, registry, serving, orchestration or cli: the model comes in as a callable.
 """
 
 from mammo_pipeline.analysis.analyze import (

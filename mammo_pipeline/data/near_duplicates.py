@@ -37,6 +37,10 @@ Search scales by multi-index hashing: only hashes that share the value of one of
 within 7 bits, and a farther pair whenever its differing bits spare one chunk
 (:func:`close_pairs`, which can also search exhaustively). Groups are the connected
 components (union-find) of the near-duplicate relation.
+
+Longer than 400 lines because the hash (anchors, descriptors, dihedral canonical form)
+and the neighbour search over it are tuned together; splitting them would separate each
+constant from the measurement that chose it.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ tiles (:func:`display_window`, :func:`to_display_uint8`).
 Readers live in :mod:`.dicom` and :mod:`.pgm`; resampling to a physical pixel size and cutting
 tiles in :mod:`.resample`. Nothing here knows about patients: readers never return or print
 patient identifiers.
+
+May import: config, errors and common only; data (importers), analysis and serving build on it.
 """
 
 from __future__ import annotations

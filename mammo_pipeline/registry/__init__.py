@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "gate_and_apply": "mammo_pipeline.registry.promotion",
     "gate_version": "mammo_pipeline.registry.promotion",
     "list_versions": "mammo_pipeline.registry.listing",
-    "pin_baseline": "mammo_pipeline.registry.review",
+    "pin_baseline": "mammo_pipeline.registry.baseline",
     "register_run": "mammo_pipeline.registry.register",
     "registry_lock": "mammo_pipeline.registry.lock",
     "reject": "mammo_pipeline.registry.review",

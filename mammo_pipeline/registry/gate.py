@@ -241,9 +241,6 @@ def evaluate_gate(
     for name, reason in extra_failures:
         checks.append(Check(name, None, None, "", False, reason))
     reasons = list(dict.fromkeys(c.reason or f"{c.name} failed" for c in checks if not c.passed))
-    compared = {
-        k.removeprefix("vs_"): v["version"] for k, v in stats.items() if k.startswith("vs_")
-    }
     return GateDecision(
         passed=bool(checks) and not reasons,
         checks=checks,

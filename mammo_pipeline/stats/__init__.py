@@ -14,6 +14,8 @@ Pure numpy (no MLflow, no TensorFlow, no scikit-learn at run time). One module p
   the reference's operating point, with paired bootstrap intervals.
 
 Every undefined number is NaN in Python and ``None`` in JSON, and every check on it fails.
+
+May import: errors only (pure NumPy); any stage may import it (the gate, the reports).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ cross-check (:mod:`.delong`).
 A metric passes at ``tolerance`` when the interval's lower bound is ``>= -tolerance``: the
 data rule out, at the stated confidence, a loss larger than the tolerance. Anything
 undefined fails (NaN in Python, ``None`` in JSON).
+
+Longer than 400 lines because the result types (with their JSON round trip, which the gate
+re-checks rather than trusts) and the one function that fills them belong together.
 """
 
 from __future__ import annotations

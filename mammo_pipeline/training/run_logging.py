@@ -65,7 +65,33 @@ def run_params(s: Settings, data: TrainData, mixed: bool, cached: bool) -> dict[
         optimizer="adam+cosine_decay",
         keras_backend=keras_backend(),
     )
+    if data.split is not None:
+        summary = data.split.summary()
+        params.update(
+            split_rule=summary["split"],
+            split_max_distance=summary["max_distance"],
+            split_hash_version=summary["hash_version"],
+        )
     return params
+
+
+def split_metrics(data: TrainData) -> dict[str, float]:
+    """Figures of the train/validation split, logged as metrics (``split_leakage``: the
+    validation positives with a near-copy in train; the aim is 0)."""
+    if data.split is None:
+        return {}
+    summary = data.split.summary()
+    return {
+        f"split_{k}": float(summary[k])
+        for k in (
+            "records",
+            "groups",
+            "validation_records",
+            "validation_positives",
+            "validation_groups",
+            "leakage",
+        )
+    }
 
 
 def keras_backend() -> str:

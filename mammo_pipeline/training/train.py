@@ -32,6 +32,7 @@ import numpy as np
 
 from mammo_pipeline.common.jsonsafe import clean
 from mammo_pipeline.config import Settings, get_settings
+from mammo_pipeline.data.grouped_split import SplitAssignment, assign_validation
 from mammo_pipeline.data.manifest import DataManifest, build_manifest, held_out_files
 from mammo_pipeline.data.pipeline import PipelineOptions, make_dataset, read_labels
 from mammo_pipeline.errors import DataError, TrainingDiverged
@@ -79,6 +80,9 @@ class TrainData:
     n_val: int
     label_counts: dict[int, int]
     val_labels: np.ndarray
+    #: The train/validation split, made per group of near-duplicate views (no region on both
+    #: sides); None only in callers that build TrainData by hand.
+    split: SplitAssignment | None = None
 
     def opts(self, subset: str, training: bool, **kw: Any) -> PipelineOptions:
         s = self.settings
@@ -93,6 +97,7 @@ class TrainData:
             max_records=s.max_records,
             subset=subset,
             val_fraction=s.val_fraction,
+            split=self.split,
             **kw,  # type: ignore[arg-type]
         )
 
@@ -101,8 +106,19 @@ class TrainData:
 
 
 def prepare_data(settings: Settings, files: Sequence[Path]) -> TrainData:
-    """Label counts of the train split and labels of the validation split (no decoding)."""
-    base = TrainData(list(files), settings, 0, 0, {}, np.zeros(0))
+    """The group split, label counts of the train side and labels of the validation side.
+
+    Near-duplicate views of one region (crops, flips, rotations: the public positives come
+    that way) are grouped first and each group goes to one side (:mod:`.grouped_split`), so
+    early stopping and the decision threshold are tuned on data the model has not seen."""
+    split = assign_validation(list(files), settings.val_fraction, settings.seed)
+    print(
+        f"train/validation split by near-duplicate groups: {split.records} tiles in "
+        f"{split.groups} groups, {split.validation_records} validation tiles "
+        f"({split.validation_positives} positive); leakage (validation positives with a "
+        f"near-copy in train): {split.leakage}"
+    )
+    base = TrainData(list(files), settings, 0, 0, {}, np.zeros(0), split)
     train_labels = read_labels(files, base.opts("train", False))
     val_labels = read_labels(files, base.opts("validation", False))
     if val_labels.size == 0 or (val_labels > 0).sum() == 0:
@@ -120,6 +136,7 @@ def prepare_data(settings: Settings, files: Sequence[Path]) -> TrainData:
         int(val_labels.size),
         label_counts,
         (val_labels > 0).astype(np.int32),
+        split,
     )
 
 
@@ -169,6 +186,7 @@ def train_model(
         log_keras_model,
         run_params,
         run_tags,
+        split_metrics,
     )
 
     s = apply_overrides(settings or get_settings(), overrides)
@@ -200,6 +218,9 @@ def train_model(
             mlflow.set_tags({"failure_reason": str(exc), "mlflow.note.content": str(exc)})
             raise
         mlflow.log_params(run_params(s, data, mixed, cached))
+        mlflow.log_metrics(split_metrics(data))
+        if data.split is not None:
+            mlflow.log_dict(data.split.summary(), "data/split.json")
         threshold = choose_threshold(data.val_labels, val_scores, s.target_recall)
         val = binary_metrics(data.val_labels, val_scores, threshold, prefix="val_")
         val_metrics = {

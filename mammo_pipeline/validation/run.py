@@ -23,6 +23,10 @@ Anything unexpected while handling one file becomes that file's ``error`` verdic
 put back into landing) and the others are still validated. Only problems that stop the whole
 run (missing landing directory, no GX context, another run holding a lock) raise; staged files
 not yet decided then go back into landing. Pool workers die with the run, even by ``kill -9``.
+
+Longer than 400 lines because every crash-recovery step (claim, decision journal, move,
+index, reference, ledger) must be read in the order it runs; the steps themselves live in
+:mod:`.claim`, :mod:`.movement` and :mod:`.ledger`.
 """
 
 from __future__ import annotations

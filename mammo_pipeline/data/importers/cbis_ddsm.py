@@ -26,6 +26,10 @@ Rules
   note is recorded. A missing or mismatched mask skips the row with the reason.
 - Pixel size: from the DICOM, else ``default_spacing_mm`` (0.05 mm: DDSM films were
   digitised at 42-50 um and CBIS-DDSM's DICOMs carry no spacing), recorded in the report.
+
+Longer than 400 lines because the official layout's quirks (two CSV dialects, swapped
+mask/crop columns, TCIA folder names, patients in both splits) are handled next to the
+rows they concern, so each rule is read where it is applied.
 """
 
 from __future__ import annotations
