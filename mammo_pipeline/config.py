@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     mlflow_artifact_location: str = "./mlartifacts"
     mlflow_experiment: str = "mammo-vgg16"
     registered_model_name: str = "mammo-vgg16"
+    mlflow_tracking_username: str | None = Field(
+        None,
+        description="user on an MLflow server with authentication (basic-auth app); child "
+        "processes get it as MLflow's own MLFLOW_TRACKING_USERNAME",
+    )
+    mlflow_tracking_password: SecretStr | None = Field(
+        None, description="that user's password (MLFLOW_TRACKING_PASSWORD in child processes)"
+    )
 
     # --- model and training ------------------------------------------------------------
     image_size: int = Field(299, ge=16, le=1024, description="model input side in pixels")
@@ -163,6 +171,15 @@ class Settings(BaseSettings):
             object.__setattr__(self, "api_key", None)
         if self.auth == "none" and self.api_key:
             raise ValueError("MAMMO_AUTH=none contradicts MAMMO_API_KEY: choose one")
+        return self
+
+    @model_validator(mode="after")
+    def _check_mlflow_credentials(self) -> Settings:
+        if (self.mlflow_tracking_username is None) != (self.mlflow_tracking_password is None):
+            raise ValueError(
+                "MAMMO_MLFLOW_TRACKING_USERNAME and MAMMO_MLFLOW_TRACKING_PASSWORD go together: "
+                "set both or neither"
+            )
         return self
 
     @property

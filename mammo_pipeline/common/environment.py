@@ -6,7 +6,10 @@ absolute (children may start in another directory); a field that is unset remove
 ``MAMMO_<FIELD>`` inherited from the parent, so a child never sees a value the parent's
 settings did not have. ``BENTOML_HOME`` (BentoML's own variable) follows
 ``settings.bentoml_store`` and the repository root is put on ``PYTHONPATH`` (the service
-module ``serving/`` and the DAGs import from it). The caller's environment is not changed.
+module ``serving/`` and the DAGs import from it). MLflow credentials in the settings are also
+handed over as MLflow's own ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, which
+MLflow's client reads in the child (without them, inherited values pass through unchanged).
+The caller's environment is not changed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from pydantic import SecretStr
 
 from mammo_pipeline.common.mlflow_access import artifact_root_uri, store_uri
 from mammo_pipeline.config import CONFIG_FILE_ENV, Settings
@@ -41,6 +46,8 @@ def settings_env(
         if value is None:
             env.pop(key, None)
             continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         if name == "mlflow_tracking_uri":
             value = store_uri(str(value))
         elif name == "mlflow_artifact_location" and value and "://" not in str(value):
@@ -49,6 +56,9 @@ def settings_env(
     # The file's values are all in the variables above; a child must not re-read a relative
     # path from another directory.
     env.pop(CONFIG_FILE_ENV, None)
+    if settings.mlflow_tracking_username and settings.mlflow_tracking_password:
+        env["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_tracking_username
+        env["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_tracking_password.get_secret_value()
     env["BENTOML_HOME"] = str(settings.bentoml_store.resolve())
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
