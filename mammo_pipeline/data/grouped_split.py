@@ -187,6 +187,8 @@ def assign_validation(
         raise DataError(None, "the same file is given twice to the train/validation split")
     corpus = hash_files(files, progress=progress)
     n = corpus.hashes.shape[0]
+    if n == 0:
+        raise DataError(None, "the files given to the train/validation split hold no records")
     pairs = close_pairs(corpus.hashes, None, max_distance)
     group_of = union_find_groups(n, pairs.left, pairs.right)
     roots, inverse = np.unique(group_of, return_inverse=True)
@@ -196,7 +198,7 @@ def assign_validation(
     first_of_group = order[np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]]
     group_keys = keys[first_of_group]
     group_is_val = np.array([_side_value(k, seed) < val_fraction for k in group_keys], bool)
-    is_val = group_is_val[inverse] if n else np.zeros(0, dtype=bool)
+    is_val = group_is_val[inverse]
     positives = corpus.positives
     off = corpus.offsets
     return SplitAssignment(

@@ -414,7 +414,7 @@ def close_pairs(
     differing bits spare one chunk (in the benchmark's threshold study this found every
     near-copy pair the exhaustive search found). ``exhaustive=True`` also probes chunks that
     differ in up to ``max_distance // 8`` bits, which finds every pair within
-    ``max_distance``, at several times the cost (5x on 8,000 random tiles in the benchmark).
+    ``max_distance``, at several times the cost (5-7x on 8,000 random tiles in the benchmark).
     """
     if not 0 <= max_distance < HASH_BITS:
         raise ValueError(f"max_distance must be within 0..{HASH_BITS - 1}")
