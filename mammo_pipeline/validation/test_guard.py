@@ -48,6 +48,8 @@ _BATCH = 256
 class TestCopy:
     """An incoming tile that copies test tile ``index`` of ``test_file``."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     test_file: str
     index: int
     distance: int
@@ -60,6 +62,8 @@ class TestCopy:
 
 class TestGuard:
     """An index of the held-out test tiles (see the module docstring)."""
+
+    __test__ = False  # not a pytest test class, despite the name
 
     def __init__(
         self,
