@@ -5,6 +5,8 @@ Wiring only; the logic lives in ``mammo_pipeline.orchestration.tasks``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pendulum
 from airflow.sdk import Param, dag, task
 
@@ -27,31 +29,40 @@ from mammo_pipeline.orchestration.params import SERVING_QUEUE
             None,
             type=["null", "integer"],
             minimum=1,
-            description="version to deploy (empty: the current champion)",
+            description="vetted version to deploy (empty: the current champion); a non-champion "
+            "becomes the champion by your recorded approval",
         ),
         "reason": Param(
             "manual redeploy",
             type="string",
             minLength=3,
-            description="recorded on the model version",
+            description="why (recorded on the model version with your name)",
         ),
     },
     tags=["mammo", "serving"],
     doc_md="""
 ### Redeploy or roll back the served model
 
-Manual only. `action=deploy` makes `version` (or the current champion) the champion and
-deploys it blue/green: the new service starts beside the live one, is smoke-tested, then
-takes over. `action=rollback` moves `champion` back to `previous` and deploys it. Every
+Manual only. `action=deploy` deploys the current champion, or `version`, blue/green: the new
+service starts beside the live one, is smoke-tested, then takes over. Only vetted versions
+are served (`gate=passed`, or `gate=manual` with a recorded approval); an unvetted `version`
+fails the run with the reason. A vetted `version` that is not the champion becomes the
+champion by the approval of the user who triggered this run (recorded as the reviewer, with
+`reason`); a run that names no triggering user is refused (use `mammo registry approve`).
+`action=rollback` moves `champion` back to `previous` (itself vetted) and deploys it. Every
 action is recorded as tags on the model version (who, when, why).
 """,
 )
 def mammo_deploy():
     @task(queue=SERVING_QUEUE)
-    def redeploy(params: dict | None = None) -> dict:
+    def redeploy(params: dict | None = None, dag_run: Any = None) -> dict:
         from mammo_pipeline.orchestration.tasks import manual_deploy
 
-        return manual_deploy(params or {})
+        return manual_deploy(
+            params or {},
+            triggered_by=getattr(dag_run, "triggering_user_name", None),
+            run_id=getattr(dag_run, "run_id", None),
+        )
 
     redeploy()
 

@@ -83,6 +83,18 @@ class Settings(BaseSettings):
         0.02, ge=0.0, le=1.0, description="largest loss allowed vs champion and baseline"
     )
     require_approval: bool = False
+    approvers: tuple[str, ...] = Field(
+        (),
+        description="Airflow user ids who may answer the approval of a candidate in "
+        "mammo_retrain (empty: anyone allowed to act on the DAG)",
+    )
+    approval_timeout_hours: float = Field(
+        168.0,
+        gt=0.0,
+        le=24 * 365,
+        description="how long a candidate waits for approval in Airflow; no answer by "
+        "then is recorded as a rejection (Reject is the default answer)",
+    )
     gate_lower_bound: bool = Field(
         False,
         description="absolute thresholds must be cleared by the Wilson lower bound, "

@@ -1,38 +1,52 @@
 """Task-level functions the Airflow DAGs call: each takes and returns JSON-serialisable values
 (XCom), reads the settings itself, and raises ``AirflowSkipException`` with a reason when a
-step has nothing to do. The DAG files only wire these together.
+step has nothing to do, or ``AirflowFailException`` with a one-line reason when it must stop
+the run. The DAG files only wire these together.
+
+The promotion policy belongs to the deployment (``MAMMO_*`` settings): a run's parameters may
+only tighten it (``check_policy`` refuses a looser one before anything is trained, and the
+gate receives them as ``requested`` values), a person's approval in Airflow goes through the
+registry's re-check (``approve``) with the Airflow user recorded as the reviewer, and a manual
+deploy serves only vetted versions.
 
 Heavy libraries are imported inside the functions so that DAG parsing stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NoReturn
 
 from mammo_pipeline.config import Settings, get_settings
-from mammo_pipeline.orchestration.params import RETRAIN_PARAM_SCHEMAS, params_to_overrides
+from mammo_pipeline.errors import MammoError
+from mammo_pipeline.orchestration.params import (
+    APPROVAL_TASK,
+    APPROVE,
+    REJECT,
+    REVIEW_REASON_PARAM,
+    policy_request,
+    training_overrides,
+)
 
 
-def _skip(reason: str) -> None:
+def _skip(reason: str) -> NoReturn:
     from airflow.sdk.exceptions import AirflowSkipException
 
     raise AirflowSkipException(reason)
 
 
-def _settings(params: dict[str, Any] | None = None) -> Settings:
-    """The configured settings, with the trigger's non-empty parameters applied (every
-    trigger parameter is a settings field; the Params' JSON Schema already checked them)."""
-    from mammo_pipeline.overrides import apply_overrides
+def _fail(reason: str) -> NoReturn:
+    """End the task (no retry) with a message meant for a person."""
+    from airflow.sdk.exceptions import AirflowFailException
 
-    return apply_overrides(
-        get_settings(), params_to_overrides(params), allowed=RETRAIN_PARAM_SCHEMAS
-    )
+    print(f"ERROR: {reason}")
+    raise AirflowFailException(reason)
 
 
-def _training_overrides(params: dict[str, Any] | None) -> dict[str, Any]:
-    from mammo_pipeline.overrides import TRAINING_OVERRIDES
-
-    return {k: v for k, v in params_to_overrides(params).items() if k in TRAINING_OVERRIDES}
+def _data_kind(synthetic: bool | None) -> str:
+    if synthetic is None:
+        return "data of unknown origin"
+    return "SYNTHETIC data" if synthetic else "real data"
 
 
 # ------------------------------------------------------------------ mammo_validate_incoming
@@ -53,6 +67,26 @@ def new_validated_files_or_skip(result: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------ mammo_retrain
+def check_policy(params: dict[str, Any] | None) -> dict[str, Any]:
+    """First task of a run: the trigger's training values must be valid settings and its
+    policy values may only tighten the deployment's policy; otherwise the run fails here,
+    before anything is trained, with the reason in the log."""
+    from mammo_pipeline.overrides import apply_overrides
+    from mammo_pipeline.registry.policy import GatePolicy, tightened
+
+    s = get_settings()
+    requested = policy_request(params)
+    try:
+        apply_overrides(s, training_overrides(params))
+        policy = tightened(GatePolicy.from_settings(s), requested)
+    except MammoError as exc:
+        _fail(f"mammo_retrain refused its parameters, nothing was trained: {exc}")
+    print(f"gate policy of this run: {policy.describe()}")
+    if requested:
+        print(f"tightened by the trigger's parameters: {requested}")
+    return {"policy": policy.to_dict(), "requested": requested}
+
+
 def snapshot_validated() -> dict[str, Any]:
     """Manifest (sha256 of every file) of the validated data the run will train on."""
     from mammo_pipeline.data.manifest import build_manifest
@@ -65,7 +99,7 @@ def snapshot_validated() -> dict[str, Any]:
     path = manifest.write(s.reports / "manifests" / f"{manifest.sha256}.json")
     print(
         f"snapshot {manifest.sha256[:12]}: {len(manifest.files)} files, "
-        f"{manifest.total_records} records -> {path}"
+        f"{manifest.total_records} records ({_data_kind(manifest.synthetic)}) -> {path}"
     )
     return {"manifest_path": str(path), **manifest.to_dict()}
 
@@ -80,7 +114,7 @@ def train_candidate(
     result = train_model(
         s,
         manifest=DataManifest.from_dict(manifest),
-        overrides=_training_overrides(params),
+        overrides=training_overrides(params),
         airflow_run_id=airflow_run_id,
         evaluate=False,
     )
@@ -114,85 +148,250 @@ def register_candidate(evaluated: dict[str, Any], airflow_run_id: str | None = N
 
 
 def gate_candidate(registered: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """Gate the version, tag the verdict, move aliases (pass: champion, unless a human must
-    approve first; fail: challenger). A failed gate is a result, not an error."""
-    from mammo_pipeline.registry import gate_and_apply
+    """Gate the version under the deployment's policy, tightened by the trigger's policy
+    parameters, tag the verdict and move aliases (pass: champion, or challenger awaiting
+    approval when a person must approve; fail: challenger). A failed gate is a result, not
+    an error."""
+    from mammo_pipeline.registry import GatePolicy, gate_and_apply
+    from mammo_pipeline.registry.report_html import checks_text, statistics_lines
 
-    s = _settings(params)
-    decision, promotion = gate_and_apply(
-        s,
-        registered["version"],
-        min_precision=s.min_precision,
-        min_recall=s.min_recall,
-        airflow_run_id=registered.get("airflow_run_id"),
-    )
-    d = decision.to_dict()
-    lines = [f"version {registered['version']}: gate {'PASSED' if decision.passed else 'FAILED'}"]
-    for check in d.get("checks", []):
-        lines.append(
-            f"- {'PASS' if check.get('passed') else 'FAIL'} {check.get('name')}: "
-            f"{check.get('observed')} {check.get('op', '')} {check.get('threshold')}"
+    s = get_settings()
+    version = str(registered["version"])
+    try:
+        decision, promotion = gate_and_apply(
+            s,
+            version,
+            requested=policy_request(params),
+            airflow_run_id=registered.get("airflow_run_id"),
         )
+    except MammoError as exc:
+        _fail(f"gating version {version} failed: {exc}")
+    policy = GatePolicy(**decision.policy) if decision.policy else GatePolicy.from_settings(s)
+    passed = promotion.verdict == "passed"
+    synthetic = (decision.statistics or {}).get("synthetic")
+    lines = [
+        f"{s.registered_model_name} version {version} ({_data_kind(synthetic)}): "
+        f"gate {'PASSED' if passed else 'FAILED'}",
+        f"policy: {policy.describe()}",
+        checks_text(decision.checks),
+        *statistics_lines(decision),
+    ]
+    lines += [f"- {reason}" for reason in promotion.reasons]
+    if promotion.awaiting_approval:
+        lines.append(f"version {version} is 'challenger' and awaits a person's approval")
     summary = "\n".join(lines)
     print(summary)
     return {
-        "version": str(registered["version"]),
-        "passed": bool(decision.passed),
-        "require_approval": bool(s.require_approval),
-        "decision": d,
+        "version": version,
+        "passed": passed,
+        "awaiting_approval": bool(promotion.awaiting_approval),
+        "require_approval": bool(policy.require_approval),
+        "policy": policy.to_dict(),
+        "synthetic": synthetic,
+        "reasons": list(promotion.reasons),
         "promotion": promotion.to_dict(),
         "summary": summary,
     }
 
 
-def route_after_gate(decision: dict[str, Any], params: dict[str, Any]) -> str:
+def route_after_gate(decision: dict[str, Any]) -> str:
     if not decision["passed"]:
         return "report_gate_failure"
-    return "await_approval" if decision.get("require_approval") else "approval_not_required"
+    return APPROVAL_TASK if decision.get("awaiting_approval") else "approval_not_required"
 
 
 def report_gate_failure(decision: dict[str, Any]) -> dict[str, Any]:
     """Ends a run whose candidate failed the gate green, with the decision in the log."""
     print(decision["summary"])
     print(f"version {decision['version']} is now 'challenger'; nothing is deployed.")
+    return {"version": decision["version"], "gate": "failed", "reasons": decision["reasons"]}
+
+
+# --------------------------------------------------------- the review (Approve / Reject)
+def review_record(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The reviewer's answer to the approval task, JSON-serialisable (kept in its XCom):
+    the option chosen, the form's values, who answered (None when nobody did and the
+    default answer was applied at the timeout) and when."""
+    chosen = list(event.get("chosen_options") or [])
+    at = event.get("responded_at")
+    user = event.get("responded_by_user")
     return {
-        "version": decision["version"],
-        "gate": "failed",
-        "reasons": decision["decision"].get("reasons", []),
+        "chosen": chosen[0] if len(chosen) == 1 else None,
+        "chosen_options": chosen,
+        "params_input": dict(event.get("params_input") or {}),
+        "responded_by_user": dict(user) if user else None,
+        "responded_at": at.isoformat() if hasattr(at, "isoformat") else at,
+        "timed_out": bool(event.get("timedout")),
     }
 
 
-def promote_candidate(decision: dict[str, Any]) -> dict[str, Any]:
-    """Make the candidate champion (after approval when one was required)."""
-    from mammo_pipeline.registry import approve
+def reviewer_identity(review: Mapping[str, Any] | None) -> str | None:
+    """The Airflow user who answered: their name, with the id when it differs."""
+    user = (review or {}).get("responded_by_user") or {}
+    name = str(user.get("name") or "").strip()
+    uid = str(user.get("id") or "").strip()
+    if name and uid and name != uid:
+        return f"{name} (Airflow user id {uid})"
+    return name or uid or None
 
-    if not decision.get("passed"):
-        _skip(f"gate failed for version {decision.get('version')}: nothing to promote")
-    if decision.get("require_approval"):
-        result = approve(
-            get_settings(), decision["version"], reason="approved in Airflow (await_approval)"
+
+def _review_reason(review: Mapping[str, Any], default: str) -> str:
+    text = str((review.get("params_input") or {}).get(REVIEW_REASON_PARAM) or "").strip()
+    return text or default
+
+
+def _no_longer_awaiting(version: str, tags: Mapping[str, str]) -> str | None:
+    """Why an approval given in Airflow may not promote ``version`` now (None: it may)."""
+    if tags.get("review") == "rejected":
+        return (
+            f"v{version} was rejected by {tags.get('review_by', '?')} "
+            f"({tags.get('review_reason', '')}) since the gate ran"
         )
-        return {"version": decision["version"], "promotion": result.to_dict()}
-    return {"version": decision["version"], "promotion": decision.get("promotion", {})}
+    if tags.get("gate") != "passed" or tags.get("awaiting_approval") != "true":
+        return (
+            f"v{version} no longer awaits approval (gate={tags.get('gate', 'none')}, "
+            f"awaiting_approval={tags.get('awaiting_approval', 'false')})"
+        )
+    return None
+
+
+def promote_candidate(
+    decision: dict[str, Any], review: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Make the candidate champion. Without a required approval the gate already did; with
+    one, the Airflow approver's answer goes through the registry's ``approve`` (which
+    re-gates when the champion or baseline changed since), recorded under their name."""
+    from mammo_pipeline.common.mlflow_access import mlflow_client
+    from mammo_pipeline.registry import approve, registry_lock
+    from mammo_pipeline.registry.store import get_version, mlflow_errors
+
+    version = str(decision.get("version"))
+    if not decision.get("passed"):
+        _skip(f"gate failed for version {version}: nothing to promote")
+    if not decision.get("awaiting_approval"):
+        return {"version": version, "approved_by": None, "promotion": decision["promotion"]}
+    if not review or review.get("chosen") != APPROVE:
+        _fail(f"no approval of version {version} was recorded in Airflow; nothing promoted")
+    who = reviewer_identity(review)
+    if who is None:
+        _fail(f"the approval of version {version} names no Airflow user; nothing promoted")
+    reason = _review_reason(review, "approved in Airflow")
+    s = get_settings()
+    try:
+        with registry_lock(s), mlflow_errors(f"approving version {version}"):
+            mv = get_version(mlflow_client(s), s.registered_model_name, version)
+            problem = _no_longer_awaiting(version, mv.tags or {})
+            if problem:
+                raise MammoError(f"{who}'s approval in Airflow cannot promote it: {problem}")
+            result = approve(s, version, reason=reason, who=who)
+    except MammoError as exc:
+        _fail(f"version {version} not promoted: {exc}")
+    print(result.message)
+    if result.champion_after != version:
+        _skip(f"approved by {who} but not promoted: {result.message}")
+    return {"version": version, "approved_by": who, "review": result.to_dict()}
+
+
+def record_rejection(
+    decision: dict[str, Any], review: dict[str, Any] | None, timeout_hours: float | None = None
+) -> dict[str, Any]:
+    """The reviewer chose Reject (or nobody answered before the timeout, whose default answer
+    is Reject): tag the version ``review=rejected`` with who and why; nothing is promoted."""
+    from mammo_pipeline.registry import reject
+
+    version = str(decision.get("version"))
+    if not review or review.get("chosen") != REJECT:
+        _fail(f"no rejection of version {version} was recorded in Airflow")
+    who = reviewer_identity(review)
+    if review.get("timed_out") or who is None:
+        after = f" within {timeout_hours:g} h" if timeout_hours else ""
+        who = "nobody (approval timed out)"
+        reason = _review_reason(review, f"no answer{after}: Reject is the default answer")
+    else:
+        reason = _review_reason(review, "rejected in Airflow")
+    try:
+        result = reject(get_settings(), version, reason=reason, who=who)
+    except MammoError as exc:
+        _fail(f"recording the rejection of version {version} failed: {exc}")
+    print(f"version {version} rejected by {who}: {reason}; nothing is promoted or deployed")
+    return {"version": version, "review": "rejected", "by": who, "reason": reason,
+            "result": result.to_dict()}  # fmt: skip
 
 
 def deploy_champion(promoted: dict[str, Any]) -> dict[str, Any]:
+    """Blue/green deploy of the promoted version; a failed deploy fails the task (the
+    service that was live keeps serving)."""
     from mammo_pipeline.serving.deploy import deploy_version
 
-    return deploy_version(get_settings(), promoted["version"]).to_dict()
+    result = deploy_version(get_settings(), promoted["version"])
+    print("\n".join(result.steps))
+    if not result.ok:
+        _fail(f"deploy of version {promoted['version']} failed: {result.message}")
+    return result.to_dict()
 
 
 # ------------------------------------------------------------------ mammo_deploy
-def manual_deploy(params: dict[str, Any]) -> dict[str, Any]:
-    from mammo_pipeline.registry import approve, rollback
+def manual_deploy(
+    params: dict[str, Any], triggered_by: str | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """``action=rollback``: champion back to ``previous`` (a vetted version), deployed.
+    ``action=deploy``: deploy the champion, or ``version``, which must be vetted (gate=passed
+    or an approved gate=manual); a vetted version that is not the champion is promoted by
+    the triggering user's recorded approval, and refused when the run names no user."""
+    from mammo_pipeline.registry import rollback
     from mammo_pipeline.serving.deploy import deploy_version
 
     s = get_settings()
-    reason = params.get("reason") or "manual redeploy"
-    if params.get("action") == "rollback":
-        changed = rollback(s, reason=reason)
-        return {"rollback": changed.to_dict(), "deploy": deploy_version(s).to_dict()}
+    reason = str(params.get("reason") or "manual redeploy").strip()
+    via = f"mammo_deploy run {run_id}" if run_id else "mammo_deploy"
+    out: dict[str, Any] = {}
     version = params.get("version")
-    if version is not None:
-        approve(s, version, reason=reason)
-    return {"deploy": deploy_version(s, version).to_dict()}
+    try:
+        if params.get("action") == "rollback":
+            who = triggered_by or f"unknown Airflow user ({via})"
+            out["rollback"] = rollback(s, reason=reason, who=who).to_dict()
+            version = None
+        elif version is not None:
+            version = str(version)
+            approval = _champion_for_manual_deploy(s, version, triggered_by, f"{reason} ({via})")
+            if approval is not None:
+                out["approval"] = approval
+    except MammoError as exc:
+        _fail(str(exc))
+    result = deploy_version(s, version)
+    print("\n".join(result.steps))
+    if not result.ok:
+        _fail(f"deploy failed: {result.message}")
+    out["deploy"] = result.to_dict()
+    return out
+
+
+def _champion_for_manual_deploy(
+    s: Settings, version: str, who: str | None, reason: str
+) -> dict[str, Any] | None:
+    """Make the vetted ``version`` the champion by ``who``'s recorded approval (None when it
+    already is); raise :class:`MammoError` for an unvetted version or an unknown user."""
+    from mammo_pipeline.common.mlflow_access import mlflow_client
+    from mammo_pipeline.registry import CHAMPION, approve, registry_lock, vetting_problem
+    from mammo_pipeline.registry.store import get_version, mlflow_errors, read_aliases
+
+    name = s.registered_model_name
+    client = mlflow_client(s)
+    with registry_lock(s), mlflow_errors(f"deploying {name!r} v{version}"):
+        mv = get_version(client, name, version)
+        problem = vetting_problem(version, mv.tags or {})
+        if problem:
+            raise MammoError(f"refusing to deploy: {problem}")
+        if read_aliases(client, name).get(CHAMPION) == version:
+            return None
+        if not who:
+            raise MammoError(
+                f"v{version} is not the champion and this run names no triggering user to "
+                f"record an approval: run `mammo registry approve {version} --reason TEXT`, "
+                "then trigger mammo_deploy without a version"
+            )
+        result = approve(s, version, reason=reason, who=who)
+    print(result.message)
+    if result.champion_after != version:
+        raise MammoError(f"v{version} was not promoted: {result.message}")
+    return result.to_dict()
