@@ -44,7 +44,7 @@ SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d49
 REQUIRED_SERVICES = {
     "postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
     "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu",
-    "mlflow", "bentoml", "proxy",
+    "mlflow", "mlflow-init", "bentoml", "proxy",
 }  # fmt: skip
 MUST_HAVE_HEALTHCHECK = {
     "postgres", "redis", "airflow-apiserver", "airflow-scheduler", "mlflow", "bentoml",
@@ -52,6 +52,8 @@ MUST_HAVE_HEALTHCHECK = {
     "proxy",
 }  # fmt: skip
 PROJECT_PROGRAMS = {"airflow", "mlflow", "mammo", "bentoml"}
+# ``python SCRIPT`` only for a script of the repository mounted by a compose config
+SCRIPT_PROGRAMS = {"python"}
 # the only other programs a shell script of ours may run (airflow-init)
 SHELL_UTILITIES = {"set", "mkdir", "umask", "printf", "echo", "exec"}
 # programs allowed in health checks of our image, besides the project's
@@ -369,6 +371,9 @@ def test_every_command_is_a_real_entry_point_of_the_project():
         program = argv[0]
         if program in SHELL_UTILITIES:
             continue
+        if program in SCRIPT_PROGRAMS:
+            problems += mounted_script_problems(name, argv)
+            continue
         if program not in PROJECT_PROGRAMS:
             problems.append(f"{name}: runs {program!r}, not a project entry point")
         elif program == "airflow":
@@ -396,6 +401,22 @@ def test_every_command_is_a_real_entry_point_of_the_project():
     assert not problems, "\n".join(problems)
 
 
+def mounted_script_problems(service: str, argv: list[str]) -> list[str]:
+    """``python SCRIPT``: SCRIPT must be a file of the repository mounted into ``service`` by
+    a compose config, and compile."""
+    mounted = {
+        c["target"]: compose()["configs"][c["source"]].get("file")
+        for c in compose()["services"][service].get("configs") or []
+    }
+    if len(argv) != 2 or argv[1] not in mounted or not mounted[argv[1]]:
+        return [f"{service}: {' '.join(argv)} does not run a script mounted from the repo"]
+    source = REPO / mounted[argv[1]]
+    if not source.is_file():
+        return [f"{service}: {source} does not exist"]
+    compile(source.read_text(), str(source), "exec")
+    return []
+
+
 def test_command_checker_catches_bad_commands():
     assert click_check(cli_group("mammo"), "mammo", ["serve"]) is None
     assert click_check(cli_group("mammo"), "mammo", ["srve"])
@@ -407,6 +428,8 @@ def test_command_checker_catches_bad_commands():
         )
     )
     assert set(errors) == {"celery wroker", "scheduler --nope"}, errors
+    assert mounted_script_problems("mlflow-init", ["python", "/opt/mammo-init/nope.py"])
+    assert mounted_script_problems("mlflow", ["python", "/etc/mlflow/basic_auth.ini"])
 
 
 def test_mlflow_is_a_tracking_server_on_postgres_serving_artifacts():
@@ -417,6 +440,13 @@ def test_mlflow_is_a_tracking_server_on_postgres_serving_artifacts():
     assert "--serve-artifacts" in argv and "--artifacts-destination" in argv
     backend = interpolate(mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"], env)
     assert backend.startswith("postgresql+psycopg2://") and "@postgres:5432/" in backend
+    # the databases are made by the postgres init script
+    initdb = compose()["configs"]["postgres-init"]["content"]
+    postgres_env = compose()["services"]["postgres"]["environment"]
+    for database in ("MLFLOW_DB_NAME", "MLFLOW_AUTH_DB_NAME"):
+        assert f"-v {database.lower().replace('mlflow_', 'mlf_').replace('_name', '')}=" in initdb
+        assert database in postgres_env, database
+    assert 'CREATE DATABASE :"mlf_auth_db" OWNER :"mlf_user";' in initdb
     common = compose()["x-airflow-common"]["environment"]
     assert common["MAMMO_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert common["MAMMO_MLFLOW_ARTIFACT_LOCATION"] == ""  # the server's artifact proxy
@@ -426,6 +456,153 @@ def test_mlflow_is_a_tracking_server_on_postgres_serving_artifacts():
     assert common["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith(
         "http://airflow-apiserver:8080/"
     )
+
+
+# ------------------------------------------------------------------------------ MLflow auth
+def load_auth_init():
+    """docker/mlflow_auth_init.py as a module (it is a script, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mlflow_auth_init", REPO / "docker" / "mlflow_auth_init.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def mlflow_auth_ini(env: dict[str, str]):
+    import configparser
+
+    mlflow = compose()["services"]["mlflow"]
+    (cfg,) = [c for c in mlflow["configs"] if c["source"] == "mlflow-basic-auth"]
+    assert mlflow["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == cfg["target"]
+    parser = configparser.ConfigParser()
+    parser.read_string(interpolate(compose()["configs"]["mlflow-basic-auth"]["content"], env))
+    return parser["mlflow"]
+
+
+def test_mlflow_runs_its_basic_auth_app_with_credentials_from_env():
+    env = env_example()
+    mlflow = compose()["services"]["mlflow"]
+    argv = [interpolate(a, env) for a in as_argv(mlflow["command"])]
+    assert argv[argv.index("--app-name") + 1] == "basic-auth"
+    ini = mlflow_auth_ini(env)
+    assert ini["default_permission"] in {"READ", "NO_PERMISSIONS"}, ini["default_permission"]
+    assert ini["authorization_function"].endswith(":authenticate_request_basic_auth")
+    # users live in PostgreSQL, in their own database; no password in the file (PGPASSWORD)
+    auth_db = ini["database_uri"]
+    assert auth_db.startswith("postgresql+psycopg2://") and "@postgres:5432/" in auth_db
+    netloc = auth_db.split("://", 1)[1].split("@", 1)[0]
+    assert ":" not in netloc, "the auth database URI carries a password"
+    assert auth_db.rsplit("/", 1)[1] == env["MLFLOW_AUTH_DB_NAME"]
+    assert auth_db != interpolate(mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"], env)
+    raw = mlflow["environment"]
+    for key, var in [
+        ("PGPASSWORD", "MLFLOW_DB_PASSWORD"),
+        ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_ADMIN_USER"),
+        ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_ADMIN_PASSWORD"),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_FLASK_SECRET_KEY"),
+    ]:
+        assert raw[key].startswith("${" + var), (key, raw[key])
+    # the admin's password reaches only the server and the one-shot that creates the users
+    holders = {
+        name for name, svc in compose()["services"].items()
+        if any("MLFLOW_ADMIN_PASSWORD" in v for _, v in walk_strings(svc.get("environment")))
+    }  # fmt: skip
+    assert holders == {"mlflow", "mlflow-init"}, holders
+
+
+def test_each_mlflow_client_has_its_own_user():
+    services = compose()["services"]
+    init = services["mlflow-init"]
+    assert as_argv(init["command"]) == ["python", init["configs"][0]["target"]]
+    assert init["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert init["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert init["environment"]["MLFLOW_TRACKING_USERNAME"].startswith("${MLFLOW_ADMIN_USER")
+    for role in ("WRITER", "SERVING", "REVIEWER"):
+        for part in ("USER", "PASSWORD"):
+            value = init["environment"][f"MLFLOW_{role}_{part}"]
+            assert value.startswith(f"${{MLFLOW_{role}_{part}"), value
+    # MLflow's own variables (MLflow's client reads them in-process; children inherit them)
+    expected = {
+        "airflow-worker": "WRITER", "airflow-worker-gpu": "WRITER", "bentoml": "SERVING",
+    }  # fmt: skip
+    for name, svc in services.items():
+        user = (svc.get("environment") or {}).get("MLFLOW_TRACKING_USERNAME")
+        password = (svc.get("environment") or {}).get("MLFLOW_TRACKING_PASSWORD")
+        if name == "mlflow-init":
+            continue
+        if name not in expected:
+            assert user is None and password is None, f"{name} has MLflow credentials"
+            continue
+        role = expected[name]
+        assert user.startswith(f"${{MLFLOW_{role}_USER"), (name, user)
+        assert password.startswith(f"${{MLFLOW_{role}_PASSWORD"), (name, password)
+        assert services[name]["depends_on"]["mlflow-init"]["condition"] == (
+            "service_completed_successfully"
+        )
+        assert services[name]["environment"]["MAMMO_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_auth_init_grants_and_refuses_placeholders():
+    init = load_auth_init()
+    model = "mammo-vgg16"
+    levels = {"READ": 1, "EDIT": 3, "MANAGE": 4}
+
+    def best(role: str, resource_type: str) -> int:
+        return max(
+            (levels[g.permission] for g in init.grants(role, model)
+             if g.resource_type == resource_type and g.pattern in ("*", model)),
+            default=0,
+        )  # fmt: skip
+
+    assert best("serving", "registered_model") == levels["READ"]
+    assert best("serving", "experiment") == levels["READ"]
+    assert best("writer", "registered_model") == best("writer", "experiment") == levels["MANAGE"]
+    assert best("reviewer", "registered_model") == levels["MANAGE"]
+    assert best("reviewer", "experiment") == levels["READ"]
+    # .env.example's values are placeholders: the init refuses them
+    env = {**env_example(), "MLFLOW_TRACKING_USERNAME": env_example()["MLFLOW_ADMIN_USER"]}
+    with pytest.raises(init.InitError, match="placeholder"):
+        init.users_from_env(env)
+    good = {k: ("x" * 20 + k if k.endswith("_PASSWORD") else v) for k, v in env.items()}
+    users = init.users_from_env(good)
+    assert set(users) == {"writer", "serving", "reviewer"}
+    with pytest.raises(init.InitError, match="shorter"):
+        init.users_from_env({**good, "MLFLOW_SERVING_PASSWORD": "short"})
+    with pytest.raises(init.InitError, match="distinct"):
+        init.users_from_env({**good, "MLFLOW_SERVING_USER": good["MLFLOW_WRITER_USER"]})
+    with pytest.raises(init.InitError, match="MLFLOW_REVIEWER_USER"):
+        init.users_from_env({k: v for k, v in good.items() if k != "MLFLOW_REVIEWER_USER"})
+
+
+def published(env: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """``{service: [(host_ip, host_port), ...]}`` of every published port."""
+    out = {}
+    for name, svc in compose()["services"].items():
+        for mapping in svc.get("ports") or []:
+            parts = interpolate(str(mapping), env).split(":")
+            assert len(parts) == 3, f"{name}: {mapping} publishes on every address"
+            out.setdefault(name, []).append((parts[0], parts[1]))
+    return out
+
+
+def test_every_port_is_published_on_loopback_by_default():
+    env = env_example()
+    ports = published(env)
+    assert set(ports) == {"mlflow", "airflow-apiserver", "proxy"}, ports
+    for without_bind in (env, {k: v for k, v in env.items() if not k.endswith("_BIND")}):
+        for name, pairs in published(without_bind).items():
+            assert all(ip == "127.0.0.1" for ip, _ in pairs), (name, pairs)
+    assert ports["mlflow"] == [("127.0.0.1", env["MLFLOW_PORT"])]
+    assert ports["airflow-apiserver"] == [("127.0.0.1", env["AIRFLOW_API_PORT"])]
+    # the variables really move them
+    moved = published({**env, "MAMMO_MLFLOW_BIND": "0.0.0.0", "MAMMO_AIRFLOW_BIND": "10.0.0.5"})
+    assert moved["mlflow"] == [("0.0.0.0", env["MLFLOW_PORT"])]
+    assert moved["airflow-apiserver"] == [("10.0.0.5", env["AIRFLOW_API_PORT"])]
 
 
 def test_no_literal_secrets_and_env_example_covers_every_variable():
