@@ -255,6 +255,11 @@ class RequestGuard:
             return await self._send_json(send, 200, service.describe())
         if path not in self.forms or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
+        service = _current
+        if service is None or not service.__is_ready__():
+            # answered here: BentoML replaces the message of any 5xx it answers itself
+            why = service.not_ready_reason if service is not None else "model not loaded yet"
+            return await self._send_json(send, 503, {"error": f"model not ready: {why}"})
         spec, limit = self.forms[path]
         length = headers.get(b"content-length")
         if length is not None:

@@ -1,0 +1,377 @@
+"""Hostile input against a real ``bentoml serve``: every case is a 4xx (none a 5xx), the
+service stays ready, peak RSS stays bounded; and a model that outputs NaN is never ready.
+
+The corpus: decompression bombs (one Pillow refuses itself, one only our cap refuses),
+oversize bodies with and without Content-Length, chunked bodies, truncated and zero-byte
+files, wrong fields, JSON bodies, long and path-like file names, 16-bit and 3-channel
+images (valid: 200), too many parts, a batch over the per-request pixel budget, bad DICOMs.
+The test prints its figures (cases, 2xx/4xx/5xx counts, peak RSS of the server tree).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from mammo_pipeline.config import Settings
+from tests.formats import SECRET_PATIENT_ID, dicom_bytes
+from tests.test_service import make_settings, register_model
+from tests.test_serving_io import bomb_png, encode
+
+pytestmark = pytest.mark.slow
+
+API_KEY = "hostile-key-9"
+MAX_UPLOAD = 256 * 1024
+MAX_PIXELS = 1_000_000
+MAX_BATCH = 4
+RSS_BOUND = int(2.5 * 1024**3)
+
+
+def _start(settings: Settings, root: Path):
+    from mammo_pipeline.common.net import free_port
+    from mammo_pipeline.common.processes import spawn
+    from mammo_pipeline.serving import backend
+
+    port = free_port()
+    log = root / "server.log"
+    proc = spawn(
+        backend.serve_command("127.0.0.1", port),
+        env=backend.child_env(settings, None),
+        log=log,
+        cwd=backend.REPO_ROOT,
+    )
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+class RssSampler:
+    """Peak RSS (bytes) of a process and its children, sampled every 50 ms in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._sample())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    from mammo_pipeline.serving import backend
+
+    root = tmp_path_factory.mktemp("hostile")
+    settings = make_settings(
+        root,
+        api_key=API_KEY,
+        max_upload_bytes=MAX_UPLOAD,
+        max_image_pixels=MAX_PIXELS,
+        serve_max_batch_size=MAX_BATCH,
+    )
+    version = register_model(settings, seed=5)
+    proc, url, log = _start(settings, root)
+    try:
+        backend.wait_ready(url, proc.pid, 180, log)
+        client = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=60)
+        yield {"url": url, "client": client, "pid": proc.pid, "log": log, "version": version}
+        client.close()
+    finally:
+        backend.stop_process(proc.pid)
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "xyzzy") -> bytes:
+    out = []
+    for name, filename, data in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out.append(f"--{boundary}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data)
+        out.append(b"\r\n")
+    out.append(f"--{boundary}--\r\n".encode())
+    return b"".join(out)
+
+
+def _corpus() -> list[tuple[str, str, dict[str, Any], int | tuple[int, int]]]:
+    """(name, route, httpx kwargs, expected status or (low, high) range)."""
+    rng = np.random.default_rng(1)
+    png = encode(rng.integers(0, 256, (64, 64), dtype=np.uint8), "PNG")
+    png16 = encode(rng.integers(0, 65536, (64, 64), dtype=np.uint16), "PNG")
+    rgb = encode(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "PNG")
+    big_ok = encode(np.zeros((590, 590), np.uint8), "PNG")  # 348k px each, tiny file
+    mp = "multipart/form-data; boundary=xyzzy"
+    tile = (rng.integers(0, 4096, (64, 64))).astype(np.uint16)
+    good_dicom = dicom_bytes(tile, bits_stored=12)
+
+    def chunked(total: int, piece: int = 16 * 1024):
+        head = b'--xyzzy\r\nContent-Disposition: form-data; name="image"; filename="a"\r\n\r\n'
+
+        def gen():
+            yield head
+            sent = 0
+            while sent < total:
+                yield b"\0" * piece
+                sent += piece
+            yield b"\r\n--xyzzy--\r\n"
+
+        return gen()
+
+    def chunked_png():
+        body = _multipart([("image", "a.png", png)])
+        yield body[:50]
+        yield body[50:]
+
+    four_xx = (400, 499)
+    cases: list[tuple[str, str, dict[str, Any], int | tuple[int, int]]] = [
+        ("bomb png 50000^2 (Pillow's own guard)", "/predict",
+         {"files": {"image": ("b.png", bomb_png())}}, 413),
+        ("bomb png 1500^2 (our cap only)", "/predict",
+         {"files": {"image": ("b.png", bomb_png(1500, 1000))}}, 413),
+        ("oversize body with Content-Length", "/predict",
+         {"files": {"image": ("a.npy", b"\x93NUMPY" + b"\0" * (MAX_UPLOAD + 70_000))}}, 413),
+        ("oversize chunked body (no Content-Length)", "/predict",
+         {"content": chunked(MAX_UPLOAD + 100_000), "headers": {"content-type": mp}}, 413),
+        ("oversize chunked /analyze", "/analyze",
+         {"content": chunked(MAX_UPLOAD + 100_000), "headers": {"content-type": mp}}, 413),
+        ("small chunked body", "/predict",
+         {"content": chunked_png(), "headers": {"content-type": mp}}, 200),
+        ("truncated png", "/predict", {"files": {"image": ("a.png", png[:40])}}, 400),
+        ("zero-byte file", "/predict", {"files": {"image": ("a.png", b"")}}, 400),
+        ("zero-byte body", "/predict", {"content": b""}, four_xx),
+        ("wrong field name", "/predict", {"files": {"picture": ("a.png", png)}}, 400),
+        ("wrong field name /analyze", "/analyze", {"files": {"img": ("a.png", png)}}, 400),
+        ("text field instead of file", "/predict", {"data": {"image": "http://x/y"}}, four_xx),
+        ("json body", "/predict", {"json": {"image": "/etc/passwd"}}, 415),
+        ("json body /analyze", "/analyze", {"json": {"image": "x"}}, 415),
+        ("raw png body", "/predict",
+         {"content": png, "headers": {"content-type": "image/png"}}, 415),
+        ("multipart without boundary", "/predict",
+         {"content": b"zz", "headers": {"content-type": "multipart/form-data"}}, 400),
+        ("multipart without closing boundary", "/predict",
+         {"content": _multipart([("image", "a", png)])[:-12], "headers": {"content-type": mp}},
+         400),
+        ("file name of 300 characters", "/predict",
+         {"files": {"image": ("x" * 296 + ".png", png)}}, 200),
+        ("file name of 1000 characters", "/analyze",
+         {"files": {"image": ("y" * 1000, png)}}, (200, 499)),  # noise: scored or 422
+        ("path-like file name ../../x", "/predict",
+         {"files": {"image": ("../../x", png)}}, 200),
+        ("absolute file name /etc/passwd", "/predict",
+         {"files": {"image": ("/etc/passwd", png)}}, 200),
+        ("file name with NUL and newline", "/predict",
+         {"content": _multipart([("image", "a\0b\nc", png)]),
+          "headers": {"content-type": mp}}, 200),
+        ("16-bit png (valid)", "/predict", {"files": {"image": ("a.png", png16)}}, 200),
+        ("3-channel png (valid)", "/predict", {"files": {"image": ("a.png", rgb)}}, 200),
+        ("too many parts", "/predict",
+         {"content": _multipart([("image", "a", png)] + [("x", None, b"1")] * 40),
+          "headers": {"content-type": mp}}, four_xx),
+        ("too many parts in a batch", "/predict_batch",
+         {"files": [("images", ("a.png", png))] * (MAX_BATCH + 3)}, 413),
+        ("two files for /predict", "/predict",
+         {"files": [("image", ("a.png", png)), ("image", ("b.png", png))]}, 400),
+        ("batch over the per-request pixel budget", "/predict_batch",
+         {"files": [("images", ("a.png", big_ok))] * MAX_BATCH}, 413),
+        ("unknown analyze field", "/analyze",
+         {"files": {"image": ("a.png", png)}, "data": {"evil": "1"}}, 400),
+        ("analyze bad spacing", "/analyze",
+         {"files": {"image": ("a.png", png)}, "data": {"pixel_spacing_mm": "-1"}}, four_xx),
+        ("analyze spacing not a number", "/analyze",
+         {"files": {"image": ("a.png", png)}, "data": {"pixel_spacing_mm": "abc"}}, four_xx),
+        ("dicom without pixel data", "/predict",
+         {"files": {"image": ("a.dcm", dicom_bytes(None))}}, 422),
+        ("dicom unsupported transfer syntax", "/predict",
+         {"files": {"image": ("a.dcm", dicom_bytes(
+             tile, transfer_syntax="1.2.826.0.1.3680043.9.9999.42",
+             encapsulated_frames=[b"\x00\x01"]))}}, 415),
+        ("dicom truncated", "/predict",
+         {"files": {"image": ("a.dcm", good_dicom[: len(good_dicom) // 2])}}, four_xx),
+        ("dicom magic, garbage after", "/predict",
+         {"files": {"image": ("a", b"\0" * 128 + b"DICM" + b"\xff" * 64)}}, four_xx),
+        (".dcm name without DICOM preamble", "/predict",
+         {"files": {"image": ("a.dcm", png)}}, four_xx),
+        ("12-bit dicom tile (valid)", "/predict",
+         {"files": {"image": ("a.dcm", good_dicom)}}, 200),
+        ("npy object array", "/predict",
+         {"files": {"image": ("a.npy", b"\x93NUMPY\x01\x00" + b"\xff" * 50)}}, 400),
+    ]  # fmt: skip
+    return cases
+
+
+def test_hostile_corpus_gets_4xx_never_5xx_and_bounded_memory(server: dict[str, Any]) -> None:
+    client: httpx.Client = server["client"]
+    results: list[tuple[str, int, str]] = []
+    wrong: list[str] = []
+    cases = _corpus()
+    with RssSampler(server["pid"]) as rss:
+        for name, route, kwargs, expected in cases:
+            try:
+                resp = client.post(route, **kwargs)
+                status, text = resp.status_code, resp.text
+            except httpx.HTTPError as exc:  # a server that drops the connection is wrong too
+                status, text = 599, f"{type(exc).__name__}: {exc}"
+            results.append((name, status, text))
+            lo, hi = expected if isinstance(expected, tuple) else (expected, expected)
+            if not lo <= status <= hi:
+                wrong.append(f"{name}: HTTP {status} (expected {expected}) {text[:200]}")
+            elif status >= 400:
+                body = resp.json()
+                if not isinstance(body, dict) or not body.get("error"):
+                    wrong.append(f"{name}: error body is not {{'error': ...}}: {text[:200]}")
+    counts = {k: sum(1 for _, s, _ in results if k * 100 <= s < k * 100 + 100) for k in (2, 4, 5)}
+    print(
+        f"\nhostile corpus: {len(cases)} cases, 2xx {counts[2]}, 4xx {counts[4]}, "
+        f"5xx {counts[5]}; peak RSS of the server tree {rss.peak / 2**20:.0f} MiB "
+        f"(bound {RSS_BOUND / 2**20:.0f} MiB; tiny model, SYNTHETIC/random inputs)"
+    )
+    for name, status, _ in results:
+        print(f"  {status}  {name}")
+    assert not wrong, "\n".join(wrong)
+    assert counts[5] == 0
+    assert rss.peak < RSS_BOUND
+    assert httpx.get(f"{server['url']}/readyz").status_code == 200
+
+    by_name = {name: text for name, _, text in results}
+    # messages a person can act on
+    assert "expected a file in multipart/form-data field 'image'" in by_name["wrong field name"]
+    assert "expected a file" in by_name["json body"]
+    for bomb in ("bomb png 50000^2 (Pillow's own guard)", "bomb png 1500^2 (our cap only)"):
+        assert f"limit of {MAX_PIXELS} pixels" in by_name[bomb], by_name[bomb]
+        assert "max_image_pixels" in by_name[bomb]
+    assert "no pixel data" in by_name["dicom without pixel data"]
+    assert "transfer syntax" in by_name["dicom unsupported transfer syntax"]
+    assert "per-request budget" in by_name["batch over the per-request pixel budget"]
+    assert SECRET_PATIENT_ID not in server["log"].read_text(errors="replace")
+
+
+def test_the_service_logs_whether_auth_is_on(server: dict[str, Any]) -> None:
+    assert "authentication ON" in server["log"].read_text(errors="replace")
+
+
+# --- a model that outputs NaN ---------------------------------------------------------------
+def _register_nan_model(settings: Settings) -> str:
+    """A tiny model whose output bias is NaN (so every output is NaN), registered vetted."""
+    import mlflow
+
+    from mammo_pipeline.common.mlflow_access import configure_mlflow
+    from tests.test_service import tiny_model
+
+    model = tiny_model(7)
+    dense = model.layers[-1]
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel, np.full_like(bias, np.nan)])
+    assert np.isnan(model.predict(np.zeros((1, 32, 32, 1)), verbose=0)).all()
+    configure_mlflow(settings)
+    with mlflow.start_run():
+        info = mlflow.keras.log_model(
+            model, name="model", metadata={"decision_threshold": 0.5, "image_size": 32}
+        )
+    mv = mlflow.register_model(info.model_uri, settings.registered_model_name)
+    client = mlflow.MlflowClient(
+        settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
+    name = settings.registered_model_name
+    client.set_model_version_tag(name, mv.version, "decision_threshold", "0.5")
+    client.set_model_version_tag(name, mv.version, "gate", "passed")
+    client.set_registered_model_alias(name, "champion", mv.version)
+    return str(mv.version)
+
+
+def test_a_nan_model_is_never_ready_and_fails_the_smoke_test(tmp_path: Path) -> None:
+    from mammo_pipeline.serving import backend
+    from mammo_pipeline.serving.smoke import smoke_image, smoke_test
+    from mammo_pipeline.serving.state import DeployError
+
+    settings = make_settings(tmp_path, auth="none")
+    version = _register_nan_model(settings)
+    proc, url, log = _start(settings, tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while "self-check failed" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            time.sleep(0.5)
+        for _ in range(50):  # the HTTP server comes up just after the service's __init__
+            try:
+                if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        text = log.read_text(errors="replace")
+        assert "authentication OFF" in text
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        resp = httpx.post(f"{url}/predict", files={"image": ("s.png", smoke_image())})
+        assert resp.status_code == 503, resp.text
+        assert "self-check" in resp.json()["error"] and "nan" in resp.json()["error"].lower()
+        assert httpx.get(f"{url}/model").status_code == 503
+        metrics = httpx.get(f"{url}/metrics").text
+        line = [ln for ln in metrics.splitlines() if ln.startswith("mammo_nonfinite_scores")]
+        assert any('endpoint="self_check"' in ln and float(ln.split()[-1]) >= 1 for ln in line), (
+            line
+        )
+        with pytest.raises(DeployError, match="model outputs NaN on the smoke image"):
+            smoke_test(settings, url, version)
+    finally:
+        backend.stop_process(proc.pid)
+
+
+def test_smoke_test_names_nan_from_the_in_process_model(tmp_path: Path) -> None:
+    """A service that answers a number while the registry's model gives NaN in process."""
+    import json
+    import socketserver
+    from http.server import BaseHTTPRequestHandler
+
+    from mammo_pipeline.serving.smoke import smoke_test
+    from mammo_pipeline.serving.state import DeployError
+
+    settings = make_settings(tmp_path, auth="none")
+    version = _register_nan_model(settings)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's API
+            self.rfile.read(int(self.headers["content-length"]))
+            body = json.dumps({"probability": 0.4, "model_version": version}).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with socketserver.TCPServer(("127.0.0.1", 0), Handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        try:
+            with pytest.raises(DeployError, match="model outputs NaN on the smoke image"):
+                smoke_test(settings, url, version)
+        finally:
+            httpd.shutdown()
