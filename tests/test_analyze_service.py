@@ -200,4 +200,5 @@ def test_cli_predict_writes_the_heatmap(served: dict[str, Any], tmp_path: Path, 
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)
     result = CliRunner().invoke(app, ["predict", str(bad), "--url", served["url"]])
-    assert result.exit_code != 0 and "bad.dcm" in result.output
+    message = result.output + str(result.exception or "")
+    assert result.exit_code != 0 and "bad.dcm" in message and "no pixel data" in message
