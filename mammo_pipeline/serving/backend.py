@@ -63,11 +63,16 @@ def log_tail(log: Path | None, lines: int = 5) -> str:
     return " | ".join(line.strip()[:300] for line in text[-lines:])
 
 
+#: Lines of a service log that mean it will never become ready (fail the deploy at once).
+STARTUP_FAILURES = ("Application startup failed", "self-check failed")
+
+
 def _startup_failed(log: Path) -> bool:
     try:
-        return "Application startup failed" in log.read_text(errors="replace")
+        text = log.read_text(errors="replace")
     except OSError:
         return False
+    return any(marker in text for marker in STARTUP_FAILURES)
 
 
 def wait_ready(url: str, pid: int, timeout: float, log: Path | None = None) -> None:
