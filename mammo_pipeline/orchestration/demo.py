@@ -274,6 +274,7 @@ def report(settings: Settings) -> bool:
         )
         say(f"prediction for a SYNTHETIC positive tile ({sample.name}): {out.stdout.strip()}")
         served = out.returncode == 0
+        analyze_whole_film(url)
     except OSError as exc:
         say(f"the service at {url} did not answer: {exc}")
         served = False
@@ -290,6 +291,42 @@ def report(settings: Settings) -> bool:
     say("    mammo registry list")
     say("Stop everything with: make stop")
     return served
+
+
+def analyze_whole_film(url: str) -> None:
+    """Whole-mammogram analysis on the live service: a SYNTHETIC 2000x1200 film with a planted
+    mass goes through ``mammo predict --heatmap`` (``POST /analyze``)."""
+    from PIL import Image
+
+    from mammo_pipeline.data.synthetic_film import make_film
+
+    film = make_film(2000, 1200, lesion="mass", seed=1, mm_per_px=0.1)
+    path = DEMO_DIR / "synthetic_film.png"
+    Image.fromarray(film.pixels).save(path)
+    heatmap = DEMO_DIR / "synthetic_film_heatmap.png"
+    out = subprocess.run(
+        [str(BIN / "mammo"), "predict", str(path), "--url", url, "--heatmap", str(heatmap),
+         "--pixel-spacing-mm", "0.1", "--synthetic"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    if out.returncode != 0:
+        say(f"whole-mammogram analysis failed: {(out.stderr or out.stdout).strip()[-300:]}")
+        return
+    try:
+        answer = json.loads(out.stdout[out.stdout.index("{") :])
+    except ValueError:
+        answer = {}
+    regions = answer.get("regions") or []
+    top = regions[0] if regions else {}
+    x0, y0, x1, y1 = film.lesion_box
+    say(
+        f"whole SYNTHETIC mammogram ({path.name}, 2000x1200, mass planted at x {x0}-{x1}, "
+        f"y {y0}-{y1}): score {answer.get('score')} ({answer.get('aggregation')}), "
+        f"{answer.get('tiles_scored')} tiles scored, top region {top.get('box')}"
+    )
+    say(f"heatmap    : {heatmap}")
 
 
 def run(n: int, test_n: int) -> int:
