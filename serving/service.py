@@ -6,6 +6,11 @@ At start the service resolves the version to serve (``MAMMO_SERVE_VERSION`` or t
 imports it into the BentoML model store under ``MAMMO_BENTOML_HOME`` (tag
 ``<name>:v<version>``), loads it and logs which version it serves.
 
+Longer than 400 lines because BentoML loads one module: the service class, its ASGI request
+guard and the batcher whose measured reason to exist is documented below must live here; the
+decoding, limits, form checks and analysis it calls are library modules
+(``mammo_pipeline/serving/``, ``mammo_pipeline/analysis/``).
+
 Endpoints:
 
 - ``POST /predict``: multipart field ``image`` (PNG, JPEG, TIFF, PGM, ``.npy`` or DICOM), one
