@@ -34,6 +34,7 @@ from mammo_pipeline.common.environment import REPO_ROOT, settings_env
 from mammo_pipeline.common.net import wait_http
 from mammo_pipeline.common.processes import start, stop_all
 from mammo_pipeline.config import CONFIG_FILE_ENV, Settings
+from mammo_pipeline.orchestration.airflow_cli import airflow, follow, wait_for_dags
 from mammo_pipeline.orchestration.airflow_env import airflow_env
 
 DEMO_DIR = REPO_ROOT / ".demo"
@@ -109,15 +110,6 @@ def demo_env(settings: Settings) -> dict[str, str]:
     )
 
 
-def airflow(env: dict[str, str], *args: str, check: bool = True) -> str:
-    r = subprocess.run(
-        [str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=300
-    )
-    if check and r.returncode != 0:
-        raise RuntimeError(f"airflow {' '.join(args)} failed:\n{r.stderr[-2000:]}")
-    return r.stdout
-
-
 def start_services(settings: Settings, env: dict[str, str]) -> None:
     logs = DEMO_DIR / "logs"
     say("• Airflow metadata database (SQLite) …")
@@ -158,33 +150,6 @@ def start_services(settings: Settings, env: dict[str, str]) -> None:
         raise RuntimeError(f"Airflow api-server did not come up; see {logs}")
 
 
-def _json_list(out: str) -> list[dict]:
-    """The JSON list in an Airflow CLI's output, which also carries log lines and warnings."""
-    decoder = json.JSONDecoder()
-    for line_start in [0] + [i + 1 for i, ch in enumerate(out) if ch == "\n"]:
-        if out.startswith("[", line_start):
-            try:
-                value, _ = decoder.raw_decode(out[line_start:])
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, list):
-                return value
-    return []
-
-
-def wait_for_dags(env: dict[str, str], dag_ids: list[str], timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        listed = _json_list(airflow(env, "dags", "list", "-o", "json", check=False))
-        found = {d.get("dag_id") for d in listed}
-        if set(dag_ids) <= found:
-            for d in dag_ids:
-                airflow(env, "dags", "unpause", d)
-            return
-        time.sleep(5)
-    raise RuntimeError(f"DAGs {dag_ids} were not parsed within {timeout:.0f}s")
-
-
 def make_data(settings: Settings, n: int, test_n: int) -> None:
     from mammo_pipeline.data.synthetic import generate
 
@@ -199,42 +164,6 @@ def make_data(settings: Settings, n: int, test_n: int) -> None:
     for f in ds.train_files:  # atomic: the validator never sees a half-written file
         os.replace(f, settings.landing / Path(f).name)
     say(f"• Dropped {len(ds.train_files)} SYNTHETIC tfrecord files into {settings.landing}")
-
-
-def _runs(env: dict[str, str], dag_id: str) -> list[dict]:
-    return _json_list(airflow(env, "dags", "list-runs", dag_id, "-o", "json", check=False))
-
-
-def _task_states(env: dict[str, str], dag_id: str, run_id: str) -> dict[str, str]:
-    out = airflow(env, "tasks", "states-for-dag-run", dag_id, run_id, "-o", "json", check=False)
-    return {t.get("task_id"): t.get("state") or "none" for t in _json_list(out)}
-
-
-def _started_after(run: dict, after: float) -> bool:
-    from datetime import datetime
-
-    started = run.get("start_date")
-    return bool(started) and datetime.fromisoformat(started).timestamp() >= after
-
-
-def follow(env: dict[str, str], dag_id: str, timeout: float, after: float) -> dict:
-    """Wait for the first run of ``dag_id`` that started after ``after``; print task states."""
-    deadline = time.time() + timeout
-    shown: dict[str, str] = {}
-    t0 = time.time()
-    while time.time() < deadline:
-        runs = [r for r in _runs(env, dag_id) if _started_after(r, after) and r.get("state")]
-        run = min(runs, key=lambda r: r["start_date"]) if runs else None
-        if run:
-            states = _task_states(env, dag_id, run["run_id"])
-            for task, state in states.items():
-                if shown.get(task) != state and state not in ("none", "scheduled"):
-                    say(f"  [{time.time() - t0:6.0f}s] {dag_id}.{task}: {state}")
-                    shown[task] = state
-            if run["state"] in ("success", "failed"):
-                return run
-        time.sleep(8)
-    raise RuntimeError(f"{dag_id} did not finish within {timeout:.0f}s")
 
 
 def report(settings: Settings) -> bool:
