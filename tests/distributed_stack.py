@@ -3,15 +3,19 @@
 The same roles as ``docker-compose.yml``, as plain processes on this machine:
 
 - PostgreSQL (already running, ``MAMMO_TEST_PG_DSN``, default
-  ``postgresql://postgres@127.0.0.1:5432/postgres``): two fresh databases per stack,
-  ``mammo_af_<id>`` (Airflow metadata and Celery result backend) and ``mammo_mlf_<id>``
-  (MLflow tracking and registry), dropped by :meth:`DistributedStack.stop`;
+  ``postgresql://postgres@127.0.0.1:5432/postgres``): three fresh databases per stack,
+  ``mammo_af_<id>`` (Airflow metadata and Celery result backend), ``mammo_mlf_<id>``
+  (MLflow tracking and registry) and ``mammo_mlfauth_<id>`` (MLflow's users and
+  permissions), dropped by :meth:`DistributedStack.stop`;
 - Redis (already running, ``MAMMO_TEST_REDIS_URL``, default ``redis://127.0.0.1:6379/5``):
   the Celery broker; every key of this stack carries the prefix ``mammo_test_<id>:`` (kombu's
   ``global_keyprefix``), so parallel sessions never steal each other's tasks, and exactly
   those keys are deleted at the end;
-- ``mlflow server`` on the PostgreSQL database with a proxied artifact store under the
-  stack's root;
+- ``mlflow server --app-name basic-auth`` on the PostgreSQL databases with a proxied
+  artifact store under the stack's root, its users and permissions created by
+  ``docker/mlflow_auth_init.py`` (the compose stack's ``mlflow-init`` runs the same file):
+  an admin, a ``writer`` (the Airflow components run as it), a read-only ``serving`` user and
+  a ``reviewer``, each with a random password (:attr:`DistributedStack.mlflow_users`);
 - ``airflow api-server``, ``scheduler``, ``dag-processor`` and ``celery worker --queues
   default,gpu,serving --concurrency 1`` with ``CeleryExecutor``; the REST API uses the
   SimpleAuthManager with a user and password (``POST /auth/token``), as in the compose file.
@@ -25,6 +29,7 @@ start.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -48,6 +53,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/5"
 ADMIN_USER = "admin"
+AUTH_INIT = REPO_ROOT / "docker" / "mlflow_auth_init.py"
+MLFLOW_ROLES = ("admin", "writer", "serving", "reviewer")
 
 
 def free_port() -> int:
@@ -97,6 +104,10 @@ def missing_drivers() -> str | None:
             f"Python package(s) {', '.join(missing)} not installed: Airflow on PostgreSQL needs "
             "psycopg2 (sync engine) and asyncpg (async engine)"
         )
+    if importlib.util.find_spec("flask_wtf") is None:
+        problems.append(
+            "Flask-WTF is not installed: MLflow's basic-auth app needs it (mlflow[auth])"
+        )
     try:
         import celery
         import celery.backends.database as celery_db
@@ -141,6 +152,12 @@ class Component:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    one_shot: bool = False  # expected to exit (with status 0)
+
+    @property
+    def failed(self) -> bool:
+        rc = self.proc.poll()
+        return rc is not None and (rc != 0 or not self.one_shot)
 
     def tail(self, lines: int = 25) -> str:
         try:
@@ -164,10 +181,15 @@ class DistributedStack:
     def __post_init__(self) -> None:
         self.af_db = f"mammo_af_{self.tag}"
         self.mlf_db = f"mammo_mlf_{self.tag}"
+        self.mlf_auth_db = f"mammo_mlfauth_{self.tag}"
         self.key_prefix = f"mammo_test_{self.tag}:"
         self.api_port = free_port()
         self.mlflow_port = free_port()
         self.password = secrets.token_urlsafe(16)
+        # MLflow's users: role -> (username, password); passwords >= 12 characters (MLflow)
+        self.mlflow_users = {
+            role: (f"mammo-{role}-{self.tag}", secrets.token_urlsafe(18)) for role in MLFLOW_ROLES
+        }
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self._token: str | None = None
@@ -189,6 +211,10 @@ class DistributedStack:
     def mlflow_db_uri(self) -> str:
         return _with_db(pg_dsn(), self.mlf_db, "postgresql+psycopg2")
 
+    @property
+    def mlflow_auth_db_uri(self) -> str:
+        return _with_db(pg_dsn(), self.mlf_auth_db, "postgresql+psycopg2")
+
     # ---------------------------------------------------------------- databases
     def _admin_conn(self):
         import psycopg2
@@ -201,7 +227,7 @@ class DistributedStack:
         conn = self._admin_conn()
         try:
             with conn.cursor() as cur:
-                for name in (self.af_db, self.mlf_db):
+                for name in (self.af_db, self.mlf_db, self.mlf_auth_db):
                     cur.execute(f'CREATE DATABASE "{name}"')
                     self.databases.append(name)
         finally:
@@ -256,9 +282,14 @@ class DistributedStack:
         from mammo_pipeline.config import Settings
         from mammo_pipeline.orchestration.airflow_env import airflow_env
 
+        writer, writer_password = self.mlflow_users["writer"]
         values = {
             **mammo_values,
             "mlflow_tracking_uri": self.mlflow_url,
+            # every Airflow component runs as the writer (settings_env hands the credentials
+            # to the task processes as MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD)
+            "mlflow_tracking_username": writer,
+            "mlflow_tracking_password": writer_password,
             # empty: new experiments use the server's proxied artifact store
             "mlflow_artifact_location": "",
         }
@@ -305,21 +336,49 @@ class DistributedStack:
             cwd=self.root,
         )  # fmt: skip
 
-    def start(self, name: str, argv: list[str]) -> Component:
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        one_shot: bool = False,
+    ) -> Component:
         log = self.logs / f"{name}.log"
         with open(log, "ab") as fh:
             proc = subprocess.Popen(
                 argv,
-                env=self.env,
+                env=self.env if env is None else env,
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group, stopped as a whole
             )
-        comp = Component(name, proc, log)
+        comp = Component(name, proc, log, one_shot)
         self.components.append(comp)
         return comp
+
+    def mlflow_server_env(self) -> dict[str, str]:
+        """The server's environment: the basic-auth app's configuration (as compose's
+        ``mlflow`` service: users in their own database, no permission by default) and the
+        admin it creates on first start."""
+        ini = self.root / "mlflow-auth" / "basic_auth.ini"
+        ini.parent.mkdir(parents=True, exist_ok=True)
+        ini.write_text(
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = {self.mlflow_auth_db_uri}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        admin, admin_password = self.mlflow_users["admin"]
+        env = {k: v for k, v in self.env.items() if not k.startswith("MLFLOW_TRACKING_")}
+        env.update(
+            MLFLOW_AUTH_CONFIG_PATH=str(ini),
+            MLFLOW_AUTH_ADMIN_USERNAME=admin,
+            MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+            MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_urlsafe(32),
+        )
+        return env
 
     def start_mlflow(self) -> Component:
         artifacts = (self.root / "mlartifacts").resolve()
@@ -328,6 +387,7 @@ class DistributedStack:
             "mlflow",
             [
                 str(BIN / "mlflow"), "server",
+                "--app-name", "basic-auth",
                 "--backend-store-uri", self.mlflow_db_uri,
                 "--artifacts-destination", artifacts.as_uri(),
                 "--serve-artifacts",
@@ -335,7 +395,40 @@ class DistributedStack:
                 "--port", str(self.mlflow_port),
                 "--workers", "1",
             ],
+            env=self.mlflow_server_env(),
         )  # fmt: skip
+
+    def start_mlflow_auth_init(self) -> Component:
+        """``docker/mlflow_auth_init.py`` as the admin, with the stack's users (it waits for
+        the server itself); see :meth:`wait_one_shot`."""
+        env = {k: v for k, v in self.env.items() if not k.startswith("MLFLOW_")}
+        admin, admin_password = self.mlflow_users["admin"]
+        env.update(
+            MLFLOW_TRACKING_URI=self.mlflow_url,
+            MLFLOW_TRACKING_USERNAME=admin,
+            MLFLOW_TRACKING_PASSWORD=admin_password,
+            MAMMO_REGISTERED_MODEL_NAME=self.settings.registered_model_name,
+        )
+        for role in ("writer", "serving", "reviewer"):
+            user, password = self.mlflow_users[role]
+            env[f"MLFLOW_{role.upper()}_USER"] = user
+            env[f"MLFLOW_{role.upper()}_PASSWORD"] = password
+        return self.start(
+            "mlflow-auth-init", [sys.executable, str(AUTH_INIT)], env=env, one_shot=True
+        )
+
+    def wait_one_shot(self, name: str, timeout: float) -> None:
+        """Wait for a one-shot component to exit 0 (raises with its log otherwise)."""
+        comp = self.component(name)
+        deadline = time.monotonic() + timeout
+        while comp.proc.poll() is None and time.monotonic() < deadline:
+            self.check_alive()
+            time.sleep(0.5)
+        if comp.proc.returncode != 0:
+            raise RuntimeError(
+                f"{name} ended with {comp.proc.returncode} (None: still running after "
+                f"{timeout:.0f}s)\n{self.log_tails([name])}"
+            )
 
     def start_airflow(self) -> None:
         airflow = str(BIN / "airflow")
@@ -364,7 +457,7 @@ class DistributedStack:
         return next(c for c in self.components if c.name == name)
 
     def check_alive(self) -> None:
-        dead = [c for c in self.components if c.proc.poll() is not None]
+        dead = [c for c in self.components if c.failed]
         if dead:
             raise RuntimeError(
                 "component(s) exited: "
@@ -451,6 +544,36 @@ class DistributedStack:
         if errors:
             raise errors[0]
         return stopped
+
+    # ---------------------------------------------------------------- MLflow REST API
+    def mlflow_api(
+        self, method: str, path: str, role: str | None, body: dict | None = None
+    ) -> tuple[int, Any]:
+        """Call the MLflow server's REST API as one of :attr:`mlflow_users` (``None``:
+        anonymous); GET bodies go in the query string."""
+        url = f"{self.mlflow_url}{path}"
+        data = None
+        if body is not None and method == "GET":
+            url += "?" + urllib.parse.urlencode(body)
+        elif body is not None:
+            data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if role is not None:
+            user, password = self.mlflow_users[role]
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")[:500]
+
+    def mlflow_env(self, role: str) -> dict[str, str]:
+        """The stack's environment with MLflow's own credentials of ``role``."""
+        user, password = self.mlflow_users[role]
+        return {**self.env, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
 
     # ---------------------------------------------------------------- REST API
     def token(self) -> str:

@@ -1,9 +1,14 @@
 """The distributed deployment, run for real: Airflow with CeleryExecutor (Redis broker,
 PostgreSQL metadata and result backend), a Celery worker on queues ``default`` and ``gpu``,
-the scheduler, dag-processor and api-server, and an MLflow tracking server on PostgreSQL.
-``mammo_retrain`` is triggered on tiny SYNTHETIC data through Airflow's REST API and must
-succeed with training executed on the ``gpu`` queue, a champion in the registry and the run
-visible through the tracking server.
+the scheduler, dag-processor and api-server, and an MLflow tracking server on PostgreSQL
+with authentication on (MLflow's basic-auth app; users and permissions made by
+``docker/mlflow_auth_init.py``, as in the compose stack). ``mammo_retrain`` is triggered on
+tiny SYNTHETIC data through Airflow's REST API and must succeed, running as the MLflow
+``writer``, with training executed on the ``gpu`` queue, a champion in the registry and the
+run visible through the tracking server. Then the registry's access rules are checked over
+HTTP: anonymous requests are refused (401); the serving host's read-only user can read and
+download the champion but cannot move an alias or write a tag (403); the writer and the
+reviewer can.
 
 Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 (``MAMMO_TEST_PG_DSN`` /
 ``MAMMO_TEST_REDIS_URL`` override them). Skip it locally with ``pytest -m "not distributed"``
@@ -13,8 +18,10 @@ except under CI (``CI=true``), where it fails.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,8 +83,10 @@ def stack(tmp_path_factory):
             }
         )
         settings = s.settings
+        # test_n=60: every lesion type (labels 1-4) is in the test split; with 40, label 4 is
+        # missing, its recall is NaN and `evaluate` cannot push its XCom (a bug of its own)
         ds = generate(root / "incoming", 120, files=2, positive_fraction=0.3, seed=11,
-                      test_n=40, progress=False)  # fmt: skip
+                      test_n=60, progress=False)  # fmt: skip
         settings.test_split.mkdir(parents=True)
         for p in (ds.test_data, ds.test_labels):
             shutil.move(str(p), settings.test_split / Path(p).name)
@@ -85,10 +94,16 @@ def stack(tmp_path_factory):
         for f in ds.train_files:
             shutil.move(str(f), settings.validated / Path(f).name)
 
-        _say(f"databases {s.af_db}, {s.mlf_db}; redis prefix {s.key_prefix}")
+        # this process reads the registry as the serving host does (read-only user)
+        os.environ.update(
+            MLFLOW_TRACKING_USERNAME=s.mlflow_users["serving"][0],
+            MLFLOW_TRACKING_PASSWORD=s.mlflow_users["serving"][1],
+        )
+        _say(f"databases {s.af_db}, {s.mlf_db}, {s.mlf_auth_db}; redis prefix {s.key_prefix}")
         s.create_databases()
-        _say(f"mlflow server on :{s.mlflow_port}")
+        _say(f"mlflow server (basic-auth) on :{s.mlflow_port}; users and permissions")
         s.start_mlflow()
+        s.start_mlflow_auth_init()  # waits for the server itself, beside `db migrate`
         r = s.run(str(BIN / "airflow"), "db", "migrate", timeout=400)
         assert r.returncode == 0, (
             f"airflow db migrate failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
@@ -98,6 +113,7 @@ def stack(tmp_path_factory):
         _say(f"airflow api-server on :{s.api_port}, scheduler, dag-processor, celery worker")
         s.start_airflow()
         s.wait_http(f"{s.mlflow_url}/health", 120, "mlflow server")
+        s.wait_one_shot("mlflow-auth-init", 180)
         s.wait_http(f"{s.api_url}/api/v2/monitor/health", 180, "airflow api-server")
         yield s
     except BaseException:
@@ -203,6 +219,114 @@ def test_retrain_runs_on_celery_with_a_gpu_queue_and_a_tracking_server(stack):
     assert not (s.root / "mlflow.db").exists()
 
 
+MODEL_API = "/api/2.0/mlflow/registered-models"
+VERSION_API = "/api/2.0/mlflow/model-versions"
+
+
+def test_registry_refuses_anonymous_and_read_only_writes(stack, tmp_path):
+    """The access rules of the registry, after the run above made a champion."""
+    s = stack
+    name = s.settings.registered_model_name
+    status, body = s.mlflow_api("GET", f"{MODEL_API}/alias", "serving",
+                                {"name": name, "alias": "champion"})  # fmt: skip
+    assert status == 200, body
+    champion = body["model_version"]
+    version, run_id = champion["version"], champion["run_id"]
+    set_alias = {"name": name, "alias": "champion", "version": version}
+    set_tag = {"name": name, "version": version, "key": "gate", "value": "passed"}
+
+    # anonymous: nothing, not even reads (401, with a basic-auth challenge)
+    for method, path, body in [
+        ("GET", f"{MODEL_API}/get", {"name": name}),
+        ("GET", f"{MODEL_API}/alias", {"name": name, "alias": "champion"}),
+        ("GET", "/api/2.0/mlflow/experiments/search", {"max_results": 5}),
+        ("POST", f"{MODEL_API}/alias", set_alias),
+        ("POST", f"{VERSION_API}/set-tag", set_tag),
+    ]:
+        status, _ = s.mlflow_api(method, path, None, body)
+        assert status == 401, (method, path, status)
+    # a wrong password is not a user either
+    real = s.mlflow_users["serving"]
+    s.mlflow_users["serving"] = (real[0], real[1] + "x")
+    try:
+        assert s.mlflow_api("GET", f"{MODEL_API}/get", "serving", {"name": name})[0] == 401
+    finally:
+        s.mlflow_users["serving"] = real
+
+    # the serving host's user reads everything it needs to load a model ...
+    for path, body in [
+        (f"{MODEL_API}/get", {"name": name}),
+        (f"{VERSION_API}/get", {"name": name, "version": version}),
+        ("/api/2.0/mlflow/runs/get", {"run_id": run_id}),
+    ]:
+        status, answer = s.mlflow_api("GET", path, "serving", body)
+        assert status == 200, (path, answer)
+    # ... but cannot move or delete an alias, nor write a tag (403)
+    for method, path, body in [
+        ("POST", f"{MODEL_API}/alias", set_alias),
+        ("POST", f"{MODEL_API}/alias", {**set_alias, "alias": "auth-check"}),
+        ("DELETE", f"{MODEL_API}/alias", {"name": name, "alias": "champion"}),
+        ("POST", f"{VERSION_API}/set-tag", set_tag),
+        ("POST", f"{MODEL_API}/set-tag", {"name": name, "key": "k", "value": "v"}),
+        ("POST", "/api/2.0/mlflow/runs/set-tag", {"run_id": run_id, "key": "k", "value": "v"}),
+    ]:
+        status, answer = s.mlflow_api(method, path, "serving", body)
+        assert status == 403, (method, path, status, answer)
+
+    # MLflow's own client, with MLflow's own variables, as on the serving host: the champion
+    # downloads, an alias move is refused
+    code = r"""
+import json, sys, mlflow
+from mlflow.exceptions import MlflowException
+name, dst = sys.argv[1], sys.argv[2]
+path = mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=dst)
+client = mlflow.MlflowClient()
+try:
+    client.set_registered_model_alias(name, "auth-check", "1")
+    refused = None
+except MlflowException as exc:
+    refused = exc.get_http_status_code()
+print(json.dumps({"path": path, "refused": refused}))
+"""
+    r = subprocess.run(
+        [sys.executable, "-c", code, name, str(tmp_path / "champion")],
+        env=s.mlflow_env("serving"), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (Path(result["path"]) / "MLmodel").is_file(), result
+    assert result["refused"] == 403, result
+
+    # the writer (Airflow) and the reviewer (people) can change the registry
+    for role in ("writer", "reviewer"):
+        alias = {**set_alias, "alias": f"auth-check-{role}"}
+        tag = {**set_tag, "key": f"auth_check_{role}", "value": "1"}
+        for method, path, body in [
+            ("POST", f"{MODEL_API}/alias", alias),
+            ("DELETE", f"{MODEL_API}/alias", {"name": name, "alias": alias["alias"]}),
+            ("POST", f"{VERSION_API}/set-tag", tag),
+            ("DELETE", f"{VERSION_API}/delete-tag", {**tag, "value": None}),
+        ]:
+            body = {k: v for k, v in body.items() if v is not None}
+            status, answer = s.mlflow_api(method, path, role, body)
+            assert status == 200, (role, method, path, status, answer)
+    # a reviewer acts on the registry, not on the runs
+    status, _ = s.mlflow_api(
+        "POST", "/api/2.0/mlflow/runs/set-tag", "reviewer",
+        {"run_id": run_id, "key": "k", "value": "v"},
+    )  # fmt: skip
+    assert status == 403
+
+    # nothing the refused requests tried stuck
+    status, body = s.mlflow_api("GET", f"{MODEL_API}/get", "serving", {"name": name})
+    aliases = {a["alias"]: a["version"] for a in body["registered_model"].get("aliases", [])}
+    assert aliases.get("champion") == version and "auth-check" not in aliases, aliases
+    status, body = s.mlflow_api("GET", f"{VERSION_API}/get", "serving",
+                                {"name": name, "version": version})  # fmt: skip
+    tags = {t["key"]: t["value"] for t in body["model_version"].get("tags", [])}
+    assert tags.get("gate") == "passed" and not any(k.startswith("auth_check") for k in tags)
+
+
 def test_stop_leaves_nothing_behind(stack):
     """Stopping is idempotent and complete: processes gone, databases dropped, keys deleted
     (the fixture stops again at teardown; that second stop must be harmless)."""
@@ -211,7 +335,8 @@ def test_stop_leaves_nothing_behind(stack):
     s.stop()
     assert all(c.proc.poll() is not None for c in s.components)
     assert not s.leftovers(), f"processes left running: {s.leftovers()}"
-    assert not s.database_exists(s.af_db) and not s.database_exists(s.mlf_db)
+    for db in (s.af_db, s.mlf_db, s.mlf_auth_db):
+        assert not s.database_exists(db), db
     assert not s.redis_keys()
     from mammo_pipeline.serving.deploy import read_state
 
