@@ -38,7 +38,8 @@ def metrics_table(metrics: dict[str, float], threshold: float | None = None) -> 
             if name.startswith("test_recall_label_"):
                 label = f"{name} ({LABEL_NAMES[int(name.rsplit('_', 1)[1])]})"
             value = metrics[name]
-            rows.append((label, "n/a" if value != value else f"{value:.4f}"))  # NaN check
+            missing = value is None or value != value  # None or NaN: undefined here
+            rows.append((label, "n/a" if missing else f"{value:.4f}"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mammo_pipeline.common.jsonsafe import clean
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.data.schema import LABEL_NAMES
 from mammo_pipeline.errors import ConfigError, MammoError
@@ -275,4 +276,7 @@ def evaluate_run(settings: Settings | None = None, run_id: str = "") -> dict[str
     with tempfile.TemporaryDirectory(prefix="mammo-eval-") as tmp:
         evaluation = evaluate_model(model, s, _run_threshold(run), Path(tmp), synthetic=synthetic)
         log_evaluation(s, run_id, evaluation, run.data.tags.get("model_id"))
-    return {**evaluation.metrics, "decision_threshold": evaluation.threshold}
+    # NaN (e.g. the recall of a lesion type absent from the test set) is not JSON: None
+    return clean(
+        {**evaluation.metrics, "decision_threshold": evaluation.threshold}, non_finite="none"
+    )
