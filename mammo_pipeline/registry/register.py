@@ -6,6 +6,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from mammo_pipeline.common.compat import before_registering_logged_model
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
@@ -90,6 +91,7 @@ def register_run(
     s = settings or get_settings()
     name = s.registered_model_name
     client = mlflow_client(s)
+    before_registering_logged_model(s)  # upstream bug: see mammo_pipeline.common.compat
     with mlflow_errors(f"registering run {run_id} as {name!r}"):
         try:
             run = client.get_run(run_id)
