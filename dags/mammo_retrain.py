@@ -57,9 +57,11 @@ class ReviewOperator(HITLBranchOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from mammo_pipeline.orchestration.tasks import review_record
 
-        branches = super().execute_complete(context=context, event=event)
-        context["ti"].xcom_push(key=REVIEW_XCOM_KEY, value=review_record(event))
-        return branches
+        # Before branching: skipping the other branch ends this method with an exception
+        # (Airflow 3's DownstreamTasksSkipped), so nothing after super() would run.
+        if "error" not in event:
+            context["ti"].xcom_push(key=REVIEW_XCOM_KEY, value=review_record(event))
+        return super().execute_complete(context=context, event=event)
 
 
 @dag(
