@@ -25,17 +25,25 @@ def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     get_settings.cache_clear()
 
 
-#: MAMMO_* values for DAG runs on tiny SYNTHETIC data: 32 px, random weights, 2 epochs, a gate
-#: that always passes, BentoML side ports chosen free (shared by the end-to-end tests).
+#: MAMMO_* values for DAG runs on small SYNTHETIC data with the gate ON: 64 px, random
+#: weights, the head fitted on cached VGG16 features (no augmentation), the demo's real
+#: thresholds (precision >= 0.30, recall >= 0.70), BentoML side ports chosen free (shared by
+#: the end-to-end tests). Measured on 400 single-view training tiles (30 % positive, 2 files)
+#: and 100 test tiles (SYNTHETIC; generate seeds 5 / 6 / 7): test precision 0.48 / 0.60 /
+#: 0.61, recall 0.93 / 0.93 / 0.83, ROC AUC 0.85 / 0.89 / 0.88; training is deterministic on
+#: a CPU (a retrain gives the same scores). Much smaller or multi-view data (120 tiles, 4
+#: views per lesion) does NOT clear these thresholds.
 TINY_RUN_SETTINGS: dict[str, str] = {
-    "image_size": "32",
+    "image_size": "64",
     "weights": "none",
-    "epochs": "2",
+    "epochs": "60",
+    "early_stopping_patience": "10",
+    "val_fraction": "0.25",
     "batch_size": "32",
     "augment": "false",
     "head_units": "[32, 16]",
-    "min_precision": "0.0",
-    "min_recall": "0.0",
+    "min_precision": "0.3",
+    "min_recall": "0.7",
     "serve_side_port": "0",
 }
 
