@@ -249,11 +249,13 @@ def analyze_whole_film(url: str) -> None:
         answer = {}
     regions = answer.get("regions") or []
     top = regions[0] if regions else {}
+    box = [top.get(k) for k in ("x0", "y0", "x1", "y1")] if top else None
     x0, y0, x1, y1 = film.lesion_box
     say(
         f"whole SYNTHETIC mammogram ({path.name}, 2000x1200, mass planted at x {x0}-{x1}, "
         f"y {y0}-{y1}): score {answer.get('score')} ({answer.get('aggregation')}), "
-        f"{answer.get('tiles_scored')} tiles scored, top region {top.get('box')}"
+        f"{answer.get('tiles_scored')} tiles scored, top region x0,y0,x1,y1 = {box} "
+        f"(p={top.get('probability')})"
     )
     say(f"heatmap    : {heatmap}")
 
