@@ -117,10 +117,9 @@ def test_artifacts_and_dataset_input(trained):
 def test_threshold_meets_target_recall_on_validation(trained):
     import mlflow
 
+    from mammo_pipeline.data.grouped_split import assign_validation
     from mammo_pipeline.data.pipeline import PipelineOptions, make_dataset, read_labels
     from mammo_pipeline.training.evaluate import predict_scores
-
-    from mammo_pipeline.data.grouped_split import assign_validation
 
     settings, result = trained
     model = mlflow.keras.load_model(result.model_uri)

@@ -11,8 +11,6 @@ the Agg backend, no display needed.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Literal
@@ -22,6 +20,7 @@ from PIL import Image
 
 from mammo_pipeline.analysis.analyze import AnalysisResult
 from mammo_pipeline.analysis.errors import AnalysisInputError
+from mammo_pipeline.common.files import write_bytes_atomic
 from mammo_pipeline.data.preprocess import to_uint8_gray
 
 #: Longest side of the picture in pixels.
@@ -72,18 +71,6 @@ def _display_gray(pixels: np.ndarray, result: AnalysisResult, max_side: int) -> 
     k = max_side / max(h, w)
     size = (max(1, round(w * k)), max(1, round(h * k)))
     return np.asarray(Image.fromarray(gray).resize(size, Image.Resampling.BILINEAR))
-
-
-def _write_atomic(data: bytes, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _headline(result: AnalysisResult, synthetic: bool) -> str:
@@ -203,5 +190,5 @@ def render_heatmap(
         plt.close(fig)
     data = buf.getvalue()
     if out is not None:
-        _write_atomic(data, Path(out))
+        write_bytes_atomic(Path(out), data)
     return data

@@ -179,18 +179,9 @@ def is_whole_image(data: bytes, name: str, side_px: int = WHOLE_IMAGE_SIDE_PX) -
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary name in the same folder."""
-    import os
-    import tempfile
+    from mammo_pipeline.common.files import write_bytes_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data)
 
 
 def error_message(resp: object) -> str:

@@ -9,6 +9,7 @@ deployment's state file and lock), :mod:`.backend` (one ``bentoml serve`` proces
 :mod:`.deploy` (the blue/green flow).
 
 May import: config, errors, common, data (preprocessing), imaging (DICOM), analysis (whole
-mammograms), training (the model input contract), registry (aliases, vetting, deploy records). Never orchestration or cli. Nothing is
-imported here, so ``import mammo_pipeline.serving.image_io`` stays light.
+mammograms), training (the model input contract), registry (aliases, vetting, deploy
+records). Never orchestration or cli. Nothing is imported here, so
+``import mammo_pipeline.serving.image_io`` stays light.
 """
