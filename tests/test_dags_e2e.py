@@ -22,8 +22,10 @@ In order (one registry, one live service for the module):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -138,6 +140,21 @@ def world(tmp_path_factory):
     os.environ.update(saved)
 
 
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Stop a process this test started and its children (it leads its own session)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers the leader left behind
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def api(world):
     """A real Airflow api-server on the world's metadata database (the Required Actions UI
@@ -153,12 +170,7 @@ def api(world):
             )
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        _stop_group(proc)
 
 
 # ------------------------------------------------------------------ helpers
@@ -246,7 +258,7 @@ def _finish(w: Env, proc: subprocess.Popen, log: str) -> str:
     try:
         proc.wait(timeout=900)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _stop_group(proc)
         pytest.fail(f"dags test did not finish:\n{(w.root / log).read_text()[-5000:]}")
     out = (w.root / log).read_text()
     assert proc.returncode == 0, out[-6000:]
@@ -345,8 +357,7 @@ def test_approval_in_airflow_goes_through_the_gate_and_records_the_approver(worl
         assert body["responded_by"]["name"] == "alice"
         out = _finish(world, proc, log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop_group(proc)
     aliases = _aliases(world)
     assert aliases["champion"] == "3" and aliases["previous"] == "1"
     tags = _tags(world, "3")
@@ -369,8 +380,7 @@ def test_reject_in_airflow_records_who_and_why_and_deploys_nothing(world, api):
         assert status == 200, body
         out = _finish(world, proc, log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop_group(proc)
     tags = _tags(world, "4")
     assert (tags["review"], tags["review_by"]) == ("rejected", "bob")
     assert tags["review_reason"] == "artefacts along the skin line"
@@ -412,8 +422,7 @@ def test_no_answer_before_the_timeout_is_a_rejection(world, api):
         assert r.returncode == 0, r.stderr[-3000:]
         out = _finish(world, proc, log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop_group(proc)
     tags = _tags(world, "5")
     assert (tags["review"], tags["review_by"]) == ("rejected", "nobody (approval timed out)")
     assert tags["review_reason"] == f"no answer within {hours} h: Reject is the default answer"
