@@ -215,6 +215,11 @@ def report(settings: Settings) -> bool:
     say(f"Service    : {url}  (POST /predict, GET /model)")
     say(f"Data Docs  : {docs.as_uri() if docs.is_file() else docs}  (validation reports, offline)")
     say(f"Settings   : {CONFIG_FILE}")
+    say(
+        "(In the Airflow UI, mammo_retrain also shows a 'scheduled__' run that skipped every "
+        "task: unpausing a DAG with a weekly schedule creates its latest scheduled run, which "
+        "found no validated data yet. The asset-triggered run is the demo's.)"
+    )
     say("\nUse the demo's registry, data and service from your shell:")
     say(f"    source {ENV_FILE.relative_to(REPO_ROOT)}   # sets {CONFIG_FILE_ENV}, mammo on PATH")
     say("    mammo registry list")
