@@ -83,10 +83,10 @@ def stack(tmp_path_factory):
             }
         )
         settings = s.settings
-        # test_n=60: every lesion type (labels 1-4) is in the test split; with 40, label 4 is
-        # missing, its recall is NaN and `evaluate` cannot push its XCom (a bug of its own)
-        ds = generate(root / "incoming", 120, files=2, positive_fraction=0.3, seed=11,
-                      test_n=60, progress=False)  # fmt: skip
+        # The recipe the DAG end-to-end test measured to clear the real gate thresholds of
+        # TINY_RUN_SETTINGS (400 single-view tiles, seed 5, 100 test tiles with every type).
+        ds = generate(root / "incoming", 400, files=2, positive_fraction=0.3, seed=5,
+                      test_n=100, views_per_lesion=1, progress=False)  # fmt: skip
         settings.test_split.mkdir(parents=True)
         for p in (ds.test_data, ds.test_labels):
             shutil.move(str(p), settings.test_split / Path(p).name)
