@@ -122,6 +122,74 @@ def run_size(image_size: int, film, args) -> dict[str, float]:
     }
 
 
+def run_service(image_size: int, film, args) -> dict[str, float]:
+    """The same film through ``POST /analyze`` of a real ``bentoml serve`` (loopback), against
+    raw ``predict_on_batch`` of the same registered model on the same tiles."""
+    import io
+    import tempfile
+
+    import httpx
+    import mlflow
+    from PIL import Image
+
+    from mammo_pipeline.common.mlflow_access import configure_mlflow, mlflow_client
+    from mammo_pipeline.common.net import free_port
+    from mammo_pipeline.common.processes import spawn
+    from mammo_pipeline.config import Settings
+    from mammo_pipeline.serving import backend
+
+    with tempfile.TemporaryDirectory(prefix="mammo-analyze-bench-") as tmp:
+        root = Path(tmp)
+        s = Settings(
+            data_dir=root / "data",
+            mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db",
+            mlflow_artifact_location=str(root / "art"),
+            serve_max_batch_size=args.batch_size,
+        )
+        configure_mlflow(s)
+        model = build(image_size)
+        with mlflow.start_run():
+            mlflow.log_metric("decision_threshold", 0.5)
+            info = mlflow.keras.log_model(
+                model, name="model",
+                metadata={"decision_threshold": 0.5, "image_size": image_size},
+            )  # fmt: skip
+        mv = mlflow.register_model(info.model_uri, s.registered_model_name)
+        client = mlflow_client(s)
+        client.set_model_version_tag(s.registered_model_name, mv.version, "gate", "passed")
+        client.set_registered_model_alias(s.registered_model_name, "champion", mv.version)
+        port = free_port()
+        log = root / "server.log"
+        proc = spawn(backend.serve_command("127.0.0.1", port), env=backend.child_env(s),
+                     log=log, cwd=backend.REPO_ROOT)  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            backend.wait_ready(url, proc.pid, 600, log)
+            buf = io.BytesIO()
+            Image.fromarray(film.pixels).save(buf, format="PNG")
+            body = {"image": ("film.png", buf.getvalue(), "image/png")}
+            form = {"pixel_spacing_mm": str(film.mm_per_px)}
+            with httpx.Client(base_url=url, timeout=1800) as http:
+                http.post("/analyze", files=body, data=form)  # warm-up
+                t0 = time.perf_counter()
+                answer = http.post("/analyze", files=body, data=form).json()
+                latency = time.perf_counter() - t0
+        finally:
+            backend.stop_process(proc.pid)
+    x = prepared_tiles(film.pixels, image_size, args.batch_size)
+    raw_pass(model, x, args.batch_size)
+    _, raw_wall, _ = timed(lambda: raw_pass(model, x, args.batch_size))
+    n = int(answer["tiles_scored"])
+    return {
+        "image_size": image_size,
+        "tiles": n,
+        "service_latency_s": latency,
+        "service_tiles_per_s": n / latency,
+        "raw_tiles_per_s": len(x) / raw_wall,
+        "ratio": (n / latency) / (len(x) / raw_wall),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="64,299", help="model input sizes, comma-separated")
@@ -131,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=3, help="interleaved raw/analyze pairs (median)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--service", action="store_true", help="through POST /analyze of a real bentoml serve"
+    )
     args = parser.parse_args(argv)
 
     from mammo_pipeline.data.synthetic_film import make_film
@@ -139,6 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats = 1
     film = make_film(height, width, lesion="mass", seed=0, mm_per_px=0.1)
+    if args.service:
+        rows = [run_service(int(s), film, args) for s in args.sizes.split(",")]
+        print(f"SYNTHETIC film {width}x{height} px at 0.1 mm/px through POST /analyze "
+              f"(loopback, {os.cpu_count()} CPU core(s), VGG16 weights none)")  # fmt: skip
+        for r in rows:
+            print(f"input {r['image_size']:>3} px: {r['tiles']} tiles | /analyze "
+                  f"{r['service_tiles_per_s']:.2f} tiles/s, raw predict_on_batch "
+                  f"{r['raw_tiles_per_s']:.2f} tiles/s | ratio {r['ratio']:.3f} (aim >= 0.8) | "
+                  f"end-to-end latency {r['service_latency_s']:.1f} s")  # fmt: skip
+        if args.json:
+            args.json.write_text(json.dumps({"film": [height, width], "service": rows}, indent=2))
+        return 0
     rows = [run_size(int(s), film, args) for s in args.sizes.split(",")]
 
     print(f"SYNTHETIC film {width}x{height} px at 0.1 mm/px ({film.describe()}), "
