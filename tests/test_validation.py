@@ -248,6 +248,7 @@ def test_report_and_result_are_json_and_point_at_data_docs(corpus_run) -> None:
         "passed": 2,
         "quarantined": 12,
         "skipped": 0,
+        "deferred": 0,
         "errors": 0,
     }
     assert Path(result.data_docs_path).name == "index.html"
