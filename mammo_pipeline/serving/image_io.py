@@ -134,10 +134,10 @@ def _decode_npy(data: bytes, max_pixels: int) -> np.ndarray:
 def _decode_pil(data: bytes, fmt: str, max_pixels: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    # Pillow's own guard uses the same cap (set, not scoped: warnings filters are not
-    # thread-safe); the explicit check below runs before any pixel is decompressed.
-    if Image.MAX_IMAGE_PIXELS != max_pixels:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    # The explicit check below (the configured cap, from the header) runs before any pixel is
+    # decompressed. Pillow's own process-wide guard is left at its default as a backstop:
+    # setting it here leaked one caller's cap into every other Pillow user of the process
+    # (heatmaps, the CLI's header peek, tests).
     try:
         img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
         width, height = img.size
@@ -246,8 +246,6 @@ def peek_size(data: bytes, *, max_pixels: int, dicom: bool = False) -> tuple[int
     else:
         from PIL import Image
 
-        if Image.MAX_IMAGE_PIXELS != max_pixels:
-            Image.MAX_IMAGE_PIXELS = max_pixels
         try:
             with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as img:
                 width, height = img.size
@@ -300,3 +298,23 @@ def decode_path(path: Path, *, max_bytes: int, max_pixels: int) -> np.ndarray:
 def to_model_input(gray: np.ndarray, image_size: int) -> np.ndarray:
     """H x W x 1 uint8 -> image_size x image_size x 1 float32 in 0..255 (shared with training)."""
     return np.asarray(prepare_image(gray, image_size), dtype=np.float32)
+
+
+#: ``/predict`` takes images up to this many tile sides on the longer side (at the training
+#: scale); anything larger is a whole mammogram, for ``/analyze``.
+TILE_FACTOR = 2.0
+
+
+def tile_side_limit(pixel_spacing_mm: float | None = None) -> float:
+    """Longest side (px) of an image ``/predict`` accepts: two 299-px tiles at the training
+    scale (0.1 mm/px), scaled by the image's own spacing when it is known (DICOM)."""
+    from mammo_pipeline.data.schema import SOURCE_SIZE, TILE_MM_PER_PX
+
+    spacing = pixel_spacing_mm or TILE_MM_PER_PX
+    return TILE_FACTOR * SOURCE_SIZE * TILE_MM_PER_PX / spacing
+
+
+def is_whole_film(width: int, height: int, pixel_spacing_mm: float | None = None) -> bool:
+    """Whether an image is a whole mammogram rather than a tile (the service and
+    ``mammo predict`` decide with this one rule)."""
+    return max(width, height) > tile_side_limit(pixel_spacing_mm)
