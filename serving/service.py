@@ -77,12 +77,15 @@ from bentoml.exceptions import BadInput, BentoMLException
 from mammo_pipeline.common.auth import key_matches, presented_key
 from mammo_pipeline.common.compat import harden_bentoml_multipart
 from mammo_pipeline.config import Settings, get_settings
+from mammo_pipeline.data.schema import SOURCE_SIZE, TILE_MM_PER_PX
 from mammo_pipeline.serving.image_io import (
     DecodedUpload,
     InputError,
     decode_upload,
+    is_whole_film,
     peek_size,
     read_upload,
+    tile_side_limit,
     to_model_input,
 )
 from mammo_pipeline.serving.limits import PixelBudget
@@ -92,10 +95,6 @@ logger = logging.getLogger("bentoml.mammo")  # under BentoML's configured logger
 
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
 MULTIPART_OVERHEAD = 64 * 1024
-#: Training tile side (px at 0.1 mm/px); /predict takes images up to TILE_FACTOR x this side.
-TILE_SIDE_PX = 299
-TRAINING_MM_PER_PX = 0.1
-TILE_FACTOR = 2.0
 ANALYZE_FIELDS = frozenset({"pixel_spacing_mm", "stride_fraction", "top_k", "heatmap", "synthetic"})
 #: Relative difference above which a form spacing contradicts the DICOM's.
 SPACING_CONFLICT = 0.02
@@ -529,13 +528,13 @@ class MammoClassifier:
     def _check_tile_sized(decoded: DecodedUpload) -> None:
         """422 for a whole mammogram sent to /predict (longer side > 2 tiles at its scale)."""
         h, w = decoded.gray.shape[:2]
-        spacing = decoded.pixel_spacing_mm or TRAINING_MM_PER_PX
-        limit = TILE_FACTOR * TILE_SIDE_PX * TRAINING_MM_PER_PX / spacing
-        if max(h, w) > limit:
+        if is_whole_film(w, h, decoded.pixel_spacing_mm):
+            spacing = decoded.pixel_spacing_mm or TILE_MM_PER_PX
             raise InputError(
-                f"image of {w}x{h} px is larger than a tile (limit {limit:.0f} px on the longer "
-                f"side at {spacing:g} mm/px): /predict scores one {TILE_SIDE_PX}-px tile; "
-                "send whole mammograms to POST /analyze",
+                f"image of {w}x{h} px is larger than a tile (limit "
+                f"{tile_side_limit(decoded.pixel_spacing_mm):.0f} px on the longer side at "
+                f"{spacing:g} mm/px): /predict scores one {SOURCE_SIZE}-px tile; send whole "
+                "mammograms to POST /analyze",
                 status=422,
             )
 

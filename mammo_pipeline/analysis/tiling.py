@@ -19,10 +19,10 @@ from PIL import Image
 
 from mammo_pipeline.analysis.breast_mask import breast_mask
 from mammo_pipeline.analysis.errors import AnalysisInputError
-from mammo_pipeline.data.schema import SOURCE_SIZE
+from mammo_pipeline.data.schema import SOURCE_SIZE, TILE_MM_PER_PX
 
 #: Scale of the training tiles (mm per pixel).
-TRAINING_MM_PER_PX = 0.1
+TRAINING_MM_PER_PX = TILE_MM_PER_PX
 #: Side of a training tile in pixels at the training scale.
 TILE_SIZE = SOURCE_SIZE
 #: Largest image, in pixels at the training scale, that is analysed (about 80 x 80 cm).

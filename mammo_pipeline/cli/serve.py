@@ -161,20 +161,16 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps(body, indent=2))
 
 
-#: Longer side (px) above which ``mammo predict`` sends an image to /analyze: two 299-px
-#: tiles at the training scale (the service's own /predict limit at 0.1 mm/px).
-WHOLE_IMAGE_SIDE_PX = 598
-
-
-def is_whole_image(data: bytes, name: str, side_px: int = WHOLE_IMAGE_SIDE_PX) -> bool:
-    """Whether an image file is a whole mammogram rather than a tile (from its header)."""
-    from mammo_pipeline.serving.image_io import peek_size
+def is_whole_image(data: bytes, name: str) -> bool:
+    """Whether an image file is a whole mammogram rather than a tile (from its header), by the
+    service's own rule (:func:`mammo_pipeline.serving.image_io.is_whole_film`)."""
+    from mammo_pipeline.serving.image_io import is_whole_film, peek_size
 
     try:
         width, height = peek_size(data, max_pixels=1 << 40, dicom=name.lower().endswith(".dcm"))
     except MammoError:
         return False  # the service names the problem
-    return max(width, height) > side_px
+    return is_whole_film(width, height)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

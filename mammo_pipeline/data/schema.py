@@ -13,6 +13,9 @@ LABEL_KEY: Final = "label"
 LABEL_NORMAL_KEY: Final = "label_normal"
 
 SOURCE_SIZE: Final = 299  # the tiles are 299 x 299 pixels
+#: Physical scale of the tiles (mm per pixel): a tile covers SOURCE_SIZE * TILE_MM_PER_PX mm.
+#: Importers cut at this scale and whole-film analysis resamples to it.
+TILE_MM_PER_PX: Final = 0.1
 CHANNELS: Final = 1
 IMAGE_BYTES: Final = SOURCE_SIZE * SOURCE_SIZE * CHANNELS  # 89,401 raw uint8 bytes
 

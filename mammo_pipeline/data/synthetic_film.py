@@ -23,13 +23,13 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from mammo_pipeline.data.schema import LABEL_NAMES
+from mammo_pipeline.data.schema import LABEL_NAMES, TILE_MM_PER_PX
 from mammo_pipeline.data.synthetic import SYNTHETIC_TAG, S, _add_calcifications, _add_mass
 
 LesionKind = Literal["none", "mass", "calcification"]
 
 #: Scale at which the tile generator draws (mm per pixel); films are drawn at it too.
-DRAW_MM_PER_PX = 0.1
+DRAW_MM_PER_PX = TILE_MM_PER_PX
 #: Width of the density falloff at the skin line (mm).
 SKIN_FALLOFF_MM = 8.0
 #: Patch intensity above which a lesion pixel counts towards the lesion's box.

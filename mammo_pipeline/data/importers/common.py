@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mammo_pipeline.data.schema import TILE_MM_PER_PX
 from mammo_pipeline.errors import DataError, MammoError
 
 Split = Literal["train", "test"]
@@ -18,7 +19,7 @@ LesionKind = Literal["calcification", "mass"]
 Warn = Callable[[str], None]
 
 #: The contract's physical pixel size: a 299-px tile covers 29.9 mm.
-TARGET_MM_PER_PX = 0.1
+TARGET_MM_PER_PX = TILE_MM_PER_PX
 
 
 class ImportFailedError(MammoError):
