@@ -97,7 +97,11 @@ def gate_version(
         if aliases.get(CHAMPION) not in {None, version}:
             champion = load_evidence(client, name, aliases[CHAMPION])
         if aliases.get(BASELINE) not in {None, version}:
-            baseline = load_evidence(client, name, aliases[BASELINE])
+            baseline = (  # usually the same version: read its artifact once
+                champion
+                if champion is not None and champion.version == aliases[BASELINE]
+                else load_evidence(client, name, aliases[BASELINE])
+            )
     except Exception as exc:  # fail closed, keep the text
         failures.append(("gate_error", f"{type(exc).__name__}: {exc}"))
     return evaluate_gate(
