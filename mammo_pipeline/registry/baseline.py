@@ -12,7 +12,7 @@ from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.decision import utc_now
 from mammo_pipeline.registry.lock import registry_lock
-from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, PREVIOUS
+from mammo_pipeline.registry.names import BASELINE, CHAMPION
 from mammo_pipeline.registry.review import ReviewResult, require_reason, review_tags
 from mammo_pipeline.registry.store import (
     delete_tag,
@@ -60,7 +60,7 @@ def pin_baseline(
         )
         client.set_registered_model_alias(name, BASELINE, version)
         after = read_aliases(client, name)
-    return ReviewResult(
+    return ReviewResult.of(
         "pin",
         name,
         version,
@@ -68,8 +68,6 @@ def pin_baseline(
         at,
         reason,
         aliases.get(CHAMPION),
-        after.get(CHAMPION),
-        after.get(PREVIOUS),
-        after.get(CHALLENGER),
+        after,
         message=f"baseline is now v{version} (pinned; was {'v' + old if old else 'none'})",
     )

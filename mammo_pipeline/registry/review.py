@@ -55,6 +55,26 @@ class ReviewResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(
+        cls,
+        action: str,
+        name: str,
+        version: str,
+        who: str,
+        at: str,
+        reason: str,
+        champion_before: str | None,
+        after: Mapping[str, str],
+        *,
+        changed: bool = True,
+        message: str = "",
+    ) -> ReviewResult:
+        """The result, with the aliases as they are ``after`` the action."""
+        return cls(action, name, version, who, at, reason, champion_before,
+                   after.get(CHAMPION), after.get(PREVIOUS), after.get(CHALLENGER),
+                   changed=changed, message=message)  # fmt: skip
+
 
 def review_tags(
     old_tags: Mapping[str, str], action: str, who: str, at: str, reason: str
@@ -122,7 +142,7 @@ def approve(
         if old.get("gate") == "passed" and old.get("awaiting_approval") == "true":
             return _approve_gated(s, client, version, reason, person, at, aliases)
         if before == version:
-            return ReviewResult(
+            return ReviewResult.of(
                 "approve",
                 name,
                 version,
@@ -130,9 +150,7 @@ def approve(
                 at,
                 reason,
                 before,
-                before,
-                aliases.get(PREVIOUS),
-                aliases.get(CHALLENGER),
+                aliases,
                 changed=False,
                 message=f"v{version} is already the champion; nothing changed",
             )
@@ -159,7 +177,7 @@ def approve(
         write_report_safely(client, s, version, None, [])
         promote_aliases(client, name, version, aliases)
         after = read_aliases(client, name)
-    return ReviewResult(
+    return ReviewResult.of(
         "approve",
         name,
         version,
@@ -167,9 +185,7 @@ def approve(
         at,
         reason,
         before,
-        after.get(CHAMPION),
-        after.get(PREVIOUS),
-        after.get(CHALLENGER),
+        after,
         message=f"v{version} is now the champion (was {'v' + before if before else 'none'})",
     )
 
@@ -229,7 +245,7 @@ def _approve_gated(
     after = read_aliases(client, name)
     if after.get(CHAMPION) == version:
         message += f"; v{version} is now the champion (was {'v' + before if before else 'none'})"
-    return ReviewResult(
+    return ReviewResult.of(
         "approve",
         name,
         version,
@@ -237,9 +253,7 @@ def _approve_gated(
         at,
         reason,
         before,
-        after.get(CHAMPION),
-        after.get(PREVIOUS),
-        after.get(CHALLENGER),
+        after,
         changed=after.get(CHAMPION) != before,
         message=message,
     )
@@ -275,7 +289,7 @@ def reject(
             if aliases.get(alias) == version:
                 client.delete_registered_model_alias(name, alias)
         after = read_aliases(client, name)
-    return ReviewResult(
+    return ReviewResult.of(
         "reject",
         name,
         version,
@@ -283,9 +297,7 @@ def reject(
         at,
         reason,
         aliases.get(CHAMPION),
-        after.get(CHAMPION),
-        after.get(PREVIOUS),
-        after.get(CHALLENGER),
+        after,
         message=f"v{version} rejected",
     )
 
@@ -338,7 +350,7 @@ def rollback(
         else:
             client.delete_registered_model_alias(name, PREVIOUS)
         after = read_aliases(client, name)
-    return ReviewResult(
+    return ReviewResult.of(
         "rollback",
         name,
         target,
@@ -346,9 +358,7 @@ def rollback(
         at,
         reason,
         current,
-        after.get(CHAMPION),
-        after.get(PREVIOUS),
-        after.get(CHALLENGER),
+        after,
         message=f"champion v{current} -> v{target}",
     )
 
