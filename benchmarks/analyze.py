@@ -134,7 +134,6 @@ def run_service(image_size: int, film, args) -> dict[str, float]:
 
     from mammo_pipeline.common.mlflow_access import configure_mlflow, mlflow_client
     from mammo_pipeline.common.net import free_port
-    from mammo_pipeline.common.processes import spawn
     from mammo_pipeline.config import Settings
     from mammo_pipeline.serving import backend
 
@@ -160,11 +159,10 @@ def run_service(image_size: int, film, args) -> dict[str, float]:
         client.set_registered_model_alias(s.registered_model_name, "champion", mv.version)
         port = free_port()
         log = root / "server.log"
-        proc = spawn(backend.serve_command("127.0.0.1", port), env=backend.child_env(s),
-                     log=log, cwd=backend.REPO_ROOT)  # fmt: skip
+        pid, log = backend.start_backend(s, None, port, log=log)
         try:
             url = f"http://127.0.0.1:{port}"
-            backend.wait_ready(url, proc.pid, 600, log)
+            backend.wait_ready(url, pid, 600, log)
             buf = io.BytesIO()
             Image.fromarray(film.pixels).save(buf, format="PNG")
             body = {"image": ("film.png", buf.getvalue(), "image/png")}
@@ -175,7 +173,7 @@ def run_service(image_size: int, film, args) -> dict[str, float]:
                 answer = http.post("/analyze", files=body, data=form).json()
                 latency = time.perf_counter() - t0
         finally:
-            backend.stop_process(proc.pid)
+            backend.stop_process(pid)
     x = prepared_tiles(film.pixels, image_size, args.batch_size)
     raw_pass(model, x, args.batch_size)
     _, raw_wall, _ = timed(lambda: raw_pass(model, x, args.batch_size))

@@ -68,7 +68,6 @@ def _register_trained(settings, tmp_path: Path) -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     from mammo_pipeline.common.net import free_port
-    from mammo_pipeline.common.processes import spawn
     from mammo_pipeline.serving import backend
 
     root = tmp_path_factory.mktemp("analyze")
@@ -76,20 +75,15 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     version = _register_trained(settings, root / "train")
     port = free_port()
     log = root / "server.log"
-    proc = spawn(
-        backend.serve_command("127.0.0.1", port),
-        env=backend.child_env(settings, None),
-        log=log,
-        cwd=backend.REPO_ROOT,
-    )
+    pid, log = backend.start_backend(settings, None, port, log=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        backend.wait_ready(url, proc.pid, 180, log)
+        backend.wait_ready(url, pid, 180, log)
         client = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=120)
         yield {"url": url, "client": client, "version": version, "log": log}
         client.close()
     finally:
-        backend.stop_process(proc.pid)
+        backend.stop_process(pid)
 
 
 def _analyze(client: httpx.Client, data: bytes, name: str = "film.png", **form: Any):

@@ -98,7 +98,6 @@ def in_process(model: Any, data: bytes) -> float:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     from mammo_pipeline.common.net import free_port
-    from mammo_pipeline.common.processes import spawn
     from mammo_pipeline.serving import backend
 
     root = tmp_path_factory.mktemp("service")
@@ -107,15 +106,10 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     log = root / "server.log"
     # no MAMMO_SERVE_VERSION: the service resolves the champion alias itself
-    proc = spawn(
-        backend.serve_command("127.0.0.1", port),
-        env=backend.child_env(settings, None),
-        log=log,
-        cwd=backend.REPO_ROOT,
-    )
+    pid, log = backend.start_backend(settings, None, port, log=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        backend.wait_ready(url, proc.pid, 180, log)
+        backend.wait_ready(url, pid, 180, log)
         from mammo_pipeline.serving.model_loader import load_from_registry
 
         model = load_from_registry(settings, version)
@@ -123,7 +117,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         yield {"url": url, "client": client, "model": model, "version": version, "log": log}
         client.close()
     finally:
-        backend.stop_process(proc.pid)
+        backend.stop_process(pid)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from mammo_pipeline.common.processes import is_alive
 from mammo_pipeline.config import Settings
 from tests.formats import SECRET_PATIENT_ID, dicom_bytes
 from tests.test_service import make_settings, register_model
@@ -35,18 +36,12 @@ RSS_BOUND = int(2.5 * 1024**3)
 
 def _start(settings: Settings, root: Path):
     from mammo_pipeline.common.net import free_port
-    from mammo_pipeline.common.processes import spawn
     from mammo_pipeline.serving import backend
 
     port = free_port()
     log = root / "server.log"
-    proc = spawn(
-        backend.serve_command("127.0.0.1", port),
-        env=backend.child_env(settings, None),
-        log=log,
-        cwd=backend.REPO_ROOT,
-    )
-    return proc, f"http://127.0.0.1:{port}", log
+    pid, log = backend.start_backend(settings, None, port, log=log)
+    return pid, f"http://127.0.0.1:{port}", log
 
 
 class RssSampler:
@@ -99,14 +94,14 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         serve_max_batch_size=MAX_BATCH,
     )
     version = register_model(settings, seed=5)
-    proc, url, log = _start(settings, root)
+    pid, url, log = _start(settings, root)
     try:
-        backend.wait_ready(url, proc.pid, 180, log)
+        backend.wait_ready(url, pid, 180, log)
         client = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=60)
-        yield {"url": url, "client": client, "pid": proc.pid, "log": log, "version": version}
+        yield {"url": url, "client": client, "pid": pid, "log": log, "version": version}
         client.close()
     finally:
-        backend.stop_process(proc.pid)
+        backend.stop_process(pid)
 
 
 def _multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "xyzzy") -> bytes:
@@ -311,12 +306,12 @@ def test_a_nan_model_is_never_ready_and_fails_the_smoke_test(tmp_path: Path) -> 
 
     settings = make_settings(tmp_path, auth="none")
     version = _register_nan_model(settings)
-    proc, url, log = _start(settings, tmp_path)
+    pid, url, log = _start(settings, tmp_path)
     try:
         deadline = time.monotonic() + 180
         while "self-check failed" not in log.read_text(errors="replace"):
             assert time.monotonic() < deadline, log.read_text(errors="replace")[-2000:]
-            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert is_alive(pid), log.read_text(errors="replace")[-2000:]
             time.sleep(0.5)
         for _ in range(50):  # the HTTP server comes up just after the service's __init__
             try:
@@ -340,7 +335,7 @@ def test_a_nan_model_is_never_ready_and_fails_the_smoke_test(tmp_path: Path) -> 
         with pytest.raises(DeployError, match="model outputs NaN on the smoke image"):
             smoke_test(settings, url, version)
     finally:
-        backend.stop_process(proc.pid)
+        backend.stop_process(pid)
 
 
 def test_smoke_test_names_nan_from_the_in_process_model(tmp_path: Path) -> None:

@@ -39,10 +39,14 @@ def serve_command(host: str, port: int) -> list[str]:
             "--port", str(port)]  # fmt: skip
 
 
-def start_backend(settings: Settings, version: str, port: int) -> tuple[int, Path]:
-    """Start ``bentoml serve`` pinned to ``version`` on 127.0.0.1:``port``; (pid, log)."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    log = settings.serving_dir / "logs" / f"bento-v{version}-{port}-{stamp}.log"
+def start_backend(
+    settings: Settings, version: str | None, port: int, *, log: Path | None = None
+) -> tuple[int, Path]:
+    """Start ``bentoml serve`` on 127.0.0.1:``port``, pinned to ``version`` (None: the
+    service resolves the ``champion`` alias itself); returns (pid, log)."""
+    if log is None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        log = settings.serving_dir / "logs" / f"bento-v{version}-{port}-{stamp}.log"
     proc = spawn(
         serve_command("127.0.0.1", port), env=child_env(settings, version), log=log, cwd=REPO_ROOT
     )
