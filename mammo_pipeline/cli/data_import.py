@@ -65,8 +65,13 @@ def cbis_ddsm(
     normals_per_image: _Normals = 2,
     seed: _Seed = 0,
     default_spacing_mm: Annotated[
-        float, typer.Option(min=0.001, help="pixel size of DICOMs without PixelSpacing")
-    ] = 0.05,
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="pixel size (mm) of DICOMs without PixelSpacing (default: the importer's, "
+            "CBIS-DDSM's scanning resolution)",
+        ),
+    ] = None,
     name: Annotated[str, typer.Option(help="prefix of the output files")] = "cbis_ddsm",
     report: _Report = None,
     strict: _Strict = False,
@@ -88,7 +93,7 @@ def cbis_ddsm(
         test_out,
         normals_per_image=normals_per_image,
         seed=seed,
-        default_spacing_mm=default_spacing_mm,
+        **({} if default_spacing_mm is None else {"default_spacing_mm": default_spacing_mm}),
         report_path=report,
         name=name,
         strict=strict,
@@ -110,7 +115,10 @@ def mias(
     ] = 0.2,
     normals_per_image: _Normals = 2,
     seed: _Seed = 0,
-    pixel_spacing_mm: Annotated[float, typer.Option(min=0.001, help="film pixel size")] = 0.2,
+    pixel_spacing_mm: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="film pixel size in mm (default: MIAS's, 200 um)"),
+    ] = None,
     name: Annotated[str, typer.Option(help="prefix of the output files")] = "mias",
     report: _Report = None,
     strict: _Strict = False,
@@ -133,7 +141,7 @@ def mias(
         test_fraction=test_fraction,
         seed=seed,
         normals_per_image=normals_per_image,
-        pixel_spacing_mm=pixel_spacing_mm,
+        **({} if pixel_spacing_mm is None else {"pixel_spacing_mm": pixel_spacing_mm}),
         report_path=report,
         name=name,
         strict=strict,
