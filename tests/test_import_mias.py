@@ -210,3 +210,42 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert report["counts"]["train"] == {"0": 6, "1": 0, "2": 1, "3": 1, "4": 1}
     assert report["parameters"]["pixel_spacing_mm"] == 0.2
     assert [p.name for p in (tmp_path / "landing").iterdir()] == ["mias_train_000.tfrecords"]
+
+
+def test_lesion_centred_on_the_background_is_skipped_never_a_black_tile(tmp_path: Path) -> None:
+    """mini-MIAS mdb212's centre lies on the film background: it used to become an all-black
+    "benign calcification" tile, and validation then quarantined the whole import file."""
+    rows = ["mdb001 G CIRC B 150 120 20", "mdb001 G CALC B 500 500 6"]  # top-right corner
+    build(tmp_path, rows, {"mdb001": [(150, 120, 20)]})
+    result, warnings = run(tmp_path, normals_per_image=0, test_fraction=0.0)
+    (skipped,) = result.report["skipped"]
+    assert skipped["row"] == 2 and "on the film background" in skipped["reason"]
+    assert [w for w in warnings if "row 2" in w and "background" in w]
+    lesion_tiles = [px for t, px in tiles_of(result) if t["kind"] == "lesion"]
+    assert len(lesion_tiles) == 1 and all(px.mean() > 20 for px in lesion_tiles)
+
+
+def test_absent_films_are_one_summary_line_with_the_list_in_the_report(tmp_path: Path) -> None:
+    """Importing a subset of MIAS printed one warning per absent film (310 lines)."""
+    absent = [f"mdb{n:03d} G NORM" for n in range(5, 45)]
+    build(tmp_path, ["mdb001 G CIRC B 150 120 20", *absent], {"mdb001": [(150, 120, 20)]})
+    result, warnings = run(tmp_path, normals_per_image=0, test_fraction=0.0)
+    assert len(warnings) == 1 and "40 input file(s)" in warnings[0]
+    assert len(result.report["missing_files"]) == 40
+    assert all(s["reason"].endswith(".pgm") for s in result.report["skipped"])
+
+
+def test_spacing_is_from_the_file_only_when_the_file_has_one(imported) -> None:
+    """PGM carries no pixel size: the report said spacing_from_file: true for MIAS."""
+    result, _ = imported
+    assert {t["spacing_from_file"] for t in result.report["tiles"]} == {False}
+    assert {tuple(t["pixel_spacing_mm"]) for t in result.report["tiles"]} == {(0.2, 0.2)}
+
+
+def test_note_instead_of_coordinates_is_described_as_such(tmp_path: Path) -> None:
+    rows = ["mdb001 G CIRC B 150 120 20", "mdb003 F CALC B *NOTE 3*"]
+    build(tmp_path, rows, {"mdb001": [(150, 120, 20)], "mdb003": []})
+    result, _ = run(tmp_path, normals_per_image=0, test_fraction=0.0)
+    (skipped,) = result.report["skipped"]
+    assert "note '*NOTE 3*' where x, y and radius belong" in skipped["reason"]
+    assert "not numbers" not in skipped["reason"]

@@ -434,7 +434,12 @@ def import_cbis_ddsm(
                     located = False
                     continue
                 lesions.append(
-                    Lesion(Box.from_source(*box, prepared.scale), r.label, r.provenance())
+                    Lesion(
+                        Box.from_source(*box, prepared.scale),
+                        r.label,
+                        r.provenance(),
+                        (str(r.csv), r.row),
+                    )
                 )
             emit_image_tiles(
                 writer,
@@ -467,13 +472,12 @@ def _read_group_image(
                 return read_dicom(path), path
             except ImageReadError as exc:
                 problems.append(str(exc))
-    reason = (
-        f"image unreadable: {problems[0]}"
-        if problems
-        else f"image file not found: {group[0].image_path}"
-    )
     for r in group:
-        log.skip(r.csv, r.row, reason)
+        if problems:
+            log.skip(r.csv, r.row, f"image unreadable: {problems[0]}")
+        else:
+            reason = f"image file not found: {group[0].image_path}"
+            log.missing(r.csv, r.row, reason, group[0].image_path)
     return None, None
 
 

@@ -67,6 +67,9 @@ class ImportLog:
 
     ``skip`` records a row that produced no tile and reports it through ``warn`` (one line,
     naming the file and row); with ``strict`` it raises :class:`StrictImportError` instead.
+    ``missing`` records an input file a row names that is absent: a subset of a data set (a
+    few films of a large one) is normal, so those are not warned one by one but counted, and
+    :meth:`summary_warnings` gives one line for all of them (the list is in the report).
     """
 
     warn: Warn | None = None
@@ -75,15 +78,34 @@ class ImportLog:
     downscaled: list[dict[str, Any]] = field(default_factory=list)
     excluded_patients: list[dict[str, Any]] = field(default_factory=list)
     notes: list[dict[str, Any]] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
 
-    def skip(self, file: Path | str, row: int | None, reason: str) -> None:
+    def skip(self, file: Path | str, row: int | None, reason: str, *, quiet: bool = False) -> None:
         where = f"{file}" if row is None else f"{file} row {row}"
         message = f"{where}: skipped: {reason}"
         if self.strict:
             raise StrictImportError(f"{message} (strict mode: nothing was written)")
         self.skipped.append({"file": str(file), "row": row, "reason": reason})
-        if self.warn is not None:
+        if self.warn is not None and not quiet:
             self.warn(message)
+
+    def missing(self, file: Path | str, row: int | None, reason: str, path: Path | str) -> None:
+        """A row whose input file (``path``) is absent: skipped, listed, summarised once."""
+        self.skip(file, row, reason, quiet=True)
+        if str(path) not in self.missing_files:
+            self.missing_files.append(str(path))
+
+    def summary_warnings(self) -> list[str]:
+        """One line for all absent input files (none when every file was there)."""
+        if not self.missing_files:
+            return []
+        n = len(self.missing_files)
+        shown = ", ".join(Path(p).name for p in self.missing_files[:3])
+        more = f" and {n - 3} more" if n > 3 else ""
+        return [
+            f"{n} input file(s) named by the rows are absent ({shown}{more}); their rows are "
+            "skipped; the list is in the import report under 'missing_files'"
+        ]
 
     def note(self, kind: str, message: str, *, show: bool = False, **details: Any) -> None:
         self.notes.append({"kind": kind, "message": message, **details})
@@ -96,4 +118,5 @@ class ImportLog:
             "downscaled_lesions": self.downscaled,
             "excluded_patients": self.excluded_patients,
             "notes": self.notes,
+            "missing_files": self.missing_files,
         }

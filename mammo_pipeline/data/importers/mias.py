@@ -79,6 +79,8 @@ class MiasRow:
     x: int | None
     y: int | None
     radius: float | None
+    #: Text Info.txt gives where x, y and radius belong (e.g. ``*NOTE 3*``), if any.
+    note: str | None = None
 
     @property
     def located(self) -> bool:
@@ -144,6 +146,9 @@ def _parse_row(path: Path, number: int, tokens: list[str], log: ImportLog) -> Mi
     malignant = SEVERITIES[tokens[3].upper()]
     coords = tokens[4:7]
     x = y = radius = None
+    if coords and coords[0].startswith("*"):  # a note of the database instead of a location
+        note = " ".join(tokens[4:])
+        return MiasRow(number, ref, tokens[1].upper(), cls, kind, malignant, None, None, None, note)
     if coords:
         try:
             x, y = int(coords[0]), int(coords[1])
@@ -225,16 +230,17 @@ def import_mias(
             split = split_of(patient, seed, test_fraction)
             path = _film_path(films, ref)
             if path is None:
+                expected = films / f"{ref}.pgm"
                 for r in film_rows:
-                    log.skip(info, r.line, f"{ref}: film file not found: {films / (ref + '.pgm')}")
+                    log.missing(info, r.line, f"{ref}: film file not found: {expected}", expected)
                 continue
             try:
-                image = read_pgm(path, pixel_spacing_mm=(pixel_spacing_mm, pixel_spacing_mm))
+                image = read_pgm(path)  # PGM carries no pixel size: the default is used
             except ImageReadError as exc:
                 for r in film_rows:
                     log.skip(info, r.line, f"{ref}: film unreadable: {exc}")
                 continue
-            prepared = prepare(image, default_spacing_mm=None)
+            prepared = prepare(image, default_spacing_mm=pixel_spacing_mm)
             height, width = image.shape
             lesions: list[Lesion] = []
             located = True
@@ -242,7 +248,14 @@ def import_mias(
                 if r.kind is None:
                     continue
                 if not r.located:
-                    log.skip(info, r.line, f"{ref}: no lesion coordinates, cannot centre a tile")
+                    why = (
+                        f"Info.txt has the note {r.note!r} where x, y and radius belong"
+                        if r.note
+                        else "the row gives no x, y and radius"
+                    )
+                    log.skip(
+                        info, r.line, f"{ref}: no lesion coordinates ({why}), cannot centre a tile"
+                    )
                     located = False
                     continue
                 assert r.x is not None and r.y is not None and r.radius is not None
@@ -268,7 +281,8 @@ def import_mias(
                     "y_from_bottom": r.y,
                     "radius_px": r.radius,
                 }
-                lesions.append(Lesion(box, lesion_label(r.kind, bool(r.malignant)), provenance))
+                label = lesion_label(r.kind, bool(r.malignant))
+                lesions.append(Lesion(box, label, provenance, (str(info), r.line)))
             emit_image_tiles(
                 writer,
                 log,

@@ -4,6 +4,11 @@ its located lesions into lesion and normal tiles, and finishing the import (repo
 Rule for normal tiles: they are cut only from an image all of whose lesions were located. If
 any lesion row of the image was skipped (missing ROI file, no coordinates, ...), its
 position is unknown and a "normal" tile could contain it, so that image gives no normals.
+
+Rule for lesion tiles: a lesion whose centre lies on the film background (no breast tissue
+within :data:`BREAST_TOLERANCE_MM` of it, by the shared breast mask) is a mislabelled row, not
+a lesion: it is skipped with that reason and never written (an all-black "lesion" tile would
+teach the model that background is a finding, and validation would quarantine the file).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from mammo_pipeline.data.schema import LABEL_NAMES, SOURCE_SIZE
 
 #: Every report and summary says this: imported tiles are real patient data.
 REAL_TAG = "REAL"
+#: A lesion centre counts as on the breast when breast tissue lies within this distance.
+BREAST_TOLERANCE_MM = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,18 @@ class Lesion:
     box: Box
     label: int
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: (file, row) of the row that named the lesion, for the skip reasons.
+    source: tuple[str, int | None] = ("?", None)
+
+
+def on_breast(prepared: PreparedImage, box: Box) -> bool:
+    """Whether breast tissue lies within :data:`BREAST_TOLERANCE_MM` of the box's centre."""
+    r, c = (int(round(v)) for v in box.center_index)
+    h, w = prepared.shape
+    if not (0 <= r < h and 0 <= c < w):
+        return False
+    k = max(0, int(round(BREAST_TOLERANCE_MM / TARGET_MM_PER_PX)))
+    return bool(prepared.breast[max(r - k, 0) : r + k + 1, max(c - k, 0) : c + k + 1].any())
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,14 @@ def emit_image_tiles(
         "spacing_from_file": prepared.spacing_from_file,
     }
     for lesion in lesions:
+        if not on_breast(prepared, lesion.box):
+            (r, c) = (round(v, 1) for v in lesion.box.center_index)
+            log.skip(
+                *lesion.source,
+                f"{image_ref}: lesion centre (row {r}, col {c} at {TARGET_MM_PER_PX} mm/px) lies "
+                "on the film background, not on breast tissue: no tile written",
+            )
+            continue
         tile = lesion_tile(prepared, lesion.box, margin=margin)
         details = {
             **base,
@@ -148,6 +175,9 @@ def report_header(source: str, imported_from: dict[str, str], parameters: dict) 
 
 def finish(writer: ImportWriter, log: ImportLog, report: dict[str, Any]) -> ImportResult:
     """Commit the writer unless nothing was imported (then raise, leaving nothing behind)."""
+    if log.warn is not None:
+        for line in log.summary_warnings():
+            log.warn(line)
     if not writer.tiles:
         reasons = "; ".join(sorted({s["reason"].split(":")[0] for s in log.skipped})[:3])
         raise ImportFailedError(
