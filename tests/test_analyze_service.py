@@ -184,13 +184,19 @@ def test_cli_predict_writes_the_heatmap(served: dict[str, Any], tmp_path: Path, 
     args = ["predict", str(path), "--url", served["url"], "--heatmap", str(out), "--synthetic"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    body = json.loads(result.output)
+    body = json.loads(result.stdout)
     assert body["heatmap_written_to"] == str(out) and "heatmap_png_base64" not in body
+    # a PNG carries no pixel spacing: the CLI says loudly which one the service assumed
+    assert "WARNING: film.png carries no pixel spacing" in result.stderr
+    assert "analysed as 0.1 mm/px" in result.stderr
     assert Image.open(out).format == "PNG"
     # a whole film without --analyze goes to /analyze by its size
     result = CliRunner().invoke(app, ["predict", str(path), "--url", served["url"]])
     assert result.exit_code == 0, result.output
-    assert "regions" in json.loads(result.output)
+    assert "regions" in json.loads(result.stdout)
+    args += ["--pixel-spacing-mm", "0.1"]
+    result = CliRunner().invoke(app, args)  # given spacing: no warning
+    assert result.exit_code == 0 and "WARNING" not in result.stderr, result.output
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 10)
     result = CliRunner().invoke(app, ["predict", str(bad), "--url", served["url"]])

@@ -159,6 +159,22 @@ def register(app: typer.Typer) -> None:
             write_atomic(heatmap, base64.b64decode(encoded))
             body["heatmap_written_to"] = str(heatmap)
         typer.echo(json.dumps(body, indent=2))
+        if use_analyze and (warning := assumed_spacing_warning(body, image)):
+            typer.secho(warning, err=True, fg=typer.colors.YELLOW, bold=True)
+
+
+def assumed_spacing_warning(body: object, image: Path) -> str | None:
+    """A loud line when ``/analyze`` assumed the pixel spacing (the file carries none and
+    none was given): a film at another scale is analysed at the wrong size without it."""
+    scale = body.get("scale") if isinstance(body, dict) else None
+    if not isinstance(scale, dict) or scale.get("spacing_source") != "default":
+        return None
+    return (
+        f"WARNING: {image.name} carries no pixel spacing and --pixel-spacing-mm was not given: "
+        f"it was analysed as {scale.get('pixel_spacing_mm')} mm/px (the training scale). A film "
+        "at another scale (MIAS 0.2 mm/px, CBIS-DDSM scans about 0.05) is analysed at the wrong "
+        "size: pass --pixel-spacing-mm."
+    )
 
 
 def is_whole_image(data: bytes, name: str) -> bool:
