@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     validated_dir: Path | None = Field(None, description="files that passed validation")
     quarantine_dir: Path | None = Field(None, description="rejected files + reason.json")
     test_dir: Path | None = Field(None, description="fixed held-out test split")
+    film_test_dir: Path | None = Field(
+        None, description="whole films with lesion boxes for film-level evaluation (film set)"
+    )
     reports_dir: Path | None = Field(None, description="validation reports, Data Docs")
     expectations_dir: Path = Path("expectations")
 
@@ -223,6 +226,11 @@ class Settings(BaseSettings):
     @property
     def test_split(self) -> Path:
         return self._under_data(self.test_dir, "test")
+
+    @property
+    def film_test_split(self) -> Path:
+        """The film set of film-level evaluation (:mod:`mammo_pipeline.data.film_set`)."""
+        return self._under_data(self.film_test_dir, "test_films")
 
     @property
     def reports(self) -> Path:

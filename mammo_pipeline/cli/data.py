@@ -24,8 +24,16 @@ def synth(
     seed: Annotated[int, typer.Option()] = 0,
     test_n: Annotated[int, typer.Option(min=0, help="held-out test tiles (numpy form)")] = 0,
     compress: Annotated[str, typer.Option(help="'none' or 'gzip'")] = "none",
+    films: Annotated[
+        int, typer.Option(min=0, help="SYNTHETIC whole films with lesion boxes (film set)")
+    ] = 0,
+    films_out: Annotated[
+        Path | None,
+        typer.Option(help="where the film set goes (default: the film_test_split setting)"),
+    ] = None,
 ) -> None:
-    """Write a SYNTHETIC data set in the exact public DDSM schema."""
+    """Write a SYNTHETIC data set in the exact public DDSM schema (and, with --films, a
+    SYNTHETIC film set for film-level evaluation)."""
     from mammo_pipeline.data.synthetic import generate
     from mammo_pipeline.errors import MammoError
 
@@ -45,6 +53,8 @@ def synth(
         seed=seed,
         test_n=test_n,
         compression="GZIP" if compress.lower() == "gzip" else "",
+        films=films,
+        films_dir=films_out if films_out is not None or not films else _film_split(),
     )
     typer.echo(f"SYNTHETIC training files ({ds.train_records} records):")
     for f in ds.train_files:
@@ -53,6 +63,14 @@ def synth(
     typer.echo(f"SYNTHETIC label counts: {counts}")
     if ds.test_data:
         typer.echo(f"SYNTHETIC test split ({ds.test_records}): {ds.test_data}, {ds.test_labels}")
+    if ds.film_set:
+        typer.echo(f"SYNTHETIC film set ({ds.films} films): {ds.film_set}")
+
+
+def _film_split() -> Path:
+    from mammo_pipeline.config import get_settings
+
+    return get_settings().film_test_split
 
 
 @app.command()

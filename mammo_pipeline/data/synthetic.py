@@ -284,6 +284,8 @@ class SyntheticDataset:
     train_lesions: int = 0
     test_lesions: int = 0
     notes: list[str] = field(default_factory=list)
+    film_set: str | None = None
+    films: int = 0
 
 
 def _label_counts(labels: np.ndarray) -> dict[str, int]:
@@ -301,9 +303,13 @@ def generate(
     compression: Compression = "",
     views_per_lesion: int = 4,
     progress: bool = True,
+    films: int = 0,
+    films_dir: Path | str | None = None,
 ) -> SyntheticDataset:
     """Write ``n`` synthetic training records over ``files`` tfrecord files, plus an optional
-    held-out test split of ``test_n`` tiles in the published numpy form.
+    held-out test split of ``test_n`` tiles in the published numpy form, plus an optional
+    SYNTHETIC film set of ``films`` whole films (:func:`~.film_set.make_film_set`) at
+    ``films_dir`` (default ``<out_dir>/test_films``).
 
     Each positive lesion appears as ``views_per_lesion`` overlapping, flipped / rotated
     views (1: one independent tile per positive). The test split has its own lesions.
@@ -370,5 +376,11 @@ def generate(
         )
         result.test_lesions = len(test_plan.views)
     bar.close()
+    if films:
+        from mammo_pipeline.data.film_set import make_film_set
+
+        film_dir = Path(films_dir) if films_dir is not None else out / "test_films"
+        make_film_set(film_dir, films, seed=seed)
+        result.film_set, result.films = str(film_dir), films
     (out / "synthetic_dataset.json").write_text(json.dumps(asdict(result), indent=2))
     return result
