@@ -18,6 +18,10 @@ reaches ``target_recall`` (ties: the higher threshold); a tile is positive when
 
 Artifacts under ``evaluation/``: ``confusion_matrix.png``, ``roc_pr_curves.png``,
 ``metrics.json`` and ``test_predictions.csv`` (:mod:`.predictions`, what the gate reads).
+
+When the film set (``settings.film_test_split``) exists, the same evaluation runs the model
+over whole films as ``/analyze`` does and adds the film metrics, the film threshold and their
+artifacts (:mod:`.film_eval`).
 """
 
 from __future__ import annotations
@@ -176,14 +180,26 @@ class Evaluation:
     test_manifest_sha256: str
     artifacts: list[Path] = field(default_factory=list)
     predictions_sha256: str = ""
+    #: tags to set on the run besides the digests above (film-level evaluation)
+    tags: dict[str, str] = field(default_factory=dict)
+    film_summary: dict | None = None
 
 
 def evaluate_model(
-    model, settings: Settings, threshold: float, out_dir: Path, *, synthetic: bool = False
+    model,
+    settings: Settings,
+    threshold: float,
+    out_dir: Path,
+    *,
+    synthetic: bool = False,
+    weights: str = "",
 ) -> Evaluation:
-    """Test metrics and figures for ``model`` at ``threshold`` (nothing logged here)."""
+    """Test metrics and figures for ``model`` at ``threshold`` (nothing logged here), plus
+    the film-level evaluation when the film set exists."""
     from mammo_pipeline.data.manifest import build_manifest, held_out_files
     from mammo_pipeline.training import plots
+    from mammo_pipeline.training.film_eval import film_evaluation
+    from mammo_pipeline.training.model import weights_source
 
     test_manifest = build_manifest(held_out_files(settings.test_split))
     synthetic = synthetic or test_manifest.synthetic
@@ -225,7 +241,22 @@ def evaluate_model(
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(report, indent=2))
     artifacts += [metrics_path, predictions_path]
-    return Evaluation(metrics, threshold, test_manifest.sha256, artifacts, digest)
+    film = film_evaluation(
+        model,
+        settings,
+        threshold,
+        out_dir,
+        synthetic=synthetic,
+        weights=weights or weights_source(settings.weights),
+    )
+    if film is None:
+        return Evaluation(metrics, threshold, test_manifest.sha256, artifacts, digest)
+    metrics.update(film.metrics)
+    report["metrics"] = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
+    report.update(film_threshold_method=film.method, film=film.summary, **film.tags)
+    metrics_path.write_text(json.dumps(report, indent=2))
+    return Evaluation(metrics, threshold, test_manifest.sha256, artifacts + film.artifacts,
+                      digest, film.tags, film.summary)  # fmt: skip
 
 
 def log_evaluation(
@@ -242,6 +273,8 @@ def log_evaluation(
     client.set_tag(run_id, "test_manifest_sha256", evaluation.test_manifest_sha256)
     if evaluation.predictions_sha256:
         client.set_tag(run_id, PREDICTIONS_DIGEST_TAG, evaluation.predictions_sha256)
+    for key, value in evaluation.tags.items():
+        client.set_tag(run_id, key, value)
     for path in evaluation.artifacts:
         client.log_artifact(run_id, str(path), ARTIFACT_DIR)
 
@@ -273,8 +306,11 @@ def evaluate_run(settings: Settings | None = None, run_id: str = "") -> dict[str
     model_uri = run.data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
     model = mlflow.keras.load_model(model_uri)
     synthetic = run.data.tags.get("synthetic") == "true"
+    weights = run.data.tags.get("weights_source", "")
     with tempfile.TemporaryDirectory(prefix="mammo-eval-") as tmp:
-        evaluation = evaluate_model(model, s, _run_threshold(run), Path(tmp), synthetic=synthetic)
+        evaluation = evaluate_model(
+            model, s, _run_threshold(run), Path(tmp), synthetic=synthetic, weights=weights
+        )
         log_evaluation(s, run_id, evaluation, run.data.tags.get("model_id"))
     # NaN (e.g. the recall of a lesion type absent from the test set) is not JSON: None
     return clean(

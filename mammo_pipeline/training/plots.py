@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,6 +119,37 @@ def roc_pr_plot(
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if ax is ax1 else "lower left")
     fig.suptitle("Held-out test set" + _suffix(synthetic))
+    return _save(fig, out)
+
+
+def froc_plot(
+    fp_per_image: np.ndarray,
+    sensitivity: np.ndarray,
+    out: Path | str,
+    *,
+    summary: Any = None,
+    synthetic: bool = False,
+    weights: str = "",
+) -> Path:
+    """FROC curve of the film set (lesion sensitivity against false positives per image),
+    the 0.5 / 1 / 2 FP/image readings marked; the title names the data and the weights."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    ax.step(fp_per_image, sensitivity, where="post", label="FROC (top-k regions)")
+    if summary is not None:
+        for rate, value in summary.froc.items():
+            if np.isfinite(value):
+                ax.plot(rate, value, "o", label=f"{rate:g} FP/image: {value:.2f}")
+        auc = summary.roc_auc
+        ax.text(0.98, 0.04,
+                f"{summary.n} films ({summary.positives} with lesions)\n"
+                f"film ROC AUC {auc.describe(3)}\ntop-1 hit rate {summary.top1_hit_rate:.2f}",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8)  # fmt: skip
+    ax.set(xlabel="false positives per image", ylabel="lesion sensitivity", ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    who = f"; weights: {weights}" if weights else ""
+    ax.set_title("Film-level FROC" + _suffix(synthetic) + who, fontsize=9)
     return _save(fig, out)
 
 

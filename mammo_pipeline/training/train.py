@@ -17,7 +17,8 @@ MLflow run contents: every setting as a parameter, per-epoch ``loss``, ``auc``,
 ``airflow_run_id`` (when given), ``feature_cache``, ``model_uri``, ``model_id``; the data
 manifest as the dataset input (context ``training``) and as ``data/manifest.json``; the
 model as ``mlflow.keras`` flavour named ``model`` with metadata ``decision_threshold`` and
-``image_size``; ``training_curves.png``.
+``image_size``; ``training_curves.png``; and, when the film set exists, the film-level
+metrics, film threshold and artifacts of :mod:`mammo_pipeline.training.film_eval`.
 """
 
 from __future__ import annotations
