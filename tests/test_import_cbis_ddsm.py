@@ -440,3 +440,32 @@ def test_mammo_entry_point_prints_one_error_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "missing column(s): 'pathology'" in lines[0] and "Traceback" not in proc.stderr
     assert "REAL" in proc.stdout
+
+
+def test_official_test_films_are_kept_as_a_film_set(tmp_path: Path) -> None:
+    """The official test split's full-field films, with their ROI boxes, become the film set
+    of film-level evaluation; a film finer than 0.1 mm/px is stored at 0.1 mm/px."""
+    from mammo_pipeline.data.film_set import load_film_set
+
+    ds = standard(tmp_path)
+    ds.add_image(
+        patient="P_00005",
+        split="test",
+        lesions=[CbisLesion((600, 300), 40, "MALIGNANT", "mass")],
+        shape=(1200, 800),
+        spacing=(0.05, 0.05),
+        seed=4,
+    )
+    ds.write_csvs()
+    result, _ = run(ds, normals_per_image=0, films_out=tmp_path / "test_films")
+    film_set = load_film_set(tmp_path / "test_films")
+    by_group = {r.group: r for r in film_set.records}
+    assert sorted(by_group) == ["P_00003", "P_00004", "P_00005"]  # test patients only
+    assert {r.role for r in film_set.records} == {"test"} and not film_set.synthetic
+    (lesion,) = by_group["P_00003"].lesions
+    assert lesion.label == 3 and lesion.centre_in(149, 299, 151, 301)  # (row 300, col 150)
+    fine = by_group["P_00005"]
+    assert fine.pixel_spacing_mm == pytest.approx(0.1)
+    (big,) = fine.lesions
+    assert big.centre_in(148, 298, 152, 302)  # (row 600, col 300) at half the resolution
+    assert result.film_set["by_role"] == {"validation": 0, "test": 3}

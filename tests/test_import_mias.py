@@ -249,3 +249,57 @@ def test_note_instead_of_coordinates_is_described_as_such(tmp_path: Path) -> Non
     (skipped,) = result.report["skipped"]
     assert "note '*NOTE 3*' where x, y and radius belong" in skipped["reason"]
     assert "not numbers" not in skipped["reason"]
+
+
+def test_held_out_patients_whole_films_are_kept_as_a_film_set(tmp_path: Path) -> None:
+    """Film-level evaluation needs the held-out patients' whole films with their lesions'
+    places, under the same patient split as the tiles."""
+    from mammo_pipeline.data.film_set import load_film_set
+
+    build(tmp_path, ROWS[1:], FILMS)
+    films_dir = tmp_path / "test_films"
+    result, _ = run(tmp_path, test_fraction=1.0, normals_per_image=0, films_out=films_dir)
+    film_set = load_film_set(films_dir)
+    by_id = {record.film_id: record for record in film_set.records}
+    # mdb004's lesion has no coordinates: its film cannot be scored for localisation
+    assert sorted(by_id) == ["mdb001", "mdb002", "mdb003"]
+    assert not film_set.synthetic and {r.role for r in by_id.values()} == {"test"}
+    assert any(
+        n["kind"] == "film_not_kept" and n["film"] == "mdb004" for n in result.report["notes"]
+    )
+    assert result.film_set and result.film_set["digest"] == film_set.digest
+    mdb001 = by_id["mdb001"]
+    assert mdb001.pixel_spacing_mm == 0.2 and (mdb001.height, mdb001.width) == (SIZE, SIZE)
+    (lesion,) = mdb001.lesions
+    assert lesion.label == 2 and lesion.centre_in(150, SIZE - 1 - 120, 151, SIZE - 120)
+    assert (lesion.x1 - lesion.x0) == pytest.approx(40, abs=2)  # radius 20 px
+    assert by_id["mdb002"].label_normal == 0 and len(by_id["mdb003"].lesions) == 2
+    pixels = film_set.pixels(mdb001)
+    assert pixels.shape == (SIZE, SIZE) and pixels[SIZE - 1 - 120, 150] > pixels[5, SIZE - 5]
+
+
+def test_validation_films_come_from_patients_held_out_of_training(tmp_path: Path) -> None:
+    from mammo_pipeline.data.film_set import load_film_set
+
+    refs = {f"mdb{n:03d}": [(150, 120, 20)] if n % 2 else [] for n in range(1, 13)}
+    rows = [f"{ref} G CIRC B 150 120 20" if lesions else f"{ref} G NORM"
+            for ref, lesions in refs.items()]  # fmt: skip
+    build(tmp_path, rows, refs)
+    films_dir = tmp_path / "test_films"
+    result, _ = run(tmp_path, test_fraction=0.0, validation_films=0.5, films_out=films_dir)
+    film_set = load_film_set(films_dir)
+    validation = {r.group for r in film_set.with_role("validation")}
+    assert validation and {r.role for r in film_set.records} == {"validation"}
+    trained = {t["patient"] for t in result.report["tiles"]}
+    assert trained and not (trained & validation)  # never both trained on and validating
+    assert result.report["patients"]["validation_films"] == len(validation)
+
+
+def test_existing_film_set_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    from mammo_pipeline.data.importers.common import OutputExistsError
+
+    build(tmp_path, ROWS[1:3], {"mdb001": [(150, 120, 20)], "mdb002": []})
+    films_dir = tmp_path / "test_films"
+    run(tmp_path, test_fraction=1.0, films_out=films_dir)
+    with pytest.raises(OutputExistsError, match="test_films"):
+        run(tmp_path, test_fraction=1.0, films_out=films_dir)

@@ -26,6 +26,23 @@ _TestOut = Annotated[
     Path | None, typer.Option(help="held-out numpy split folder [default: settings test]")
 ]
 _Report = Annotated[Path | None, typer.Option(help="import report JSON file")]
+_FilmsOut = Annotated[
+    Path | None,
+    typer.Option(
+        help="where the held-out patients' whole films are kept as a film set, for film-level "
+        "evaluation [default: the settings' film test folder, or test_films beside --test-out]"
+    ),
+]
+_NoFilms = Annotated[bool, typer.Option("--no-films", help="do not keep whole films")]
+_ValidationFilms = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=0.5,
+        help="share of training patients held out of training, whose films choose the "
+        "film-level threshold (0: none; the threshold is then derived from the tile one)",
+    ),
+]
 _Normals = Annotated[int, typer.Option(min=0, help="normal (label 0) tiles per image")]
 _Seed = Annotated[int, typer.Option(help="seed of normal-tile positions (and MIAS split)")]
 _Strict = Annotated[bool, typer.Option(help="fail (writing nothing) on any skipped row")]
@@ -44,6 +61,21 @@ def _targets(out: Path | None, test_out: Path | None) -> tuple[Path, Path]:
 
     settings = get_settings()
     return out or settings.landing, test_out or settings.test_split
+
+
+def _films_target(films_out: Path | None, no_films: bool, test_out: Path) -> Path | None:
+    """Where the whole films go: ``--films-out``, else the settings' film test folder, or
+    beside an explicit ``--test-out`` (``<parent>/test_films``, as the defaults are)."""
+    from mammo_pipeline.config import get_settings
+
+    if no_films:
+        return None
+    settings = get_settings()
+    if films_out is not None:
+        return films_out
+    if test_out == settings.test_split:
+        return settings.film_test_split
+    return test_out.parent / settings.film_test_split.name
 
 
 def _print_result(result) -> None:
@@ -74,6 +106,9 @@ def cbis_ddsm(
     ] = None,
     name: Annotated[str, typer.Option(help="prefix of the output files")] = "cbis_ddsm",
     report: _Report = None,
+    films_out: _FilmsOut = None,
+    no_films: _NoFilms = False,
+    validation_films: _ValidationFilms = 0.0,
     strict: _Strict = False,
     overwrite: _Overwrite = False,
     progress: _Progress = True,
@@ -95,6 +130,8 @@ def cbis_ddsm(
         seed=seed,
         **({} if default_spacing_mm is None else {"default_spacing_mm": default_spacing_mm}),
         report_path=report,
+        films_out=_films_target(films_out, no_films, test_out),
+        validation_films=validation_films,
         name=name,
         strict=strict,
         overwrite=overwrite,
@@ -121,6 +158,9 @@ def mias(
     ] = None,
     name: Annotated[str, typer.Option(help="prefix of the output files")] = "mias",
     report: _Report = None,
+    films_out: _FilmsOut = None,
+    no_films: _NoFilms = False,
+    validation_films: _ValidationFilms = 0.0,
     strict: _Strict = False,
     overwrite: _Overwrite = False,
     progress: _Progress = True,
@@ -143,6 +183,8 @@ def mias(
         normals_per_image=normals_per_image,
         **({} if pixel_spacing_mm is None else {"pixel_spacing_mm": pixel_spacing_mm}),
         report_path=report,
+        films_out=_films_target(films_out, no_films, test_out),
+        validation_films=validation_films,
         name=name,
         strict=strict,
         overwrite=overwrite,

@@ -53,12 +53,20 @@ from mammo_pipeline.data.importers.common import (
     lesion_label,
     stable_rng,
 )
+from mammo_pipeline.data.importers.films import (
+    FilmKeeper,
+    FilmRole,
+    keeper_guard,
+    validation_patient,
+)
 from mammo_pipeline.data.importers.output import ImportWriter
 from mammo_pipeline.data.importers.runner import (
     ImportResult,
     Lesion,
     emit_image_tiles,
     finish,
+    keep_film,
+    lesions_on_breast,
     report_header,
 )
 from mammo_pipeline.data.importers.tiling import Box, prepare
@@ -355,10 +363,16 @@ def import_cbis_ddsm(
     records_per_file: int = 2000,
     large_lesion_margin: float = 0.1,
     min_breast_fraction: float = 0.8,
+    films_out: Path | str | None = None,
+    validation_films: float = 0.0,
 ) -> ImportResult:
     """Import CBIS-DDSM (official layout) into training tfrecords in ``out`` and the held-out
     numpy split in ``test_out``; the report goes to ``report_path`` (default
-    ``<test_out>/<name>_import_report.json``). See the module docstring for the rules."""
+    ``<test_out>/<name>_import_report.json``). See the module docstring for the rules.
+
+    ``films_out``: keep the official test split's full-field films there as a film set
+    (:mod:`.films`); ``validation_films``: the share of training patients held out of
+    training for validation films (0: none)."""
     csv_dir, dicom_root = Path(csv_dir), Path(dicom_root)
     out, test_out = Path(out), Path(test_out)
     for d in (csv_dir, dicom_root):
@@ -366,6 +380,8 @@ def import_cbis_ddsm(
             raise DataError(d, "no such directory")
     if normals_per_image < 0:
         raise ValueError("normals_per_image must be >= 0")
+    if not 0.0 <= validation_films < 1.0:
+        raise ValueError("validation_films must be within [0, 1)")
     report_file = Path(report_path) if report_path else test_out / f"{name}_import_report.json"
     log = ImportLog(warn=warn, strict=strict)
 
@@ -397,6 +413,7 @@ def import_cbis_ddsm(
         "default_spacing_mm": default_spacing_mm,
         "large_lesion_margin": large_lesion_margin,
         "min_breast_fraction": min_breast_fraction,
+        "validation_films": validation_films,
         "strict": strict,
     }
     report = report_header(
@@ -408,14 +425,21 @@ def import_cbis_ddsm(
     report["csv_files"] = csv_found
     locator = DicomLocator(dicom_root)
     images_default_spacing = 0
-    patients: dict[str, set[str]] = {"train": set(), "test": set()}
+    patients: dict[str, set[str]] = {"train": set(), "test": set(), "validation_films": set()}
+    keeper = FilmKeeper(films_out, source=SOURCE, log=log, overwrite=overwrite)
 
-    with ImportWriter(
-        name, out, test_out, report_file, records_per_file=records_per_file, overwrite=overwrite
-    ) as writer:
+    with (
+        keeper_guard(keeper),
+        ImportWriter(
+            name, out, test_out, report_file, records_per_file=records_per_file, overwrite=overwrite
+        ) as writer,
+    ):
         bar = tqdm(groups.items(), desc=f"{SOURCE} images", unit="image", disable=not progress)
         for (split, patient, side, view), group in bar:
             image_ref = f"{patient}_{side}_{view}"
+            role: FilmRole | None = "test" if split == "test" else None
+            if split == "train" and validation_patient(patient, seed, validation_films):
+                role = "validation"  # held out of training: its film chooses the threshold
             image, image_file = _read_group_image(group, locator, log)
             if image is None:
                 continue
@@ -439,9 +463,17 @@ def import_cbis_ddsm(
                         r.label,
                         r.provenance(),
                         (str(r.csv), r.row),
+                        tuple(float(v) for v in box),
                     )
                 )
-            emit_image_tiles(
+            if role == "validation":
+                placed = lesions_on_breast(log, prepared, image_ref, lesions)
+                complete = located and placed == lesions
+                keep_film(keeper, prepared, image.pixels, image_ref=image_ref, patient=patient,
+                          role=role, lesions=placed, complete=complete)  # fmt: skip
+                patients["validation_films"].add(patient)
+                continue
+            placed = emit_image_tiles(
                 writer,
                 log,
                 prepared,
@@ -455,10 +487,14 @@ def import_cbis_ddsm(
                 margin=large_lesion_margin,
                 min_breast_fraction=min_breast_fraction,
             )
+            if role == "test":
+                complete = located and placed == lesions
+                keep_film(keeper, prepared, image.pixels, image_ref=image_ref, patient=patient,
+                          role=role, lesions=placed, complete=complete)  # fmt: skip
             patients[split].add(patient)
         report["images_with_default_spacing"] = images_default_spacing
         report["patients"] = {s: len(p) for s, p in patients.items()}
-        return finish(writer, log, report)
+        return finish(writer, log, report, keeper)
 
 
 def _read_group_image(

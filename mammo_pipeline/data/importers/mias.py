@@ -38,12 +38,20 @@ from mammo_pipeline.data.importers.common import (
     stable_rng,
     stable_unit,
 )
+from mammo_pipeline.data.importers.films import (
+    FilmKeeper,
+    FilmRole,
+    keeper_guard,
+    validation_patient,
+)
 from mammo_pipeline.data.importers.output import ImportWriter
 from mammo_pipeline.data.importers.runner import (
     ImportResult,
     Lesion,
     emit_image_tiles,
     finish,
+    keep_film,
+    lesions_on_breast,
     report_header,
 )
 from mammo_pipeline.data.importers.tiling import Box, prepare
@@ -185,9 +193,15 @@ def import_mias(
     records_per_file: int = 2000,
     large_lesion_margin: float = 0.1,
     min_breast_fraction: float = 0.8,
+    films_out: Path | str | None = None,
+    validation_films: float = 0.0,
 ) -> ImportResult:
     """Import MIAS films into training tfrecords in ``out`` and the held-out numpy split in
-    ``test_out`` (report: ``<test_out>/<name>_import_report.json`` unless given)."""
+    ``test_out`` (report: ``<test_out>/<name>_import_report.json`` unless given).
+
+    ``films_out``: keep the held-out patients' whole films there as a film set
+    (:mod:`.films`); ``validation_films``: the share of training patients held out of
+    training for validation films (0: none)."""
     info, films = Path(info), Path(films)
     out, test_out = Path(out), Path(test_out)
     if not films.is_dir():
@@ -196,6 +210,8 @@ def import_mias(
         raise ValueError("test_fraction must be within 0..1")
     if normals_per_image < 0:
         raise ValueError("normals_per_image must be >= 0")
+    if not 0.0 <= validation_films < 1.0:
+        raise ValueError("validation_films must be within [0, 1)")
     report_file = Path(report_path) if report_path else test_out / f"{name}_import_report.json"
     log = ImportLog(warn=warn, strict=strict)
     rows, ignored = parse_info(info, log)
@@ -210,6 +226,7 @@ def import_mias(
         "pixel_spacing_mm": pixel_spacing_mm,
         "large_lesion_margin": large_lesion_margin,
         "min_breast_fraction": min_breast_fraction,
+        "validation_films": validation_films,
         "strict": strict,
     }
     report = report_header(SOURCE, {"info": str(info), "films": str(films)}, parameters)
@@ -217,17 +234,24 @@ def import_mias(
         "by patient (film pair (n-1)//2): test when sha256(seed:patient) < test_fraction"
     )
     report["info_lines_ignored"] = ignored
-    patients: dict[str, set[str]] = {"train": set(), "test": set()}
+    patients: dict[str, set[str]] = {"train": set(), "test": set(), "validation_films": set()}
+    keeper = FilmKeeper(films_out, source=SOURCE, log=log, overwrite=overwrite)
 
-    with ImportWriter(
-        name, out, test_out, report_file, records_per_file=records_per_file, overwrite=overwrite
-    ) as writer:
+    with (
+        keeper_guard(keeper),
+        ImportWriter(
+            name, out, test_out, report_file, records_per_file=records_per_file, overwrite=overwrite
+        ) as writer,
+    ):
         bar = tqdm(
             sorted(by_film.items()), desc=f"{SOURCE} films", unit="film", disable=not progress
         )
         for ref, film_rows in bar:
             patient = patient_of(ref)
             split = split_of(patient, seed, test_fraction)
+            role: FilmRole | None = "test" if split == "test" else None
+            if split == "train" and validation_patient(patient, seed, validation_films):
+                role = "validation"  # held out of training: its film chooses the threshold
             path = _film_path(films, ref)
             if path is None:
                 expected = films / f"{ref}.pgm"
@@ -270,9 +294,8 @@ def import_mias(
                     located = False
                     continue
                 cy, cx = row_index + 0.5, r.x + 0.5  # edge coordinates of the centre
-                box = Box.from_source(
-                    cy - r.radius, cx - r.radius, cy + r.radius, cx + r.radius, prepared.scale
-                )
+                original = (cy - r.radius, cx - r.radius, cy + r.radius, cx + r.radius)
+                box = Box.from_source(*original, prepared.scale)
                 provenance = {
                     "info_line": r.line,
                     "mias_class": r.mias_class,
@@ -282,8 +305,15 @@ def import_mias(
                     "radius_px": r.radius,
                 }
                 label = lesion_label(r.kind, bool(r.malignant))
-                lesions.append(Lesion(box, label, provenance, (str(info), r.line)))
-            emit_image_tiles(
+                lesions.append(Lesion(box, label, provenance, (str(info), r.line), original))
+            if role == "validation":
+                placed = lesions_on_breast(log, prepared, ref, lesions)
+                complete = located and placed == lesions
+                keep_film(keeper, prepared, image.pixels, image_ref=ref, patient=patient,
+                          role=role, lesions=placed, complete=complete)  # fmt: skip
+                patients["validation_films"].add(patient)
+                continue
+            placed = emit_image_tiles(
                 writer,
                 log,
                 prepared,
@@ -297,9 +327,13 @@ def import_mias(
                 margin=large_lesion_margin,
                 min_breast_fraction=min_breast_fraction,
             )
+            if role == "test":
+                complete = located and placed == lesions
+                keep_film(keeper, prepared, image.pixels, image_ref=ref, patient=patient,
+                          role=role, lesions=placed, complete=complete)  # fmt: skip
             patients[split].add(patient)
         report["patients"] = {s: len(p) for s, p in patients.items()}
-        return finish(writer, log, report)
+        return finish(writer, log, report, keeper)
 
 
 __all__ = ["CLASSES", "MIAS_SPACING_MM", "MiasRow", "import_mias", "parse_info", "patient_of"]

@@ -25,6 +25,7 @@ from mammo_pipeline.data.importers.common import (
     ImportLog,
     Split,
 )
+from mammo_pipeline.data.importers.films import FilmKeeper, FilmRole
 from mammo_pipeline.data.importers.output import ImportOutputs, ImportWriter
 from mammo_pipeline.data.importers.tiling import Box, PreparedImage, lesion_tile, normal_tiles
 from mammo_pipeline.data.schema import LABEL_NAMES, SOURCE_SIZE
@@ -45,6 +46,8 @@ class Lesion:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: (file, row) of the row that named the lesion, for the skip reasons.
     source: tuple[str, int | None] = ("?", None)
+    #: (top, left, bottom, right) in the ORIGINAL image's edge coordinates (for film sets).
+    original: tuple[float, float, float, float] | None = None
 
 
 def on_breast(prepared: PreparedImage, box: Box) -> bool:
@@ -62,6 +65,8 @@ class ImportResult:
     outputs: ImportOutputs
     log: ImportLog
     report: dict[str, Any]
+    #: The held-out whole films kept as a film set (path, counts, digest), or None.
+    film_set: dict[str, Any] | None = None
 
     def summary_lines(self) -> list[str]:
         """Human-readable counts per split and label, marked REAL."""
@@ -75,7 +80,54 @@ class ImportResult:
             f"{len(self.log.skipped)} row(s) skipped, {len(self.log.downscaled)} lesion(s) "
             f"downscaled to fit a tile, {len(self.log.excluded_patients)} patient(s) excluded"
         )
+        if self.film_set:
+            roles = ", ".join(f"{k} {v}" for k, v in self.film_set["by_role"].items())
+            lines.append(
+                f"{REAL_TAG} {source} whole films kept for film-level evaluation: "
+                f"{self.film_set['films']} ({roles}) in {self.film_set['path']}"
+            )
         return lines
+
+
+def lesions_on_breast(
+    log: ImportLog, prepared: PreparedImage, image_ref: str, lesions: list[Lesion]
+) -> list[Lesion]:
+    """The lesions centred on breast tissue; each other one is skipped with the reason."""
+    placed = []
+    for lesion in lesions:
+        if on_breast(prepared, lesion.box):
+            placed.append(lesion)
+            continue
+        (r, c) = (round(v, 1) for v in lesion.box.center_index)
+        log.skip(
+            *lesion.source,
+            f"{image_ref}: lesion centre (row {r}, col {c} at {TARGET_MM_PER_PX} mm/px) lies "
+            "on the film background, not on breast tissue: no tile written",
+        )
+    return placed
+
+
+def keep_film(
+    films: FilmKeeper,
+    prepared: PreparedImage,
+    pixels: np.ndarray,
+    *,
+    image_ref: str,
+    patient: str,
+    role: FilmRole,
+    lesions: list[Lesion],
+    complete: bool,
+) -> None:
+    """Keep a held-out film in the film set when every lesion of it has a known place."""
+    if not films.active:
+        return
+    if not complete or any(lesion.original is None for lesion in lesions):
+        films.leave_out(image_ref, "a lesion of it has no known place on breast tissue")
+        return
+    boxes = [
+        (lo[1], lo[0], lo[3], lo[2], lesion.label) for lesion in lesions if (lo := lesion.original)
+    ]
+    films.keep(image_ref, pixels, prepared.spacing_mm, boxes, role=role, group=patient)
 
 
 def emit_image_tiles(
@@ -92,23 +144,17 @@ def emit_image_tiles(
     rng: np.random.Generator,
     margin: float = 0.1,
     min_breast_fraction: float = 0.8,
-) -> None:
-    """Write one lesion tile per lesion and up to ``normals_per_image`` normal tiles."""
+) -> list[Lesion]:
+    """Write one lesion tile per lesion centred on breast tissue and up to
+    ``normals_per_image`` normal tiles; returns the lesions that got a tile."""
     base = {
         "patient": patient,
         "image": image_ref,
         "pixel_spacing_mm": list(prepared.spacing_mm),
         "spacing_from_file": prepared.spacing_from_file,
     }
-    for lesion in lesions:
-        if not on_breast(prepared, lesion.box):
-            (r, c) = (round(v, 1) for v in lesion.box.center_index)
-            log.skip(
-                *lesion.source,
-                f"{image_ref}: lesion centre (row {r}, col {c} at {TARGET_MM_PER_PX} mm/px) lies "
-                "on the film background, not on breast tissue: no tile written",
-            )
-            continue
+    placed = lesions_on_breast(log, prepared, image_ref, lesions)
+    for lesion in placed:
         tile = lesion_tile(prepared, lesion.box, margin=margin)
         details = {
             **base,
@@ -129,14 +175,14 @@ def emit_image_tiles(
                 }
             )
     if normals_per_image <= 0:
-        return
+        return placed
     if not all_lesions_located:
         log.note(
             "no_normals",
             f"{image_ref}: no normal tiles: a lesion of this image could not be located",
             image=image_ref,
         )
-        return
+        return placed
     normals = normal_tiles(
         prepared,
         [lesion.box for lesion in lesions],
@@ -154,6 +200,7 @@ def emit_image_tiles(
             image=image_ref,
             found=len(normals),
         )
+    return placed
 
 
 def report_header(source: str, imported_from: dict[str, str], parameters: dict) -> dict:
@@ -173,8 +220,14 @@ def report_header(source: str, imported_from: dict[str, str], parameters: dict) 
     }
 
 
-def finish(writer: ImportWriter, log: ImportLog, report: dict[str, Any]) -> ImportResult:
-    """Commit the writer unless nothing was imported (then raise, leaving nothing behind)."""
+def finish(
+    writer: ImportWriter,
+    log: ImportLog,
+    report: dict[str, Any],
+    films: FilmKeeper | None = None,
+) -> ImportResult:
+    """Commit the writer (and the film set) unless nothing was imported (then raise,
+    leaving nothing behind)."""
     if log.warn is not None:
         for line in log.summary_warnings():
             log.warn(line)
@@ -186,5 +239,12 @@ def finish(writer: ImportWriter, log: ImportLog, report: dict[str, Any]) -> Impo
             + (f" ({reasons})" if reasons else "")
             + "; see the warnings above"
         )
-    outputs = writer.commit({**report, **log.to_dict()})
-    return ImportResult(outputs, log, writer.final_report)
+    film_set = films.close() if films is not None else None
+    report = {**report, "film_set": film_set}
+    try:
+        outputs = writer.commit({**report, **log.to_dict()})
+    except BaseException:
+        if films is not None:
+            films.remove()
+        raise
+    return ImportResult(outputs, log, writer.final_report, film_set)
