@@ -36,6 +36,10 @@ RUN_TAGS_COPIED: tuple[str, ...] = (
 #: Paired non-regression metrics (candidate - reference on the same tiles, see
 #: :func:`mammo_pipeline.stats.compare_paired`): must not be worse beyond the tolerance.
 REGRESSION_METRICS: tuple[str, ...] = ("roc_auc", "pr_auc", "sensitivity_at_specificity")
+#: Film-level paired non-regression metrics (what /analyze serves; see
+#: :func:`mammo_pipeline.stats.film.compare_films`), checked when both versions were evaluated
+#: on the same film set.
+FILM_REGRESSION_METRICS: tuple[str, ...] = ("film_roc_auc", "film_froc_sens_at_1fp")
 #: References every candidate is compared with (when they exist and are not the candidate).
 REFERENCES: tuple[str, ...] = ("champion", "baseline")
 #: Metrics that must lie in [0, 1]: a value outside is a broken run, never a pass.
@@ -134,6 +138,8 @@ class GateDecision:
                 role == "baseline" and version == self.champion_version
             ):  # a baseline that is the champion is compared once, as the champion
                 required |= {regression_check_name(role, m) for m in REGRESSION_METRICS}
+                if (self.statistics or {}).get(f"films_vs_{role}"):  # compared on films too
+                    required |= {regression_check_name(role, m) for m in FILM_REGRESSION_METRICS}
         return (
             bool(self.checks)
             and all(c.passed for c in self.checks)

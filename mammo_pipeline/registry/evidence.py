@@ -1,6 +1,8 @@
 """What the gate knows about one model version: its run's logged metrics and threshold, the
 test set it was evaluated on, and its per-tile test predictions, read back from the run's
-artifact and checked against the digest recorded at evaluation.
+artifact and checked against the digest recorded at evaluation; when the run was evaluated on
+a film set too, its per-film ``/analyze`` answers (``evaluation/film_predictions.csv``),
+re-checked against ``film_predictions_sha256`` the same way (a changed file fails the gate).
 
 Loading never raises for a problem with the version's data: the problem is kept in
 :attr:`Evidence.problem` and fails the gate (fail closed).
@@ -26,6 +28,8 @@ from mammo_pipeline.training.predictions import (
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from mammo_pipeline.training.film_eval import FilmPredictions
+
 #: Where evaluation logs the predictions on the run.
 PREDICTIONS_ARTIFACT = f"evaluation/{PREDICTIONS_FILE}"
 
@@ -44,6 +48,10 @@ class Evidence:
     predictions_sha256: str | None = None
     synthetic: bool = False
     problem: str | None = None
+    #: per-film answers on the film set with that set's manifest digest (None: not evaluated
+    #: on films, e.g. an older run)
+    film_predictions: FilmPredictions | None = None
+    film_set_sha256: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -88,8 +96,35 @@ def load_evidence(client: MlflowClient, name: str, version: str) -> Evidence:
             )
             return ev
         ev.predictions = parse_predictions(data, f"run {ev.run_id}: {PREDICTIONS_ARTIFACT}")
+        _load_film_evidence(client, ev, tags)
         if ev.threshold is None:
             ev.problem = f"v{version}: run {ev.run_id} has no finite decision_threshold"
     except Exception as exc:  # noqa: BLE001 - any failure to read the evidence fails closed
         ev.problem = f"v{version}: cannot read its evidence: {type(exc).__name__}: {exc}"
     return ev
+
+
+def _load_film_evidence(client: MlflowClient, ev: Evidence, tags: dict[str, str]) -> None:
+    """Read the film predictions when the run has them; a digest mismatch is a problem."""
+    from mammo_pipeline.training.film_eval import (
+        FILM_PREDICTIONS_DIGEST_TAG,
+        FILM_PREDICTIONS_FILE,
+        FILM_SET_DIGEST_TAG,
+        parse_film_predictions,
+    )
+
+    expected = tags.get(FILM_PREDICTIONS_DIGEST_TAG)
+    if not expected or ev.run_id is None:
+        return
+    artifact = f"evaluation/{FILM_PREDICTIONS_FILE}"
+    with tempfile.TemporaryDirectory() as tmp, quiet_artifact_downloads():
+        data = Path(client.download_artifacts(ev.run_id, artifact, tmp)).read_bytes()
+    digest = sha256_of(data)
+    if digest != expected:
+        ev.problem = (
+            f"v{ev.version}: {artifact} of run {ev.run_id} does not match the digest recorded "
+            f"at evaluation ({digest[:12]} != {expected[:12]}): the film evidence was changed"
+        )
+        return
+    ev.film_predictions = parse_film_predictions(data, f"run {ev.run_id}: {artifact}")
+    ev.film_set_sha256 = tags.get(FILM_SET_DIGEST_TAG) or None

@@ -21,6 +21,12 @@ re-logged:
    bound is ``>= -regression_tolerance``. Comparing with the baseline as well bounds the
    cumulative loss over any number of promotions (no walk-down, one tolerance at a time).
    Different test sets (manifest digest, tile ids or labels) are not comparable: a fail.
+5. **film non-regression** (what ``/analyze`` serves): when both versions were evaluated on
+   the same film set (``film_set_sha256``), Δfilm ROC AUC and ΔFROC sensitivity at 1 false
+   positive per image on its test films, paired bootstrap over films stratified by label
+   (:func:`mammo_pipeline.stats.film.compare_films`), with the same rule (lower bound
+   ``>= -regression_tolerance``). Different or missing film sets: not compared (recorded in
+   the statistics), the tile rules still apply.
 
 Absolute threshold checks are made twice, once by our rule and once by MLflow's
 ``validate_evaluation_results``; a check passes only when both agree.
@@ -40,6 +46,7 @@ from mammo_pipeline.registry.decision import (  # noqa: F401 - re-exported names
     CHECK_MIN_PRECISION,
     CHECK_MIN_RECALL,
     CHECK_SAME_TEST_SET,
+    FILM_REGRESSION_METRICS,
     REGRESSION_METRICS,
     REQUIRED_CHECKS,
     RUN_TAGS_COPIED,
@@ -186,8 +193,10 @@ def _non_regression(
     )
     stats[f"vs_{role}"] = {"version": reference.version, **comparison.to_dict()}
     checks = [Check(CHECK_SAME_TEST_SET + f":{role}", "same tiles", "same tiles", "==", True)]
-    for name, metric in zip(names, REGRESSION_METRICS, strict=True):
-        delta = getattr(comparison, metric)
+    deltas = [(n, m, getattr(comparison, m)) for n, m in zip(names, REGRESSION_METRICS,
+                                                             strict=True)]  # fmt: skip
+    deltas += _film_deltas(role, candidate, reference, policy, stats)
+    for name, metric, delta in deltas:
         text = f"vs {ref}: {delta.describe()}"
         low = delta.low
         if delta.passes(policy.regression_tolerance):
@@ -202,6 +211,49 @@ def _non_regression(
             checks.append(Check(name, observed, -policy.regression_tolerance, ">=", False,
                                 reason, metric))  # fmt: skip
     return checks
+
+
+def _film_deltas(
+    role: str, candidate: Evidence, reference: Evidence, policy: GatePolicy, stats: dict
+) -> list[tuple[str, str, Any]]:
+    """(check name, metric, PairedDelta) of the film metrics, when the two were evaluated on
+    the same film set; otherwise nothing (the reason is kept in ``stats``)."""
+    from mammo_pipeline.stats.film import compare_films
+
+    a, b = candidate.film_predictions, reference.film_predictions
+    key = f"films_vs_{role}"
+    if a is None or b is None:
+        missing = "candidate" if a is None else f"{role} v{reference.version}"
+        stats[f"{key}_skipped"] = f"no film predictions for the {missing}: films not compared"
+        return []
+    if not candidate.film_set_sha256 or candidate.film_set_sha256 != reference.film_set_sha256:
+        stats[f"{key}_skipped"] = (
+            f"different film sets ({_short(reference.film_set_sha256)} != "
+            f"{_short(candidate.film_set_sha256)}): films not compared"
+        )
+        return []
+    comparison = compare_films(
+        a.candidates("test"),
+        b.candidates("test"),
+        n_resamples=policy.n_resamples,
+        seed=policy.seed,
+        confidence=policy.confidence,
+        synthetic=candidate.synthetic,
+        source=f"v{candidate.version} vs {role} v{reference.version} (films)",
+    )
+    stats[key] = {"version": reference.version, "film_set_sha256": candidate.film_set_sha256,
+                  **comparison.to_dict()}  # fmt: skip
+    return [
+        (regression_check_name(role, m), m, comparison.deltas[m]) for m in FILM_REGRESSION_METRICS
+    ]
+
+
+def _film_summary(candidate: Evidence) -> dict[str, Any]:
+    from mammo_pipeline.stats.film import summarize
+
+    assert candidate.film_predictions is not None
+    summary = summarize(candidate.film_predictions.candidates("test")).to_dict()
+    return {**summary, "film_set_sha256": candidate.film_set_sha256}
 
 
 def evaluate_gate(
@@ -230,6 +282,8 @@ def evaluate_gate(
                                 "recorded digest", "==", True))  # fmt: skip
             checks.append(_metrics_match(candidate))
             checks.extend(_absolute(candidate, policy, stats))
+            if candidate.film_predictions is not None:
+                stats["films"] = _film_summary(candidate)
             seen = {candidate.version}
             for role, reference in (("champion", champion), ("baseline", baseline)):
                 if reference is None or reference.version in seen:

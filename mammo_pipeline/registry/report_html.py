@@ -27,7 +27,19 @@ from mammo_pipeline.registry.decision import (
 )
 
 #: Rows of the side-by-side metric table, in order.
-REPORT_METRICS: tuple[str, ...] = (*TEST_METRICS, "decision_threshold", "val_roc_auc")
+REPORT_METRICS: tuple[str, ...] = (
+    *TEST_METRICS,
+    "decision_threshold",
+    "val_roc_auc",
+    # film level (whole mammograms through /analyze), when the run was evaluated on films
+    "film_roc_auc",
+    "film_froc_sens_at_1fp",
+    "film_top1_hit_rate",
+    "film_sensitivity",
+    "film_specificity",
+    "film_threshold",
+    "film_n",
+)
 
 
 @dataclass
@@ -126,8 +138,39 @@ def statistics_lines(decision: GateDecision | None) -> list[str]:
             f"bootstrap resamples, {comparison.confidence:.0%} intervals):"
         )
         lines.extend(f"  {getattr(comparison, m).describe()}" for m in REGRESSION_METRICS)
+    lines.extend(film_statistics_lines(stats))
     if decision is not None and decision.policy:
         lines.append(f"pass rule: lower bound of each difference >= -{decision.tolerance:g}")
+    return lines
+
+
+def film_statistics_lines(stats: Mapping[str, Any]) -> list[str]:
+    """The film-level figures of the gate's statistics: the candidate's film ROC AUC [CI],
+    FROC and hit rate with n, and the paired film differences against each reference."""
+    from mammo_pipeline.stats import Interval, PairedDelta
+
+    lines = []
+    films = stats.get("films")
+    if films:
+        data = "SYNTHETIC data" if stats.get("synthetic") else "real data"
+        froc = films.get("froc") or {}
+        lines.append(
+            f"film set (test films, what /analyze serves): {films['n']} films, "
+            f"{films['positives']} with lesions ({data}); film ROC AUC "
+            f"{Interval.from_dict(films['roc_auc']).describe()}; FROC sensitivity at 0.5/1/2 "
+            f"FP per image {fmt_value(froc.get('0.5'))}/{fmt_value(froc.get('1'))}/"
+            f"{fmt_value(froc.get('2'))}; top-1 hit rate {fmt_value(films.get('top1_hit_rate'))}"
+        )
+    for role in ("champion", "baseline"):
+        vs = stats.get(f"films_vs_{role}")
+        if vs:
+            lines.append(
+                f"vs {role} v{vs['version']} on films (paired over the same {vs['n']} films, "
+                f"{vs['n_resamples']} bootstrap resamples, {vs['confidence']:.0%} intervals):"
+            )
+            lines.extend(f"  {PairedDelta.from_dict(d).describe()}" for d in vs["deltas"].values())
+        elif stats.get(f"films_vs_{role}_skipped"):
+            lines.append(f"vs {role}: {stats[f'films_vs_{role}_skipped']}")
     return lines
 
 

@@ -108,6 +108,10 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
+#: Film-level figures of a run copied onto its model version (when it was evaluated on films).
+FILM_FACTS: tuple[str, ...] = ("film_threshold", "film_roc_auc", "film_froc_sens_at_1fp", "film_n")
+
+
 def run_facts(run: Run, airflow_run_id: str | None = None) -> dict[str, Any]:
     """The tags every version carries that come from its training run."""
     metrics = run.data.metrics
@@ -120,6 +124,12 @@ def run_facts(run: Run, airflow_run_id: str | None = None) -> dict[str, Any]:
     for key in RUN_TAGS_COPIED:
         if tags.get(key):
             facts[key] = tags[key]
+    # the film operating point of /analyze, with how it was chosen (film-level evaluation)
+    for key in FILM_FACTS:
+        if key in metrics:
+            facts[key] = metrics[key]
+    if tags.get("film_threshold_method"):
+        facts["film_threshold_method"] = tags["film_threshold_method"]
     if airflow_run_id:
         facts["airflow_run_id"] = airflow_run_id
     return facts

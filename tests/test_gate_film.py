@@ -1,0 +1,150 @@
+"""The gate judges what /analyze serves: film-level non-regression through a real MLflow store
+(SQLite in tmp). Versions carry tile evidence (tests.evidence_helpers) and film evidence
+(film_predictions.csv + digest tags) the way evaluation logs them, without training."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammo_pipeline.config import Settings
+
+mlflow = pytest.importorskip("mlflow")
+
+from mammo_pipeline import registry  # noqa: E402
+from mammo_pipeline.registry.report_html import render_html, statistics_lines  # noqa: E402
+from mammo_pipeline.training.film_eval import FilmPredictions  # noqa: E402
+from tests.evidence_helpers import fixed_labels, log_evidence, predictions, scores_for  # noqa: E402
+
+THRESHOLD = 0.5
+FILM_SET = "f" * 64
+_names = itertools.count()
+
+
+class _Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, model_input, params=None):
+        return model_input
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    root = tmp_path_factory.mktemp("mlflow")
+    return Settings(
+        mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db",
+        mlflow_artifact_location=str(root / "art"),
+        mlflow_experiment="mammo-film-test",
+    )
+
+
+def film_predictions(signal: float, n: int = 60, seed: int = 0) -> FilmPredictions:
+    """``n`` test films (half with one lesion) + 10 validation films, 10 regions each scoring
+    U(0, 0.6); the lesion's region scores U(0, 0.6) + 0.4 ``signal``; same noise per seed."""
+    rng = np.random.default_rng(seed)
+    total = n + 10
+    labels = (np.arange(total) % 2).astype(np.int64)
+    base = rng.uniform(0.0, 0.6, size=(total, 10))
+    regions = []
+    for i in range(total):
+        film = [(float(b), -1, 0, 0, 10, 10) for b in base[i]]
+        if labels[i]:
+            film[3] = (min(1.0, float(base[i, 3]) + 0.4 * signal), 0, 0, 0, 10, 10)
+        regions.append(tuple(sorted(film, key=lambda r: -r[0])))
+    return FilmPredictions(
+        film_ids=tuple(f"film{i:03d}" for i in range(total)),
+        roles=tuple("validation" if i >= n else "test" for i in range(total)),
+        labels=labels,
+        n_lesions=labels.copy(),
+        scores=np.asarray([r[0][0] for r in regions]),
+        regions=tuple(regions),
+    )
+
+
+def make_version(s: Settings, tile_signal: float, film_signal: float | None) -> str:
+    from mammo_pipeline.common.mlflow_access import configure_mlflow
+
+    configure_mlflow(s)
+    tiles = predictions(fixed_labels(), scores_for(fixed_labels(), tile_signal))
+    root = (
+        Path(s.mlflow_artifact_location).parent
+        / "runs"
+        / f"{s.registered_model_name}-{tile_signal}-{film_signal}"
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    values, digest, path = log_evidence(tiles, THRESHOLD, root)
+    with mlflow.start_run() as run:
+        mlflow.log_metrics(values)
+        mlflow.set_tags({"synthetic": "true", "weights_source": "none",
+                         "test_manifest_sha256": "t" * 64,
+                         "test_predictions_sha256": digest})  # fmt: skip
+        mlflow.log_artifact(str(path), "evaluation")
+        if film_signal is not None:
+            films = film_predictions(film_signal)
+            film_path = root / "film_predictions.csv"
+            film_digest = films.write(film_path)
+            mlflow.log_artifact(str(film_path), "evaluation")
+            mlflow.log_metrics({"film_threshold": 0.7, "film_roc_auc": 0.9})
+            mlflow.set_tags({"film_predictions_sha256": film_digest, "film_set_sha256": FILM_SET,
+                             "film_threshold_method": "film_validation"})  # fmt: skip
+        mlflow.pyfunc.log_model(name="model", python_model=_Echo(), pip_requirements=["mlflow"])
+    return registry.register_run(s, run.info.run_id).version
+
+
+def fresh(store: Settings) -> Settings:
+    return store.model_copy(update={"registered_model_name": f"film{next(_names)}"})
+
+
+def test_better_on_tiles_worse_on_films_is_refused(store, tmp_path):
+    s = fresh(store)
+    champion = make_version(s, tile_signal=3.0, film_signal=2.0)
+    decision, result = registry.gate_and_apply(s, champion)
+    assert decision.passed and result.champion == champion, decision.reasons
+    tags = registry.review_context(s, champion).tags
+    assert tags["film_threshold"] == "0.7" and tags["film_threshold_method"] == "film_validation"
+
+    candidate = make_version(s, tile_signal=3.6, film_signal=0.3)
+    decision = registry.gate_version(s, candidate)
+    assert not decision.passed
+    tile_checks = {c.name: c.passed for c in decision.checks if ":" in c.name}
+    assert tile_checks["not_worse_than_champion:roc_auc"]  # better on tiles
+    assert not tile_checks["not_worse_than_champion:film_roc_auc"]
+    assert any("film_roc_auc" in r and "champion v1" in r for r in decision.reasons), (
+        decision.reasons
+    )
+    vs = decision.statistics["films_vs_champion"]
+    assert vs["n"] == 60 and vs["n_resamples"] == 1000
+    lines = "\n".join(statistics_lines(decision))
+    assert "film ROC AUC" in lines and "60 films" in lines and "SYNTHETIC" in lines
+    json.dumps(decision.to_dict(), allow_nan=False)
+
+    ctx = registry.review_context(s, candidate, decision)
+    page = render_html(ctx)
+    assert "film_roc_auc" in page and "60 films" in page
+
+
+def test_same_films_pass_and_a_changed_film_file_fails(store):
+    s = fresh(store)
+    champion = make_version(s, 3.0, 2.0)
+    assert registry.gate_and_apply(s, champion)[0].passed
+    same = make_version(s, 3.0, 2.0)
+    decision = registry.gate_version(s, same)
+    assert decision.passed, decision.reasons
+    assert {"not_worse_than_champion:film_froc_sens_at_1fp"} <= {c.name for c in decision.checks}
+    assert decision.is_consistent()
+
+    # a version without film evidence is still judged on tiles, the skip is recorded
+    bare = make_version(s, 3.0, None)
+    decision = registry.gate_version(s, bare)
+    assert decision.passed and "films_vs_champion_skipped" in decision.statistics
+
+    # the film predictions replaced after evaluation: the evidence is refused
+    tampered = make_version(s, 3.0, 2.0)
+    client = mlflow.MlflowClient(s.mlflow_tracking_uri)
+    run_id = client.get_model_version(s.registered_model_name, tampered).run_id
+    client.set_tag(run_id, "film_predictions_sha256", "0" * 64)
+    decision = registry.gate_version(s, tampered)
+    assert not decision.passed
+    assert any("film evidence was changed" in r for r in decision.reasons), decision.reasons
