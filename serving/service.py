@@ -678,7 +678,7 @@ class MammoClassifier:
                 gray,
                 predict_batch=self._predict_tiles,
                 image_size=self.image_size,
-                threshold=self.threshold,
+                threshold=self.info.film_operating_point()["threshold"],  # the film's, not tile's
                 pixel_spacing_mm=spacing,
                 spacing_source=source,
                 stride_fraction=stride_fraction,
@@ -699,6 +699,7 @@ class MammoClassifier:
             image_format=decoded.fmt,
             data="SYNTHETIC (declared by the client)" if synthetic else "not declared synthetic",
             analysis_seconds=round(time.perf_counter() - started, 3),
+            operating_point=self.info.film_operating_point(),
         )
         if heatmap:
             import base64
@@ -707,7 +708,7 @@ class MammoClassifier:
 
             caption = (
                 f"model {self.info.name} v{self.info.version}, {self.image_size}px input, "
-                f"threshold {self.threshold:.3f}; {self.weights}"
+                f"film threshold {result.threshold:.3f}; {self.weights}"
             )
             png = render_heatmap(gray, result, caption=caption, synthetic=synthetic)
             answer["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")

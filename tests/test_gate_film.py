@@ -104,6 +104,10 @@ def test_better_on_tiles_worse_on_films_is_refused(store, tmp_path):
     assert decision.passed and result.champion == champion, decision.reasons
     tags = registry.review_context(s, champion).tags
     assert tags["film_threshold"] == "0.7" and tags["film_threshold_method"] == "film_validation"
+    from mammo_pipeline.serving.model_loader import describe_version
+
+    point = describe_version(s, champion).film_operating_point()
+    assert point == {"threshold": 0.7, "method": "film_validation"}  # what /analyze applies
 
     candidate = make_version(s, tile_signal=3.6, film_signal=0.3)
     decision = registry.gate_version(s, candidate)
@@ -137,8 +141,12 @@ def test_same_films_pass_and_a_changed_film_file_fails(store):
 
     # a version without film evidence is still judged on tiles, the skip is recorded
     bare = make_version(s, 3.0, None)
-    decision = registry.gate_version(s, bare)
+    decision, _ = registry.gate_and_apply(s, bare)
     assert decision.passed and "films_vs_champion_skipped" in decision.statistics
+    from mammo_pipeline.serving.model_loader import describe_version
+
+    info = describe_version(s, bare)  # an older version: /analyze falls back, flagged
+    assert info.film_operating_point() == {"threshold": THRESHOLD, "method": "tile_fallback"}
 
     # the film predictions replaced after evaluation: the evidence is refused
     tampered = make_version(s, 3.0, 2.0)

@@ -7,6 +7,12 @@ which every service process gets from :func:`mammo_pipeline.common.environment.s
 (``settings.bentoml_store``); only BentoML's public ``bentoml.models`` API is used. Importing
 is idempotent: a store entry whose ``mlflow_run_id`` label matches is reused, one from another
 registry with the same version number is replaced.
+
+Operating points: ``decision_threshold`` is the tile threshold (``/predict``);
+``film_threshold`` is the whole-film threshold of ``/analyze`` with its method
+(``film_validation`` or ``window_corrected``, see
+:mod:`mammo_pipeline.training.film_eval`). A version evaluated before film-level evaluation
+has none: it falls back to the tile threshold, flagged ``tile_fallback``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ if TYPE_CHECKING:
     from bentoml import Model as BentoModel
 
 MLFLOW_SUBDIR = "mlflow_model"
+#: Method name when a version has no film threshold and /analyze uses the tile threshold.
+TILE_FALLBACK = "tile_fallback"
 
 
 @dataclass(frozen=True)
@@ -44,9 +52,18 @@ class ModelInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     trained_at: str | None = None
     bento_tag: str | None = None
+    #: the threshold /analyze applies to the film score, and how it was chosen
+    film_threshold: float | None = None
+    film_threshold_method: str = TILE_FALLBACK
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def film_operating_point(self) -> dict[str, Any]:
+        """``{"threshold", "method"}`` of /analyze (the tile threshold when flagged fallback)."""
+        if self.film_threshold is None:
+            return {"threshold": self.decision_threshold, "method": TILE_FALLBACK}
+        return {"threshold": self.film_threshold, "method": self.film_threshold_method}
 
 
 def resolve_version(settings: Settings, version: str | int | None = None) -> str:
@@ -104,6 +121,14 @@ def describe_version(settings: Settings, version: str) -> ModelInfo:
         raise MammoError(f"{name} version {version} has no decision_threshold (tag or metric)")
     size = metadata.get("image_size")
     image_size = int(size) if size is not None else settings.image_size
+    film_threshold = finite_or_none(tags.get("film_threshold"))
+    if film_threshold is None:
+        film_threshold = finite_or_none(run_metrics.get("film_threshold"))
+    method = tags.get("film_threshold_method") or (
+        run.data.tags.get("film_threshold_method") if run is not None else None
+    )
+    if film_threshold is None or not method:
+        film_threshold, method = None, TILE_FALLBACK
 
     trained_at = None
     if run is not None and run.info.start_time:
@@ -117,6 +142,8 @@ def describe_version(settings: Settings, version: str) -> ModelInfo:
         image_size=image_size,
         metrics=metrics,
         trained_at=trained_at,
+        film_threshold=film_threshold,
+        film_threshold_method=method,
     )
 
 
