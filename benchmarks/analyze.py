@@ -48,8 +48,9 @@ def prepared_tiles(pixels: np.ndarray, image_size: int, batch_size: int) -> np.n
     """Every tile ``analyze()`` scores, as the model input, all in memory (raw baseline)."""
     from mammo_pipeline.analysis.tiling import iter_tile_batches, plan_tiles
     from mammo_pipeline.data.preprocess import prepare_image
+    from mammo_pipeline.imaging.preprocess import prepare_film
 
-    plan = plan_tiles(pixels, pixel_spacing_mm=0.1)
+    plan = plan_tiles(prepare_film(pixels, spacing_mm=0.1))
     batches = [
         np.asarray(prepare_image(tiles, image_size), dtype=np.float32)
         for _, tiles in iter_tile_batches(plan, batch_size)

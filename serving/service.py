@@ -527,7 +527,7 @@ class MammoClassifier:
     @staticmethod
     def _check_tile_sized(decoded: DecodedUpload) -> None:
         """422 for a whole mammogram sent to /predict (longer side > 2 tiles at its scale)."""
-        h, w = decoded.gray.shape[:2]
+        h, w = decoded.shape
         if is_whole_film(w, h, decoded.pixel_spacing_mm):
             spacing = decoded.pixel_spacing_mm or TILE_MM_PER_PX
             raise InputError(
@@ -671,11 +671,11 @@ class MammoClassifier:
             raise InputError(f"cannot use this image: {type(exc).__name__}") from None
         del data
         spacing, source = _choose_spacing(decoded.pixel_spacing_mm, form_spacing)
-        gray = decoded.gray[..., 0]
+        film = decoded.intensities  # raw intensities: analyze prepares them as for training
         started = time.perf_counter()
         try:
             result = analyze(
-                gray,
+                film,
                 predict_batch=self._predict_tiles,
                 image_size=self.image_size,
                 threshold=self.info.film_operating_point()["threshold"],  # the film's, not tile's
@@ -710,7 +710,7 @@ class MammoClassifier:
                 f"model {self.info.name} v{self.info.version}, {self.image_size}px input, "
                 f"film threshold {result.threshold:.3f}; {self.weights}"
             )
-            png = render_heatmap(gray, result, caption=caption, synthetic=synthetic)
+            png = render_heatmap(film, result, caption=caption, synthetic=synthetic)
             answer["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
             answer["heatmap_caption"] = caption
         return answer

@@ -20,12 +20,12 @@ from mammo_pipeline.analysis import (
     NoBreastTissueError,
     NonFiniteScoreError,
     analyze,
-    breast_mask,
     render_heatmap,
 )
-from mammo_pipeline.analysis.tiling import axis_origins
 from mammo_pipeline.data.synthetic import make_tile
 from mammo_pipeline.data.synthetic_film import make_film
+from mammo_pipeline.imaging import breast_mask
+from mammo_pipeline.imaging.preprocess import MIN_BREAST_FRACTION, window_starts
 
 MARKER_MM = 6.0
 
@@ -84,19 +84,30 @@ def test_breast_mask_of_a_tile_without_background_and_of_a_blank_image():
     tile = make_tile(0, "train", 0, 0)  # tissue everywhere: no background visible
     assert breast_mask(tile).all()
     assert not breast_mask(np.full((300, 200), 17, dtype=np.uint8)).any()
-    with pytest.raises(AnalysisInputError, match="NaN"):
+    with pytest.raises(ValueError, match="NaN"):
         breast_mask(np.full((50, 50), np.nan))
 
 
 # --- tiling, coordinates, batching --------------------------------------------------------
 
 
-def test_edge_windows_are_shifted_inside():
-    assert axis_origins(1000, 299, 150) == (0, 150, 300, 450, 600, 701)
-    assert axis_origins(299, 299, 150) == (0,)
-    assert axis_origins(120, 299, 150) == (0,)
-    assert axis_origins(897, 299, 299) == (0, 299, 598)
-    assert axis_origins(898, 299, 299) == (0, 299, 598, 599)
+def test_window_grid_is_centred():
+    # was (0, 150, 300, 450, 600, 701): the last window pushed to the far edge, so the grid of
+    # a mirrored film was not the mirror of the grid. Now both sides overhang equally (an
+    # even overhang may take a stride one pixel shorter, or one window more).
+    assert window_starts(1000, 299, 150) == (-22, 127, 276, 425, 574, 723)
+    assert window_starts(299, 299, 150) == (0,)
+    assert window_starts(120, 299, 150) == (-89,)  # one window, centred
+    assert window_starts(897, 299, 299) == (0, 299, 598)  # an exact fit
+    assert window_starts(898, 299, 299) == (-149, 150, 449, 748)
+    for length in range(300, 1400, 37):
+        for stride in (75, 149, 150, 299):
+            starts = window_starts(length, 299, stride)
+            steps = set(np.diff(starts))
+            assert steps <= {stride, stride - 1} and len(steps) <= 1
+            assert starts[0] <= 0 and starts[-1] + 299 >= length  # every pixel covered
+            assert -starts[0] == starts[-1] + 299 - length  # same overhang on both sides
+            assert -starts[0] < stride  # no window wholly outside
 
 
 @pytest.mark.parametrize("mm", [0.05, 0.1, 0.2])
@@ -119,28 +130,37 @@ def test_tiles_cover_the_breast_and_boxes_map_back_to_the_original(mm):
     assert result.score == pytest.approx(top.probability) and result.score > 0.2
     assert result.label == ("positive" if result.score >= 0.5 else "negative")
     assert result.aggregation == AGGREGATION == "max_tile_probability"
-    # windows are 29.9 mm whatever the spacing
+    # windows are 29.9 mm whatever the spacing (clipped where the centred grid overhangs)
     side = 299 * 0.1 / mm
     for box, _ in result.grid.scored():
-        assert abs(box.x1 - box.x0 - side) <= 2 and abs(box.y1 - box.y0 - side) <= 2
-    # the regions are distinct places, ranked by probability
+        if 0 < box.x0 and box.x1 < 1000:
+            assert abs(box.x1 - box.x0 - side) <= 2
+        if 0 < box.y0 and box.y1 < 1600:
+            assert abs(box.y1 - box.y0 - side) <= 2
+    # the regions are distinct places, ranked by probability (fewer than top_k when the
+    # film has fewer distinct windows: at 0.05 mm/px it is only 80 x 50 mm)
     probs = [r.probability for r in result.regions]
-    assert probs == sorted(probs, reverse=True) and [r.rank for r in result.regions] == [1, 2, 3, 4]
+    assert probs == sorted(probs, reverse=True)
+    assert [r.rank for r in result.regions] == list(range(1, len(probs) + 1))
+    assert 2 <= len(probs) <= 4
     for i, a in enumerate(result.regions):
         for b in result.regions[i + 1 :]:
             assert a.box.iou(b.box) <= 0.1
-    # tiles only over the breast, and together they cover (almost) all of it
+    # Scored windows are the normal training tiles' kind: at least MIN_BREAST_FRACTION breast
+    # (was > 0.25, which scored mostly-background windows the model never saw). Together
+    # they cover nearly all the breast; the thin rim along the skin line that no such window
+    # reaches is not scored, by design.
     truth = film.breast_mask
     covered = np.zeros_like(truth)
     for box, _ in result.grid.scored():
-        assert truth[box.y0 : box.y1, box.x0 : box.x1].mean() > 0.2
+        assert truth[box.y0 : box.y1, box.x0 : box.x1].mean() > MIN_BREAST_FRACTION - 0.05
         covered[box.y0 : box.y1, box.x0 : box.x1] = True
-    assert (covered & truth).sum() / truth.sum() > 0.97
+    assert (covered & truth).sum() / truth.sum() > 0.85  # 0.96 at 0.1 mm, 0.87 at 0.05
     rows, cols = np.nonzero(np.isnan(result.grid.probabilities))
     unscored = [result.grid.box(r, c) for r, c in zip(rows, cols, strict=True)]
     assert unscored, "the background windows must be skipped"
     for box in unscored:
-        assert truth[box.y0 : box.y1, box.x0 : box.x1].mean() < 0.3
+        assert truth[box.y0 : box.y1, box.x0 : box.x1].mean() < MIN_BREAST_FRACTION + 0.05
     # batches: sizes, count and the model input contract
     n = result.tiles_scored
     assert len(model.shapes) == math.ceil(n / 7)
@@ -162,18 +182,27 @@ def test_tiles_cover_the_breast_and_boxes_map_back_to_the_original(mm):
 
 
 def test_tiles_are_made_lazily_one_batch_at_a_time():
+    # The prepared film (float intensities, then uint8) is held once whatever the number of
+    # tiles; the tiles are cut a batch at a time, so the peak must not grow with their
+    # number: compare a coarse and a 4x denser grid over the same film.
     film = make_film(2400, 1600, lesion="none", seed=5)
-    kwargs = dict(image_size=16, threshold=0.5, stride_fraction=0.25)
+    kwargs = dict(image_size=16, threshold=0.5, batch_size=8)
     analyze(film.pixels[:700, :700], predict_batch=constant(0.1), **kwargs)  # warm-up
-    tracemalloc.start()
-    try:
-        result = analyze(film.pixels, predict_batch=constant(0.1), batch_size=8, **kwargs)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    all_tiles = result.tiles_scored * 299 * 299  # bytes if every uint8 tile were held at once
-    assert result.tiles_scored > 200
-    assert peak < all_tiles / 4, (peak, all_tiles)
+    peaks, counts = [], []
+    for stride in (0.5, 0.25):
+        tracemalloc.start()
+        try:
+            result = analyze(film.pixels, predict_batch=constant(0.1), stride_fraction=stride,
+                             **kwargs)  # fmt: skip
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        counts.append(result.tiles_scored)
+    extra_tiles = (counts[1] - counts[0]) * 299 * 299  # bytes if the extra tiles were held
+    assert counts[1] > 3 * counts[0] > 100, counts
+    assert peaks[1] - peaks[0] < extra_tiles / 10, (peaks, extra_tiles)
+    film_float = film.pixels.size * 4  # the film as float32
+    assert peaks[1] < 4 * film_float, (peaks, film_float)
 
 
 def test_small_image_is_one_padded_window_and_spacing_defaults_are_recorded():

@@ -148,12 +148,12 @@ def test_normal_tiles_avoid_every_lesion_of_the_image(imported) -> None:
         assert len(normals) == 2
         for box, px in normals:
             assert px.max() < 200  # no bright lesion pixel inside
-            for les in lesions:
+            for les in lesions:  # box_px: the one Box's dict (x1/y1 exclusive)
                 apart = (
-                    box["bottom"] <= les["top"]
-                    or box["top"] >= les["bottom"]
-                    or box["right"] <= les["left"]
-                    or box["left"] >= les["right"]
+                    box["y1"] <= les["y0"]
+                    or box["y0"] >= les["y1"]
+                    or box["x1"] <= les["x0"]
+                    or box["x0"] >= les["x1"]
                 )
                 assert apart, (image, box, les)
     # P_00002's image is in both the mass and the calc CSV: one image, both lesions avoided.

@@ -1,5 +1,6 @@
-"""Whole-mammogram analysis: breast mask, sliding tiles at the training scale, per-tile
-scores aggregated to an image score with located regions, and a heatmap picture.
+"""Whole-mammogram analysis: sliding tiles at the training scale over the breast (the film
+prepared by :mod:`mammo_pipeline.imaging.preprocess`, as for training), per-tile scores
+aggregated to an image score with located regions, and a heatmap picture.
 
 Arrays in, results out (no file formats here): callers decode images and know the pixel
 spacing. See :func:`analyze` and :func:`render_heatmap`.
@@ -16,7 +17,6 @@ from mammo_pipeline.analysis.analyze import (
     TileGrid,
     analyze,
 )
-from mammo_pipeline.analysis.breast_mask import breast_mask
 from mammo_pipeline.analysis.errors import (
     AnalysisError,
     AnalysisInputError,
@@ -25,12 +25,11 @@ from mammo_pipeline.analysis.errors import (
     NonFiniteScoreError,
 )
 from mammo_pipeline.analysis.heatmap import probability_map, render_heatmap
-from mammo_pipeline.analysis.tiling import TRAINING_MM_PER_PX, Box
+from mammo_pipeline.imaging.preprocess import Box
 
 __all__ = [
     "AGGREGATION",
     "DEFAULT_PIXEL_SPACING_MM",
-    "TRAINING_MM_PER_PX",
     "AnalysisError",
     "AnalysisInputError",
     "AnalysisResult",
@@ -41,7 +40,6 @@ __all__ = [
     "Region",
     "TileGrid",
     "analyze",
-    "breast_mask",
     "probability_map",
     "render_heatmap",
 ]

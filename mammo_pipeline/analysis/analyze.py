@@ -1,10 +1,13 @@
 """Whole-mammogram analysis: score every breast tile at the training scale, aggregate, locate.
 
-The model was trained on 299 x 299 tiles at about 0.1 mm per pixel, so a whole film is
-resampled to that scale, cut into overlapping windows over the breast
-(:mod:`~mammo_pipeline.analysis.tiling`), each window is turned into the model input
-exactly as in training (uint8 gray -> :func:`~mammo_pipeline.data.preprocess.prepare_image`)
-and scored by the caller's ``predict_batch`` a batch at a time. The image-level score is the
+The model was trained on 299 x 299 tiles at 0.1 mm per pixel cut by the importers from films
+prepared by :func:`mammo_pipeline.imaging.preprocess.prepare_film`; a film to analyse goes
+through that same function (any numeric array of raw intensities: 8/16-bit, float, DICOM
+values), is cut into overlapping windows on a centred grid, keeping the windows with at
+least the normal training tiles' breast coverage (:mod:`~mammo_pipeline.analysis.tiling`),
+each window is turned into the model input exactly as in training
+(:func:`~mammo_pipeline.data.preprocess.prepare_image`) and scored by the caller's
+``predict_batch`` a batch at a time. The image-level score is the
 largest tile probability (named in the answer as ``aggregation``); the top regions are the
 highest-scoring windows after non-maximum suppression, in the ORIGINAL image's pixel
 coordinates. A NaN or infinite probability is an error, never a negative.
@@ -29,21 +32,22 @@ from mammo_pipeline.analysis.errors import (
     NoBreastTissueError,
     NonFiniteScoreError,
 )
-from mammo_pipeline.analysis.tiling import (
+from mammo_pipeline.analysis.tiling import TilePlan, iter_tile_batches, plan_tiles
+from mammo_pipeline.data.preprocess import prepare_image
+from mammo_pipeline.imaging.preprocess import (
+    MIN_BREAST_FRACTION,
+    TILE_MM_PER_PX,
     TILE_SIZE,
-    TRAINING_MM_PER_PX,
     Box,
-    TilePlan,
-    iter_tile_batches,
-    plan_tiles,
+    PreparedFilm,
+    prepare_film,
 )
-from mammo_pipeline.data.preprocess import prepare_image, to_uint8_gray
 
 SpacingSource = Literal["dicom", "form", "default"]
 PredictBatch = Callable[[np.ndarray], Any]
 
 #: Pixel spacing assumed when the caller knows none: the training scale (no resampling).
-DEFAULT_PIXEL_SPACING_MM = TRAINING_MM_PER_PX
+DEFAULT_PIXEL_SPACING_MM = TILE_MM_PER_PX
 #: How the tile probabilities become the image-level score.
 AGGREGATION = "max_tile_probability"
 #: Plausible pixel spacings of a mammogram (mm per pixel).
@@ -121,6 +125,8 @@ class AnalysisResult:
     model_image_size: int
     grid: TileGrid
     aggregation: str = AGGREGATION
+    #: input intensities mapped to 0 and 255 (the breast's percentiles), for pictures
+    intensity_window: tuple[float, float] | None = None
 
     @property
     def tile_size_mm(self) -> float:
@@ -150,6 +156,9 @@ class AnalysisResult:
                 "model_image_size": self.model_image_size,
             },
             "grid": self.grid.to_dict(),
+            "intensity_window": (
+                None if self.intensity_window is None else list(self.intensity_window)
+            ),
         }
 
 
@@ -196,9 +205,11 @@ def _check_arguments(
         raise AnalysisInputError(f"nms_iou must be within [0, 1), got {nms_iou}")
 
 
-def _gray(pixels: np.ndarray) -> np.ndarray:
+def _prepare(pixels: np.ndarray, spacing: float, source: str, target: float) -> PreparedFilm:
     try:
-        return to_uint8_gray(np.asarray(pixels))[..., 0]
+        return prepare_film(
+            np.asarray(pixels), spacing_mm=spacing, spacing_source=source, target_mm=target
+        )
     except ValueError as exc:
         raise AnalysisInputError(f"image cannot be analysed: {exc}") from exc
 
@@ -259,31 +270,30 @@ def analyze(
     threshold: float,
     pixel_spacing_mm: float | None = None,
     spacing_source: SpacingSource | None = None,
-    target_mm_per_px: float = TRAINING_MM_PER_PX,
+    target_mm_per_px: float = TILE_MM_PER_PX,
     stride_fraction: float = 0.5,
     top_k: int = 5,
     batch_size: int = 32,
-    min_breast_fraction: float = 0.25,
+    min_breast_fraction: float = MIN_BREAST_FRACTION,
     nms_iou: float = 0.1,
     default_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM,
     progress: bool = False,
 ) -> AnalysisResult:
     """Score a whole mammogram tile by tile.
 
-    ``pixels``: 2-D (or H x W x 1/3/4) array in any dtype :func:`to_uint8_gray` accepts,
-    larger = denser. ``predict_batch``: N x image_size x image_size x 1 float32 (0..255)
-    -> N probabilities. ``pixel_spacing_mm``: mm per pixel of ``pixels`` with its
-    ``spacing_source`` ("dicom" or "form"); None uses ``default_spacing_mm`` ("default").
+    ``pixels``: 2-D (or H x W x 1/3/4) numeric array of raw intensities, larger = denser
+    (any bit depth: it goes through :func:`~mammo_pipeline.imaging.preprocess.prepare_film`).
+    ``predict_batch``: N x image_size x image_size x 1 float32 (0..255) -> N probabilities.
+    ``pixel_spacing_mm``: mm per pixel of ``pixels`` with its ``spacing_source`` ("dicom"
+    or "form"); None uses ``default_spacing_mm`` ("default").
     Raises :class:`AnalysisInputError`, :class:`NoBreastTissueError`,
     :class:`NonFiniteScoreError` or :class:`ModelOutputError` (all MammoError).
     """
     _check_arguments(threshold, image_size, top_k, target_mm_per_px, nms_iou)
     spacing, source = resolve_spacing(pixel_spacing_mm, spacing_source, default_spacing_mm)
-    gray = _gray(pixels)
+    prepared = _prepare(pixels, spacing, source, target_mm_per_px)
     plan = plan_tiles(
-        gray,
-        pixel_spacing_mm=spacing,
-        target_mm_per_px=target_mm_per_px,
+        prepared,
         tile=TILE_SIZE,
         stride_fraction=stride_fraction,
         min_breast_fraction=min_breast_fraction,
@@ -324,8 +334,8 @@ def analyze(
         regions=top_regions(grid, top_k, nms_iou),
         tiles_scored=done,
         windows_total=int(probabilities.size),
-        image_height=int(gray.shape[0]),
-        image_width=int(gray.shape[1]),
+        image_height=prepared.original_shape[0],
+        image_width=prepared.original_shape[1],
         pixel_spacing_mm=spacing,
         spacing_source=source,
         target_mm_per_px=float(target_mm_per_px),
@@ -335,4 +345,5 @@ def analyze(
         breast_fraction=plan.breast_fraction(),
         model_image_size=int(image_size),
         grid=grid,
+        intensity_window=prepared.window,
     )

@@ -22,6 +22,8 @@ from mammo_pipeline.analysis.analyze import AnalysisResult
 from mammo_pipeline.analysis.errors import AnalysisInputError
 from mammo_pipeline.common.files import write_bytes_atomic
 from mammo_pipeline.data.preprocess import to_uint8_gray
+from mammo_pipeline.imaging import to_display_uint8
+from mammo_pipeline.imaging.preprocess import to_intensity
 
 #: Longest side of the picture in pixels.
 HEATMAP_MAX_SIDE = 1024
@@ -58,8 +60,11 @@ def probability_map(
 
 
 def _display_gray(pixels: np.ndarray, result: AnalysisResult, max_side: int) -> np.ndarray:
-    try:
-        gray = to_uint8_gray(np.asarray(pixels))[..., 0]
+    try:  # the analysis' own intensity window: the picture shows what the model saw
+        if result.intensity_window is not None:
+            gray = to_display_uint8(to_intensity(pixels), result.intensity_window)
+        else:
+            gray = to_uint8_gray(np.asarray(pixels))[..., 0]
     except ValueError as exc:
         raise AnalysisInputError(f"image cannot be drawn: {exc}") from exc
     h, w = gray.shape

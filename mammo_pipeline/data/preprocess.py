@@ -1,4 +1,9 @@
-"""Image preprocessing shared by training, evaluation and serving (one copy only).
+"""Tile -> model input, shared by training, evaluation and serving (one copy only).
+
+Whole films are first prepared by :mod:`mammo_pipeline.imaging.preprocess` (the one path
+from any format to 8-bit tiles at the training scale); this module holds the TF op that
+turns a tile into the model input (:func:`prepare_image`) and the rule that brings an
+uploaded TILE to 8 bits (:func:`to_uint8_gray`, see that module's docstring).
 
 Contract of the model input: float32, one channel, ``image_size`` x ``image_size``, raw
 intensity scale 0..255. VGG16's own preprocessing (channel repeat, mean subtraction) lives
@@ -10,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from mammo_pipeline.data.schema import CHANNELS
+from mammo_pipeline.imaging.preprocess import luma
 
 #: Resizing method used everywhere (bilinear with antialiasing when shrinking).
 RESIZE_METHOD = "bilinear"
@@ -31,15 +37,15 @@ def prepare_image(image, image_size: int):
 
 
 def to_uint8_gray(pixels: np.ndarray) -> np.ndarray:
-    """Any 2-D or H x W x C integer/float array -> H x W x 1 uint8 grayscale.
+    """Any 2-D or H x W x C integer/float array -> H x W x 1 uint8 grayscale: the TILE rule
+    (films go through :func:`mammo_pipeline.imaging.preprocess.prepare_film` instead).
 
     16-bit data is scaled to 8 bits by its dtype's full range, floats are taken as 0..1 when
     their maximum is <= 1 else as 0..255; colour is converted with ITU-R 601 luma weights.
     """
     arr = np.asarray(pixels)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        rgb = arr[..., :3].astype(np.float64)
-        arr = rgb @ np.array([0.299, 0.587, 0.114])
+        arr = luma(arr)
         arr = arr.astype(pixels.dtype) if np.issubdtype(pixels.dtype, np.integer) else arr
     if arr.ndim == 3 and arr.shape[-1] == CHANNELS:
         arr = arr[..., 0]

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from typing import Final
 
+from mammo_pipeline.imaging.preprocess import TILE_MM_PER_PX as TILE_MM_PER_PX
+from mammo_pipeline.imaging.preprocess import TILE_SIZE
+
 IMAGE_KEY: Final = "image"
 LABEL_KEY: Final = "label"
 LABEL_NORMAL_KEY: Final = "label_normal"
 
-SOURCE_SIZE: Final = 299  # the tiles are 299 x 299 pixels
-#: Physical scale of the tiles (mm per pixel): a tile covers SOURCE_SIZE * TILE_MM_PER_PX mm.
-#: Importers cut at this scale and whole-film analysis resamples to it.
-TILE_MM_PER_PX: Final = 0.1
+#: The tiles are SOURCE_SIZE x SOURCE_SIZE pixels at TILE_MM_PER_PX mm per pixel (a tile
+#: covers 29.9 mm). Both are defined once, in ``imaging.preprocess`` (the one preprocessing
+#: path: importers cut at this scale and whole-film analysis resamples to it).
+SOURCE_SIZE: Final = TILE_SIZE
 CHANNELS: Final = 1
 IMAGE_BYTES: Final = SOURCE_SIZE * SOURCE_SIZE * CHANNELS  # 89,401 raw uint8 bytes
 

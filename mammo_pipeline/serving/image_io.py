@@ -15,16 +15,22 @@ never includes pixel data:
 - ``.npy``: loaded with ``allow_pickle=False``; only uint8/uint16/float arrays of rank 2 or
   rank 3 (H x W x 1/3/4) are accepted;
 - DICOM: :func:`mammo_pipeline.imaging.dicom.read_dicom` (MONOCHROME1 inverted, Modality and
-  VOI LUT / window applied, 12-16 bit), then a percentile window to 8 bits
-  (:func:`mammo_pipeline.imaging.to_display_uint8`); its pixel spacing is kept
-  (:class:`DecodedUpload`). No patient identifier is ever read into a message.
+  VOI LUT / window applied, 12-16 bit); its pixel spacing is kept (:class:`DecodedUpload`).
+  No patient identifier is ever read into a message.
 
 :func:`peek_size` reads only the header (width x height) so the service can budget memory
 before decoding (:mod:`mammo_pipeline.serving.limits`).
 
-The pixels are then converted exactly as in training by the shared
-:func:`mammo_pipeline.data.preprocess.to_uint8_gray` and
-:func:`mammo_pipeline.data.preprocess.prepare_image`.
+What comes out depends on what the image is (one rule per kind, every format alike):
+
+- a whole film (``whole_image=True``, ``/analyze``): float32 intensities, larger = denser
+  (:func:`mammo_pipeline.imaging.preprocess.to_intensity`; a DICOM's values after its
+  LUTs), with the DICOM's spacing. Windowing, scale and mask are the analysis' business
+  (:func:`mammo_pipeline.imaging.preprocess.prepare_film`, the importers' path), so a film
+  scores the same whichever format it came in;
+- a tile (``/predict``): H x W x 1 uint8, the contract's pixel form
+  (:func:`mammo_pipeline.data.preprocess.to_uint8_gray`; a DICOM tile is windowed on the
+  percentiles of all its pixels), then :func:`mammo_pipeline.data.preprocess.prepare_image`.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import numpy as np
 
 from mammo_pipeline.data.preprocess import prepare_image, to_uint8_gray
 from mammo_pipeline.errors import MammoError
+from mammo_pipeline.imaging.preprocess import to_intensity
 
 #: Magic bytes of the accepted formats.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -68,11 +75,20 @@ class InputError(MammoError):
 
 @dataclass(frozen=True)
 class DecodedUpload:
-    """One decoded upload: H x W x 1 uint8 grayscale, its format and (DICOM) pixel spacing."""
+    """One decoded upload, its format and (DICOM) pixel spacing: a tile as ``gray`` (H x W x 1
+    uint8), a whole film as ``intensities`` (H x W float32, larger = denser; ``gray`` None)."""
 
-    gray: np.ndarray
+    gray: np.ndarray | None
     fmt: str
     pixel_spacing_mm: float | None = None
+    intensities: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        arr = self.gray if self.gray is not None else self.intensities
+        assert arr is not None
+        return int(arr.shape[0]), int(arr.shape[1])
 
 
 def sniff_format(data: bytes, *, dicom: bool = False) -> str:
@@ -207,10 +223,10 @@ def _decode_dicom(data: bytes, max_pixels: int, whole_image: bool) -> DecodedUpl
             )
         spacing = (row + col) / 2.0
     pixels = image.pixels
-    try:
-        # a whole film: window on the breast; a tile: on all its pixels (no background)
-        window = None if whole_image else display_window(pixels, np.ones(pixels.shape, bool))
-        gray = to_display_uint8(pixels, window)
+    if whole_image:  # intensities: the film is prepared by the analysis, as for training
+        return DecodedUpload(None, "dicom", spacing, intensities=pixels)
+    try:  # a tile: window on all its pixels (a tile has no background)
+        gray = to_display_uint8(pixels, display_window(pixels, np.ones(pixels.shape, bool)))
     except ValueError as exc:
         raise InputError(f"uploaded DICOM: unusable pixel data: {exc}", status=422) from None
     return DecodedUpload(gray[..., np.newaxis], "dicom", spacing)
@@ -261,14 +277,17 @@ def peek_size(data: bytes, *, max_pixels: int, dicom: bool = False) -> tuple[int
 def decode_upload(
     data: bytes, *, max_bytes: int, max_pixels: int, dicom: bool = False, whole_image: bool = False
 ) -> DecodedUpload:
-    """Bytes of one upload -> :class:`DecodedUpload` (H x W x 1 uint8, format, spacing).
-    ``whole_image``: a DICOM is a whole film (8-bit window from the breast's pixels)."""
+    """Bytes of one upload -> :class:`DecodedUpload` (format, spacing and the pixels).
+    ``whole_image``: a whole film, returned as float intensities for
+    :func:`mammo_pipeline.imaging.preprocess.prepare_film`; else a tile, H x W x 1 uint8."""
     check_size(len(data), max_bytes)
     fmt = sniff_format(data, dicom=dicom)
     if fmt == "dicom":
         return _decode_dicom(data, max_pixels, whole_image)
     arr = _decode_npy(data, max_pixels) if fmt == "npy" else _decode_pil(data, fmt, max_pixels)
     try:
+        if whole_image:
+            return DecodedUpload(None, fmt, intensities=to_intensity(arr))
         return DecodedUpload(to_uint8_gray(arr), fmt)
     except ValueError as exc:
         raise InputError(f"unusable pixel data: {exc}") from None
@@ -276,7 +295,9 @@ def decode_upload(
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
     """Bytes of one upload -> H x W x 1 uint8 grayscale (the training input's pixel form)."""
-    return decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels).gray
+    gray = decode_upload(data, max_bytes=max_bytes, max_pixels=max_pixels).gray
+    assert gray is not None  # a tile
+    return gray
 
 
 def read_upload(path: Path, max_bytes: int) -> bytes:

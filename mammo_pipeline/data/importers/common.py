@@ -18,7 +18,9 @@ Split = Literal["train", "test"]
 LesionKind = Literal["calcification", "mass"]
 Warn = Callable[[str], None]
 
-#: The contract's physical pixel size: a 299-px tile covers 29.9 mm.
+#: The contract's physical pixel size (a 299-px tile covers 29.9 mm): the same object as
+#: ``schema.TILE_MM_PER_PX``, defined once in ``imaging.preprocess``; an alias for the
+#: importer modules that import it by this name.
 TARGET_MM_PER_PX = TILE_MM_PER_PX
 
 

@@ -1,19 +1,24 @@
 """Cutting contract tiles out of a whole mammogram at the contract's physical scale.
 
-An image is first *prepared* once: resampled to 0.1 mm per pixel, its breast segmented and
-its intensities windowed to 8 bits from the breast's percentiles (one window per image, so
-tiles of one image share a scale). Then:
+An image is first *prepared* once by the project's one preprocessing path
+(:func:`mammo_pipeline.imaging.preprocess.prepare_film`, the same that ``/analyze`` uses):
+resampled to 0.1 mm per pixel, its breast segmented and its intensities windowed to 8 bits
+from the breast's percentiles (one window per image, so tiles of one image share a scale).
+Tiles are cut by the same function that cuts the windows ``/analyze`` scores
+(:func:`~mammo_pipeline.imaging.preprocess.cut_window`). Then:
 
 - a **lesion tile** is the 299 x 299 window centred on the lesion's bounding box. A lesion
   whose box is larger than the tile (29.9 mm) is cut from a larger window (the box plus a
   margin) and downscaled to 299 px; the factor is returned so it can be recorded. At the
   image border the window is *not* shifted: the part outside the image is filled with 0
   (black, the film background after windowing), so the lesion always sits at the centre.
-- a **normal tile** is a window lying wholly inside the image, mostly on breast tissue, that
-  overlaps no lesion box of that image and no other normal tile; positions are drawn by a
-  seeded generator among all the windows that qualify.
+- a **normal tile** is a window lying wholly inside the image, with at least
+  :data:`~mammo_pipeline.imaging.preprocess.MIN_BREAST_FRACTION` of breast (the rule
+  ``/analyze`` scores windows by), that overlaps no lesion box of that image and no other
+  normal tile; positions are drawn by a seeded generator among all the windows that qualify.
 
-Boxes are in *edge* coordinates of the prepared image: pixel ``i`` covers ``[i, i + 1)``.
+Boxes (:class:`~mammo_pipeline.imaging.preprocess.Box`, the project's one box) are in *edge*
+coordinates of the prepared image: pixel ``i`` covers ``[i, i + 1)``.
 """
 
 from __future__ import annotations
@@ -26,53 +31,20 @@ import numpy as np
 
 from mammo_pipeline.data.importers.common import TARGET_MM_PER_PX
 from mammo_pipeline.data.schema import SOURCE_SIZE
-from mammo_pipeline.imaging import MedicalImage, breast_mask, display_window, to_display_uint8
-from mammo_pipeline.imaging.resample import extract_tile, resample_to_spacing
+from mammo_pipeline.imaging import MedicalImage
+from mammo_pipeline.imaging.preprocess import (
+    MIN_BREAST_FRACTION,
+    Box,
+    PreparedFilm,
+    cut_window,
+    extract_tile,
+    prepare_film,
+)
 
+__all__ = ["Box", "LesionTile", "PreparedImage", "lesion_tile", "normal_tiles", "prepare"]
 
-@dataclass(frozen=True)
-class Box:
-    """An axis-aligned box in edge coordinates (half-open: ``top <= y < bottom``)."""
-
-    top: float
-    left: float
-    bottom: float
-    right: float
-
-    @classmethod
-    def from_source(
-        cls, top: float, left: float, bottom: float, right: float, scale: tuple[float, float]
-    ) -> Box:
-        """A box given in edge coordinates of the original image, mapped by ``scale``."""
-        sy, sx = scale
-        return cls(top * sy, left * sx, bottom * sy, right * sx)
-
-    @property
-    def center_index(self) -> tuple[float, float]:
-        """The centre as a (row, col) pixel index."""
-        return (self.top + self.bottom) / 2 - 0.5, (self.left + self.right) / 2 - 0.5
-
-    @property
-    def max_side(self) -> float:
-        return max(self.bottom - self.top, self.right - self.left)
-
-    def to_dict(self) -> dict[str, float]:
-        return {k: round(float(getattr(self, k)), 2) for k in ("top", "left", "bottom", "right")}
-
-
-@dataclass(frozen=True)
-class PreparedImage:
-    """An image at the target pixel size, windowed to uint8, with its breast mask."""
-
-    pixels: np.ndarray  # 2-D uint8
-    breast: np.ndarray  # 2-D bool, same shape
-    scale: tuple[float, float]  # new pixels per original pixel (row, col)
-    spacing_mm: tuple[float, float]  # of the original image
-    spacing_from_file: bool  # False: the caller's default was used
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+#: The importers' name for a prepared film (the one type, from ``imaging.preprocess``).
+PreparedImage = PreparedFilm
 
 
 @dataclass(frozen=True)
@@ -89,21 +61,12 @@ def prepare(
     default_spacing_mm: float | None,
     target_mm: float = TARGET_MM_PER_PX,
 ) -> PreparedImage:
-    """Resample to ``target_mm``, segment the breast, window to uint8.
+    """:func:`~mammo_pipeline.imaging.preprocess.prepare_film` of a read film.
 
     The image's own spacing wins; ``default_spacing_mm`` is used when it has none (and
     ``spacing_from_file`` is False). ValueError when neither is known.
     """
-    spacing = image.pixel_spacing_mm
-    from_file = spacing is not None
-    if spacing is None:
-        if default_spacing_mm is None:
-            raise ValueError("the image has no pixel spacing and no default was given")
-        spacing = (float(default_spacing_mm), float(default_spacing_mm))
-    resampled, scale = resample_to_spacing(image.pixels, spacing, target_mm)
-    breast = breast_mask(resampled)
-    pixels = to_display_uint8(resampled, display_window(resampled, breast))
-    return PreparedImage(pixels, breast, scale, (float(spacing[0]), float(spacing[1])), from_file)
+    return prepare_film(image, default_spacing_mm=default_spacing_mm, target_mm=target_mm)
 
 
 def lesion_tile(
@@ -153,7 +116,7 @@ def normal_tiles(
     rng: np.random.Generator,
     *,
     tile: int = SOURCE_SIZE,
-    min_breast_fraction: float = 0.8,
+    min_breast_fraction: float = MIN_BREAST_FRACTION,
     step: int = 4,
 ) -> list[tuple[np.ndarray, Box]]:
     """Up to ``count`` tiles of tissue away from every box in ``avoid`` (may return fewer
@@ -193,7 +156,7 @@ def normal_tiles(
             break
         i, j = divmod(int(candidates[rng.integers(candidates.size)]), valid.shape[1])
         r, c = i * step, j * step
-        box = Box(float(r), float(c), float(r + tile), float(c + tile))
-        out.append((prepared.pixels[r : r + tile, c : c + tile].copy(), box))
+        box = Box(x0=c, y0=r, x1=c + tile, y1=r + tile)
+        out.append((cut_window(prepared, r, c, tile), box))
         _block_invalid(valid, box, tile, step)
     return out
