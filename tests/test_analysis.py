@@ -25,7 +25,13 @@ from mammo_pipeline.analysis import (
 from mammo_pipeline.data.synthetic import make_tile
 from mammo_pipeline.data.synthetic_film import make_film
 from mammo_pipeline.imaging import breast_mask
-from mammo_pipeline.imaging.preprocess import MIN_BREAST_FRACTION, window_starts
+from mammo_pipeline.imaging.preprocess import (
+    MIN_BREAST_FRACTION,
+    breast_coverage,
+    cut_window,
+    prepare_film,
+    window_starts,
+)
 
 MARKER_MM = 6.0
 
@@ -296,7 +302,8 @@ def test_heatmap_refuses_an_image_that_is_not_the_analysed_one():
 def _training_tiles(tmp_path, image_size: int):
     """SYNTHETIC mass / normal tiles from ``data.synthetic.generate`` (calcifications are
     dropped: at 32 px they are below one pixel), plus normal tiles cut at random from
-    lesion-free SYNTHETIC films (negatives from all over the breast, skin line included)."""
+    lesion-free SYNTHETIC films prepared as the importers prepare them, with the normal-tile
+    breast rule (negatives from all over the breast)."""
     from mammo_pipeline.data.example_codec import decode_tile
     from mammo_pipeline.data.preprocess import prepare_image
     from mammo_pipeline.data.synthetic import generate
@@ -312,13 +319,14 @@ def _training_tiles(tmp_path, image_size: int):
                 images.append(tile.pixels())
                 labels.append(tile.label_normal)
     rng = np.random.default_rng(5)
-    for seed in range(100, 104):
-        film = make_film(1500, 1000, lesion="none", seed=seed)
+    for seed in range(100, 104):  # as the importers cut them: from the prepared film
+        prepared = prepare_film(make_film(1500, 1000, lesion="none", seed=seed).pixels,
+                                spacing_mm=0.1)  # fmt: skip
         taken = 0
         while taken < 30:
             y, x = int(rng.integers(0, 1500 - 299)), int(rng.integers(0, 1000 - 299))
-            if film.breast_mask[y : y + 299, x : x + 299].mean() >= 0.25:
-                images.append(film.pixels[y : y + 299, x : x + 299])
+            if breast_coverage(prepared, y, x) >= MIN_BREAST_FRACTION:
+                images.append(cut_window(prepared, y, x))
                 labels.append(0)
                 taken += 1
     x = np.asarray(prepare_image(np.stack(images)[..., np.newaxis], image_size))
