@@ -253,7 +253,7 @@ def evaluate_model(
         return Evaluation(metrics, threshold, test_manifest.sha256, artifacts, digest)
     metrics.update(film.metrics)
     report["metrics"] = {k: (None if math.isnan(v) else v) for k, v in metrics.items()}
-    report.update(film_threshold_method=film.method, film=film.summary, **film.tags)
+    report.update(film=film.summary, **film.tags)  # the method is one of the tags
     metrics_path.write_text(json.dumps(report, indent=2))
     return Evaluation(metrics, threshold, test_manifest.sha256, artifacts + film.artifacts,
                       digest, film.tags, film.summary)  # fmt: skip
