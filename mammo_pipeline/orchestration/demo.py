@@ -68,6 +68,8 @@ DEMO_SETTINGS: dict[str, Any] = {
 #: Task slots of the LocalExecutor: each is a worker process, and training is one task at a
 #: time on 2 cores; Airflow's default (32) left 32 idle workers holding memory.
 AIRFLOW_PARALLELISM = 4
+#: SYNTHETIC whole films (600 x 400 px at 0.2 mm/px) evaluated after each training.
+DEMO_FILMS = 20
 
 
 def say(msg: str = "") -> None:
@@ -156,7 +158,10 @@ def make_data(settings: Settings, n: int, test_n: int) -> None:
     staging = DEMO_DIR / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     say(f"• Generating SYNTHETIC data: {n} training tiles in 3 files + {test_n} test tiles")
-    ds = generate(staging, n, files=3, positive_fraction=0.25, seed=2026, test_n=test_n)
+    ds = generate(staging, n, files=3, positive_fraction=0.25, seed=2026, test_n=test_n,
+                  films=DEMO_FILMS, films_dir=settings.film_test_split)  # fmt: skip
+    say(f"• SYNTHETIC film set for film-level evaluation: {DEMO_FILMS} films in "
+        f"{settings.film_test_split}")  # fmt: skip
     settings.test_split.mkdir(parents=True, exist_ok=True)
     for p in (ds.test_data, ds.test_labels):
         os.replace(p, settings.test_split / Path(p).name)
@@ -181,6 +186,7 @@ def report(settings: Settings) -> bool:
         for k in ("test_precision", "test_recall", "test_roc_auc", "decision_threshold"):
             if k in (d.get("metrics") or {}):
                 say(f"    {k} = {d['metrics'][k]:.3f}")
+        say_film_figures(settings, d.get("run_id"))
     say(
         f"gate thresholds: test_precision >= {settings.min_precision}, "
         f"test_recall >= {settings.min_recall}"
@@ -225,6 +231,26 @@ def report(settings: Settings) -> bool:
     say("    mammo registry list")
     say("Stop everything with: make stop")
     return served
+
+
+def say_film_figures(settings: Settings, run_id: str | None) -> None:
+    """The run's film-level figures (whole SYNTHETIC films through analyze())."""
+    from mammo_pipeline.common.mlflow_access import mlflow_client
+
+    if not run_id:
+        return
+    m = mlflow_client(settings).get_run(run_id).data.metrics
+    if "film_roc_auc" not in m:
+        say("    (no film-level metrics on this run)")
+        return
+    say(
+        f"    film level, SYNTHETIC films ({m.get('film_n', 0):.0f} test films): film_roc_auc "
+        f"{m['film_roc_auc']:.3f} [{m.get('film_roc_auc_low', float('nan')):.3f}, "
+        f"{m.get('film_roc_auc_high', float('nan')):.3f}], FROC sens@1FP "
+        f"{m.get('film_froc_sens_at_1fp', float('nan')):.3f}, top-1 hit rate "
+        f"{m.get('film_top1_hit_rate', float('nan')):.3f}, film threshold "
+        f"{m.get('film_threshold', float('nan')):.3f}"
+    )
 
 
 def analyze_whole_film(url: str) -> None:
