@@ -138,6 +138,25 @@ def test_predict_refuses_a_whole_film_naming_analyze(served: dict[str, Any]) -> 
     assert served["client"].post("/predict", files={"image": ("t.png", _png(tile))}).is_success
 
 
+def test_one_film_in_two_formats_gets_one_answer(served: dict[str, Any]) -> None:
+    """A 16-bit PNG and a DICOM MONOCHROME1 of one film: the one preprocessing path gives the
+    same windows, scores and regions over HTTP (the spacing from the form vs the DICOM)."""
+    client = served["client"]
+    film = make_film(1600, 1000, lesion="mass", seed=4, mm_per_px=MM, dtype="uint16")
+    inverted = (65535 - film.pixels.astype(np.int64)).astype(np.uint16)
+    dicom = _analyze(client, dicom_bytes(inverted, spacing=(MM, MM), photometric="MONOCHROME1"),
+                     name="film.dcm")  # fmt: skip
+    png = _analyze(client, _png(film.pixels), pixel_spacing_mm=MM)
+    assert dicom.status_code == png.status_code == 200, (dicom.text, png.text)
+    a, b = dicom.json(), png.json()
+    assert (a["image_format"], b["image_format"]) == ("dicom", "png")
+    assert a["tiles_scored"] == b["tiles_scored"] > 0
+    assert abs(a["score"] - b["score"]) < 1e-4
+    assert [{k: r[k] for k in ("x0", "y0", "x1", "y1")} for r in a["regions"]] == [
+        {k: r[k] for k in ("x0", "y0", "x1", "y1")} for r in b["regions"]
+    ]
+
+
 def test_dicom_film_uses_its_spacing_and_never_leaks_identifiers(served: dict[str, Any]) -> None:
     client = served["client"]
     film = make_film(1600, 1000, lesion="mass", seed=4, mm_per_px=MM, dtype="uint16")
