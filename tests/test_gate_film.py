@@ -139,13 +139,32 @@ def test_same_films_pass_and_a_changed_film_file_fails(store):
     assert {"not_worse_than_champion:film_froc_sens_at_1fp"} <= {c.name for c in decision.checks}
     assert decision.is_consistent()
 
-    # a version without film evidence is still judged on tiles, the skip is recorded
+    # a champion judged on films: a candidate without film evidence fails closed (it could
+    # be worse at what /analyze serves, unseen)
     bare = make_version(s, 3.0, None)
-    decision, _ = registry.gate_and_apply(s, bare)
+    decision = registry.gate_version(s, bare)
+    assert not decision.passed
+    assert any("has no film evidence" in r for r in decision.reasons), decision.reasons
+
+    # evaluated on another film set: not comparable, refused (never silently skipped)
+    other = make_version(s, 3.0, 2.0)
+    client = mlflow.MlflowClient(s.mlflow_tracking_uri)
+    run_id = client.get_model_version(s.registered_model_name, other).run_id
+    client.set_tag(run_id, "film_set_sha256", "e" * 64)
+    decision = registry.gate_version(s, other)
+    assert not decision.passed
+    assert any("different film set" in r for r in decision.reasons), decision.reasons
+
+    # a champion from before film-level evaluation: the candidate is judged on tiles, and
+    # the skip is recorded; /analyze falls back to the tile threshold, flagged
+    older = fresh(store)
+    first = make_version(older, 3.0, None)
+    assert registry.gate_and_apply(older, first)[0].passed
+    decision = registry.gate_version(older, make_version(older, 3.0, 2.0))
     assert decision.passed and "films_vs_champion_skipped" in decision.statistics
     from mammo_pipeline.serving.model_loader import describe_version
 
-    info = describe_version(s, bare)  # an older version: /analyze falls back, flagged
+    info = describe_version(older, first)
     assert info.film_operating_point() == {"threshold": THRESHOLD, "method": "tile_fallback"}
 
     # the film predictions replaced after evaluation: the evidence is refused

@@ -49,6 +49,7 @@ UNIT_INTERVAL_METRICS: frozenset[str] = frozenset(TEST_METRICS)
 CHECK_MIN_PRECISION = "min_precision"
 CHECK_MIN_RECALL = "min_recall"
 CHECK_SAME_TEST_SET = "same_test_set"
+CHECK_SAME_FILM_SET = "same_film_set"
 CHECK_EVIDENCE = "evidence_intact"
 CHECK_METRICS_MATCH = "logged_metrics_match_predictions"
 REQUIRED_CHECKS: frozenset[str] = frozenset(

@@ -45,6 +45,7 @@ from mammo_pipeline.registry.decision import (  # noqa: F401 - re-exported names
     CHECK_METRICS_MATCH,
     CHECK_MIN_PRECISION,
     CHECK_MIN_RECALL,
+    CHECK_SAME_FILM_SET,
     CHECK_SAME_TEST_SET,
     FILM_REGRESSION_METRICS,
     REGRESSION_METRICS,
@@ -195,7 +196,11 @@ def _non_regression(
     checks = [Check(CHECK_SAME_TEST_SET + f":{role}", "same tiles", "same tiles", "==", True)]
     deltas = [(n, m, getattr(comparison, m)) for n, m in zip(names, REGRESSION_METRICS,
                                                              strict=True)]  # fmt: skip
-    deltas += _film_deltas(role, candidate, reference, policy, stats)
+    films = _film_deltas(role, candidate, reference, policy, stats)
+    if isinstance(films, Check):
+        checks.append(films)
+    else:
+        deltas += films
     for name, metric, delta in deltas:
         text = f"vs {ref}: {delta.describe()}"
         low = delta.low
@@ -215,23 +220,30 @@ def _non_regression(
 
 def _film_deltas(
     role: str, candidate: Evidence, reference: Evidence, policy: GatePolicy, stats: dict
-) -> list[tuple[str, str, Any]]:
+) -> list[tuple[str, str, Any]] | Check:
     """(check name, metric, PairedDelta) of the film metrics, when the two were evaluated on
-    the same film set; otherwise nothing (the reason is kept in ``stats``)."""
+    the same film set. A reference judged on no films (a version from before film-level
+    evaluation) is skipped, the reason kept in ``stats``. A reference judged on films fails
+    closed when the candidate has no film evidence or was evaluated on another film set:
+    what ``/analyze`` serves could otherwise get worse unseen (the returned :class:`Check`)."""
     from mammo_pipeline.stats.film import compare_films
 
     a, b = candidate.film_predictions, reference.film_predictions
     key = f"films_vs_{role}"
-    if a is None or b is None:
-        missing = "candidate" if a is None else f"{role} v{reference.version}"
-        stats[f"{key}_skipped"] = f"no film predictions for the {missing}: films not compared"
+    ref = f"{role} v{reference.version}"
+    if b is None:
+        stats[f"{key}_skipped"] = f"no film predictions for the {ref}: films not compared"
         return []
+    name = f"{CHECK_SAME_FILM_SET}:{role}"
+    if a is None:
+        return Check(name, None, None, "==", False,
+                     f"{ref} was judged on films and this version has no film evidence: "
+                     "evaluate it on the film set")  # fmt: skip
     if not candidate.film_set_sha256 or candidate.film_set_sha256 != reference.film_set_sha256:
-        stats[f"{key}_skipped"] = (
-            f"different film sets ({_short(reference.film_set_sha256)} != "
-            f"{_short(candidate.film_set_sha256)}): films not compared"
-        )
-        return []
+        return Check(name, None, None, "==", False,
+                     f"{ref}: evaluated on a different film set (film_set_sha256 "
+                     f"{_short(reference.film_set_sha256)} != "
+                     f"{_short(candidate.film_set_sha256)}): not comparable")  # fmt: skip
     comparison = compare_films(
         a.candidates("test"),
         b.candidates("test"),
