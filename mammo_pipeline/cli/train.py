@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         Option values are checked once, by the settings' own ranges (one-line errors)."""
         from mammo_pipeline.config import get_settings
         from mammo_pipeline.data.tfrecord_io import list_tfrecords
-        from mammo_pipeline.training.train import train_model
+        from mammo_pipeline.overrides import apply_overrides
 
         files: list[Path] | None = None
         if data:
@@ -89,9 +89,11 @@ def register(app: typer.Typer) -> None:
             weights=weights,
             augment=augment,
         )
-        result = train_model(
-            get_settings(), files=files, overrides=overrides, airflow_run_id=airflow_run_id
-        )
+        # Checked before TensorFlow is imported: a bad value is one line, at once.
+        settings = apply_overrides(get_settings(), overrides)
+        from mammo_pipeline.training.train import train_model
+
+        result = train_model(settings, files=files, airflow_run_id=airflow_run_id)
         if result.synthetic:
             typer.secho("Trained on SYNTHETIC data.", fg=typer.colors.YELLOW)
         if result.weights_source == "none":
