@@ -87,3 +87,34 @@ def test_broken_film_set_is_an_error(tmp_path):
     (tmp_path / "test_films" / "films" / "synthetic_film_0001.png").write_bytes(b"broken")
     with pytest.raises(DataError, match="synthetic_film_0001.png"):
         film_evaluation(object(), Settings(data_dir=tmp_path), 0.5, tmp_path / "out")
+
+
+def _validation_films(scores: list[float], labels: list[int]):
+    import numpy as np
+
+    from mammo_pipeline.training.film_eval import FilmPredictions
+
+    n = len(scores)
+    return FilmPredictions(
+        film_ids=tuple(f"v{i}" for i in range(n)),
+        roles=("validation",) * n,
+        labels=np.asarray(labels, dtype=np.int64),
+        n_lesions=np.asarray(labels, dtype=np.int64),
+        scores=np.asarray(scores, dtype=np.float64),
+        regions=tuple(((s, -1, 0, 0, 1, 1),) for s in scores),
+    )
+
+
+def test_film_threshold_is_never_below_the_tile_threshold():
+    """A few validation films with one faint lesion pulled the recall-driven choice to 0.62,
+    below the tile threshold 0.96: every SYNTHETIC test film came out positive (28 of 28)."""
+    from mammo_pipeline.training.film_eval import choose_film_threshold
+
+    faint = _validation_films([0.62, 0.97, 0.99, 0.70, 0.80, 0.98], [1, 1, 1, 0, 0, 0])
+    assert choose_film_threshold(faint, 0.96, 0.85, 40) == (0.96, "tile_floor")
+    clear = _validation_films([0.995, 0.997, 0.999, 0.97, 0.98, 0.99], [1, 1, 1, 0, 0, 0])
+    threshold, method = choose_film_threshold(clear, 0.96, 0.85, 40)
+    assert method == "film_validation" and threshold == 0.995
+    none = _validation_films([0.97, 0.98], [0, 0])  # no validation film with a lesion
+    threshold, method = choose_film_threshold(none, 0.96, 0.85, 40)
+    assert method == "window_corrected" and 0.96 < threshold < 1.0
