@@ -25,12 +25,12 @@ Whole films (:func:`prepare_film` -> :class:`PreparedFilm`):
    "no background visible" test, see :mod:`.mask`.)
 
 Windows (:func:`window_starts`, :func:`breast_coverage`, :func:`cut_window`): the grid is
-CENTRED: along each axis the windows (stride at most the requested one) overhang the image by
-the same number of pixels on both sides (filled with 0, the background after windowing), so
-the grid of a left-right mirrored film is the mirror of the grid; each step above is
-mirror-exact too, so ``/analyze`` of ``pixels[:, ::-1]`` gives mirrored boxes and the same
-score. To get an even overhang the stride may be one pixel less than asked, or one window
-added. A side no longer than a tile has one window, centred to within half a pixel.
+SYMMETRIC and inside the film: along each axis the first window starts at the edge, the last
+ends at the other, and the windows between are spread evenly (steps at most the requested
+stride), so the grid of a left-right mirrored film is the mirror of the grid; each step above
+is mirror-exact too, so ``/analyze`` of ``pixels[:, ::-1]`` gives mirrored boxes and the same
+score. No window overhangs the film (a black strip is nothing like a training tile). A side
+no longer than a tile has one window, centred to within half a pixel.
 A window is scored when at least :data:`MIN_BREAST_FRACTION` (0.8) of its part inside the
 image is breast: the importer's rule for normal training tiles (one constant for both). With
 the old 25 % rule the window score tracked breast coverage (Spearman -0.94 on real films:
@@ -290,26 +290,30 @@ def prepare_film(
 
 
 def window_starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
-    """Window starts along one axis, CENTRED: ``n`` windows ``s`` apart (``s`` = ``stride``
-    or one less) covering ``length``, overhanging it by the same number of pixels on both
-    sides (starts may be negative). Fewest windows first, then the larger stride; a side no
-    longer than ``tile`` gets one window, centred to within half a pixel."""
+    """Window starts along one axis, mirror-symmetric and INSIDE the image: the first window
+    starts at 0, the last ends at ``length``, and the ``n`` windows are spread evenly between
+    (steps of ``(length - tile) / (n - 1)``, at most ``stride``, rounded symmetrically), so
+    the starts of a mirrored axis are the mirror of the starts. ``n`` is the fewest windows
+    that keep steps within ``stride``, plus one when that avoids a middle window (odd span).
+    A side no longer than ``tile`` gets one window, centred to within half a pixel.
+
+    No window hangs over the edge: an overhang would be filled with black, a strip no
+    training tile has (measured: with a grid overhanging by up to half a stride, the top-1
+    hit rate of a tiny CNN on SYNTHETIC films fell from 1.00 to 0.57)."""
     if length < 1 or tile < 1 or stride < 1:
         raise ValueError(f"length, tile and stride must be >= 1, got {length}, {tile}, {stride}")
     if length <= tile:
         return (-((tile - length) // 2),)
-    best: tuple[int, int] | None = None
-    for s in (stride, stride - 1):
-        if s < 1:
-            continue
-        n0 = math.ceil((length - tile) / s) + 1
-        for n in (n0, n0 + 1):
-            if ((n - 1) * s + tile - length) % 2 == 0 and (best is None or (n, -s) < best):
-                best = (n, -s)
-    assert best is not None  # one of stride, stride - 1 is odd: n0 or n0 + 1 fits
-    n, s = best[0], -best[1]
-    margin = ((n - 1) * s + tile - length) // 2
-    return tuple(-margin + i * s for i in range(n))
+    span = length - tile
+    n = math.ceil(span / stride) + 1
+    if span % 2 and n % 2:  # a middle window could not sit exactly in the middle
+        n += 1
+    starts = [0] * n
+    for i in range(n):
+        j = min(i, n - 1 - i)
+        near = (2 * j * span + (n - 1)) // (2 * (n - 1))  # round(j * span / (n - 1))
+        starts[i] = near if i == j else span - near
+    return tuple(starts)
 
 
 def _inside(start: int, side: int, limit: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ registry with the same version number is replaced.
 
 Operating points: ``decision_threshold`` is the tile threshold (``/predict``);
 ``film_threshold`` is the whole-film threshold of ``/analyze`` with its method
-(``film_validation``, ``tile_floor`` or ``window_corrected``, see
+(``film_validation`` or ``window_corrected``, see
 :mod:`mammo_pipeline.training.film_eval`). A version evaluated before film-level evaluation
 has none: it falls back to the tile threshold, flagged ``tile_fallback``.
 """

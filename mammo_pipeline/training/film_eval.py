@@ -11,13 +11,6 @@ window probability):
 * ``film_validation``: chosen on the films of role ``validation`` with the tile rule
   (:func:`~.evaluate.choose_threshold`: the highest precision with recall >= target_recall),
   when they include at least one film with a lesion;
-* ``tile_floor``: the validation choice fell below the tile threshold, which is used instead.
-  A film is never called positive unless one of its windows would be called positive as a
-  tile: the film score is the largest window probability, so at the tile threshold the films'
-  recall is at least the tiles' (the lesion's own window clears it), and a lower threshold
-  only adds false positives. With a few validation films, one faint lesion pulls the
-  recall-driven choice down to where every film is positive (measured: 28 of 28 SYNTHETIC
-  test films at 0.62 against a tile threshold of 0.96, ``benchmarks/film_answers.py``);
 * ``window_corrected``: otherwise, from the tile threshold ``t`` and the median number ``W``
   of windows scored per film: ``t_film = t ** (1 / W)``. If a negative window's probability
   were uniform on [0, 1], one window exceeds ``t`` with probability ``1 - t`` and the max of
@@ -70,7 +63,7 @@ FILM_TOP_K = 10
 #: Films drawn as annotated heatmaps.
 HEATMAPS = 3
 HEADER = ("film_id", "role", "label_normal", "n_lesions", "score", "regions")
-METHODS = ("film_validation", "tile_floor", "window_corrected")
+METHODS = ("film_validation", "window_corrected")
 
 
 @dataclass(frozen=True)
@@ -184,10 +177,7 @@ def choose_film_threshold(
 
     val = predictions.subset("validation")
     if len(val) and int(val.labels.sum()) > 0:
-        chosen = choose_threshold(val.labels, val.scores, target_recall)
-        if chosen < tile_threshold:
-            return float(tile_threshold), "tile_floor"
-        return chosen, "film_validation"
+        return choose_threshold(val.labels, val.scores, target_recall), "film_validation"
     return window_corrected_threshold(tile_threshold, windows), "window_corrected"
 
 
