@@ -119,10 +119,12 @@ def main() -> None:
         print(f"test films: {n} ({pos} with a lesion, {n - pos} without)")
         print(f"film ROC AUC {m['film_roc_auc']:.3f} "
               f"[{m['film_roc_auc_low']:.3f}, {m['film_roc_auc_high']:.3f}]")  # fmt: skip
-        print(f"FROC sensitivity at 1 FP/film {m['film_froc_sens_at_1fp']:.3f}, "
-              f"top-1 hit rate {m['film_top1_hit_rate']:.3f} ({pos} films with a lesion)")  # fmt: skip
-        print(f"films called positive: {at_tile}/{n} at the tile threshold {tile_threshold:.3f}, "
-              f"{at_film}/{n} at the film threshold {result.threshold:.3f} ({result.method})")  # fmt: skip
+        froc, top1 = m["film_froc_sens_at_1fp"], m["film_top1_hit_rate"]
+        print(f"FROC sensitivity at 1 FP/film {froc:.3f}, top-1 hit rate {top1:.3f} "
+              f"({pos} films with a lesion)")  # fmt: skip
+        print(f"films called positive: {at_tile}/{n} at the tile threshold "
+              f"{tile_threshold:.3f}, {at_film}/{n} at the film threshold "
+              f"{result.threshold:.3f} ({result.method})")  # fmt: skip
         print(f"film sensitivity {m['film_sensitivity']:.3f}, specificity "
               f"{m['film_specificity']:.3f} at the film threshold")  # fmt: skip
     print(f"({time.perf_counter() - t0:.0f} s)")

@@ -3,7 +3,7 @@
 The model was trained on 299 x 299 tiles at 0.1 mm per pixel cut by the importers from films
 prepared by :func:`mammo_pipeline.imaging.preprocess.prepare_film`; a film to analyse goes
 through that same function (any numeric array of raw intensities: 8/16-bit, float, DICOM
-values), is cut into overlapping windows on a centred grid, keeping the windows with at
+values), is cut into overlapping windows on a symmetric grid inside the film, keeping the windows with at
 least the normal training tiles' breast coverage (:mod:`~mammo_pipeline.analysis.tiling`),
 each window is turned into the model input exactly as in training
 (:func:`~mammo_pipeline.data.preprocess.prepare_image`) and scored by the caller's

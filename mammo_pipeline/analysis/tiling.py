@@ -38,8 +38,8 @@ class TilePlan:
 
     prepared: PreparedFilm
     tile: int
-    stride: int  # requested; an axis may use one pixel less (centred grid)
-    ys: tuple[int, ...]  # window tops, training scale (may be negative: overhang)
+    stride: int  # requested; the windows of an axis are spread evenly, at most this apart
+    ys: tuple[int, ...]  # window tops, training scale (negative only for a film < 1 tile)
     xs: tuple[int, ...]  # window lefts, training scale
     coverage: np.ndarray  # (len(ys), len(xs)) breast fraction of each window's in-film part
     kept: tuple[tuple[int, int], ...]  # (row, col) of the windows to score, row-major
@@ -69,7 +69,7 @@ def plan_tiles(
     stride_fraction: float = 0.5,
     min_breast_fraction: float = MIN_BREAST_FRACTION,
 ) -> TilePlan:
-    """The centred window grid over ``prepared`` and the windows whose breast coverage is at
+    """The symmetric window grid over ``prepared`` and the windows whose breast coverage is at
     least ``min_breast_fraction``."""
     if not 0.0 < stride_fraction <= 1.0:
         raise AnalysisInputError(f"stride_fraction must be within (0, 1], got {stride_fraction}")
