@@ -22,7 +22,7 @@ from PIL import Image
 
 from mammo_pipeline.data.synthetic_film import make_film
 from tests.formats import SECRET_PATIENT_ID, SECRET_PATIENT_NAME, dicom_bytes
-from tests.test_service import make_settings
+from tests.test_service import make_settings, model_requirements
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,10 @@ def _register_trained(settings, tmp_path: Path) -> str:
     with mlflow.start_run():
         mlflow.log_metrics({"decision_threshold": 0.5})
         info = mlflow.keras.log_model(
-            model, name="model", metadata={"decision_threshold": 0.5, "image_size": SIZE}
+            model,
+            name="model",
+            pip_requirements=model_requirements(),
+            metadata={"decision_threshold": 0.5, "image_size": SIZE},
         )
     mv = mlflow.register_model(info.model_uri, settings.registered_model_name)
     client = mlflow.MlflowClient(

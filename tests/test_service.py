@@ -51,6 +51,17 @@ def tiny_model(seed: int, channels: int = 1):
     return keras.Model(inp, out)
 
 
+def model_requirements() -> list[str]:
+    """The pip requirements training logs with a model (``log_keras_model``). Given, MLflow
+    does not infer them in a subprocess that imports TensorFlow: about 10 s a model."""
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    return [f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}", "numpy",
+            f"tensorflow=={tf.__version__}"]  # fmt: skip
+
+
 def register_model(
     settings: Settings,
     seed: int,
@@ -71,7 +82,10 @@ def register_model(
             {"decision_threshold": threshold, "test_recall": 0.9, "test_precision": 0.5}
         )
         info = mlflow.keras.log_model(
-            model, name="model", metadata={"decision_threshold": threshold, "image_size": 32}
+            model,
+            name="model",
+            pip_requirements=model_requirements(),
+            metadata={"decision_threshold": threshold, "image_size": 32},
         )
     mv = mlflow.register_model(info.model_uri, settings.registered_model_name)
     client = mlflow.MlflowClient(

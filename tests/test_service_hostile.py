@@ -276,7 +276,7 @@ def _register_nan_model(settings: Settings) -> str:
     import mlflow
 
     from mammo_pipeline.common.mlflow_access import configure_mlflow
-    from tests.test_service import tiny_model
+    from tests.test_service import model_requirements, tiny_model
 
     model = tiny_model(7)
     dense = model.layers[-1]
@@ -286,7 +286,10 @@ def _register_nan_model(settings: Settings) -> str:
     configure_mlflow(settings)
     with mlflow.start_run():
         info = mlflow.keras.log_model(
-            model, name="model", metadata={"decision_threshold": 0.5, "image_size": 32}
+            model,
+            name="model",
+            pip_requirements=model_requirements(),
+            metadata={"decision_threshold": 0.5, "image_size": 32},
         )
     mv = mlflow.register_model(info.model_uri, settings.registered_model_name)
     client = mlflow.MlflowClient(
@@ -299,13 +302,22 @@ def _register_nan_model(settings: Settings) -> str:
     return str(mv.version)
 
 
-def test_a_nan_model_is_never_ready_and_fails_the_smoke_test(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def nan_registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, str]:
+    """A store whose champion is the NaN model, read (never written) by the tests below."""
+    root = tmp_path_factory.mktemp("nan_model")
+    settings = make_settings(root, auth="none")
+    return settings, _register_nan_model(settings)
+
+
+def test_a_nan_model_is_never_ready_and_fails_the_smoke_test(
+    nan_registry: tuple[Settings, str], tmp_path: Path
+) -> None:
     from mammo_pipeline.serving import backend
     from mammo_pipeline.serving.smoke import smoke_image, smoke_test
     from mammo_pipeline.serving.state import DeployError
 
-    settings = make_settings(tmp_path, auth="none")
-    version = _register_nan_model(settings)
+    settings, version = nan_registry
     pid, url, log = _start(settings, tmp_path)
     try:
         deadline = time.monotonic() + 180
@@ -338,7 +350,9 @@ def test_a_nan_model_is_never_ready_and_fails_the_smoke_test(tmp_path: Path) -> 
         backend.stop_process(pid)
 
 
-def test_smoke_test_names_nan_from_the_in_process_model(tmp_path: Path) -> None:
+def test_smoke_test_names_nan_from_the_in_process_model(
+    nan_registry: tuple[Settings, str],
+) -> None:
     """A service that answers a number while the registry's model gives NaN in process."""
     import json
     import socketserver
@@ -347,8 +361,7 @@ def test_smoke_test_names_nan_from_the_in_process_model(tmp_path: Path) -> None:
     from mammo_pipeline.serving.smoke import smoke_test
     from mammo_pipeline.serving.state import DeployError
 
-    settings = make_settings(tmp_path, auth="none")
-    version = _register_nan_model(settings)
+    settings, version = nan_registry
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's API
