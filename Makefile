@@ -5,6 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# `make test` runs on TEST_WORKERS pytest-xdist workers, each test module whole on one worker
+# (its module-scoped servers and stores made once, the end-to-end runs in order), the longest
+# modules first (tests/conftest.py). TEST_WORKERS=0 runs in this process, one test at a time.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 .PHONY: install demo stop test test-fast lint bench clean
 
@@ -33,10 +38,10 @@ stop:
 	-@test -x $(BIN)/python && $(BIN)/python -m mammo_pipeline.orchestration.demo --stop
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not distributed" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check mammo_pipeline serving dags tests benchmarks
