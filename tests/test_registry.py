@@ -409,6 +409,7 @@ def test_rejected_version_needs_an_explicit_override(store):
     assert r.champion_after == v2 and tags(s, v2)["gate"] == "manual"
 
 
+@pytest.mark.slow
 def test_concurrent_gates_serialise(store):
     """Two gates at once (v2 better than v3, both better than v1): the outcome equals one of
     the serial orders; before the lock, v3 could end as champion with v2's promotion lost."""
@@ -598,6 +599,7 @@ def _mammo_in_process(s: Settings, monkeypatch: pytest.MonkeyPatch, *args: str) 
     return result.output
 
 
+@pytest.mark.slow
 def test_cli_gate_list_approve_rollback(store, monkeypatch, capsys):
     s = model_settings(store)
     run_id = make_run(s)
