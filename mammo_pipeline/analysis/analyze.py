@@ -3,12 +3,12 @@
 The model was trained on 299 x 299 tiles at 0.1 mm per pixel cut by the importers from films
 prepared by :func:`mammo_pipeline.imaging.preprocess.prepare_film`; a film to analyse goes
 through that same function (any numeric array of raw intensities: 8/16-bit, float, DICOM
-values), is cut into overlapping windows on a symmetric grid inside the film, keeping the windows with at
-least the normal training tiles' breast coverage (:mod:`~mammo_pipeline.analysis.tiling`),
-each window is turned into the model input exactly as in training
-(:func:`~mammo_pipeline.data.preprocess.prepare_image`) and scored by the caller's
-``predict_batch`` a batch at a time. The image-level score is the
-largest tile probability (named in the answer as ``aggregation``); the top regions are the
+values), is cut into overlapping windows on a symmetric grid inside the film, keeping the
+windows with at least the normal training tiles' breast coverage
+(:mod:`~mammo_pipeline.analysis.tiling`), each window is turned into the model input
+exactly as in training (:func:`~mammo_pipeline.data.preprocess.prepare_image`) and scored
+by the caller's ``predict_batch`` a batch at a time. The image-level score is the largest
+tile probability (named in the answer as ``aggregation``); the top regions are the
 highest-scoring windows after non-maximum suppression, in the ORIGINAL image's pixel
 coordinates. A NaN or infinite probability is an error, never a negative.
 

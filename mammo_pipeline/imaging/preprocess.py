@@ -58,7 +58,7 @@ from typing import Final
 import numpy as np
 
 from mammo_pipeline.imaging import MedicalImage, breast_mask, display_window, to_display_uint8
-from mammo_pipeline.imaging.resample import resize
+from mammo_pipeline.imaging.resample import resize, spacing_pair
 
 #: Physical scale of the training tiles (mm per pixel): a tile covers TILE_SIZE * 0.1 mm.
 #: The one definition (``data.schema`` re-exports it as TILE_MM_PER_PX).
@@ -216,17 +216,6 @@ class PreparedFilm:
         return Box(x0, y0, x1, y1)
 
 
-def _spacing_pair(spacing: float | Sequence[float]) -> tuple[float, float]:
-    if isinstance(spacing, int | float):
-        pair = (float(spacing), float(spacing))
-    else:
-        row, col = spacing
-        pair = (float(row), float(col))
-    if not all(math.isfinite(v) and v > 0 for v in pair):
-        raise ValueError(f"pixel spacing must be positive and finite, got {spacing}")
-    return pair
-
-
 def prepare_film(
     image: np.ndarray | MedicalImage,
     *,
@@ -246,11 +235,11 @@ def prepare_film(
     values = to_intensity(image)
     own = image.pixel_spacing_mm if isinstance(image, MedicalImage) else None
     if spacing_mm is not None:
-        spacing, source = _spacing_pair(spacing_mm), spacing_source
+        spacing, source = spacing_pair(spacing_mm), spacing_source
     elif own is not None:
-        spacing, source = _spacing_pair(own), image.source  # type: ignore[union-attr]
+        spacing, source = spacing_pair(own), image.source  # type: ignore[union-attr]
     elif default_spacing_mm is not None:
-        spacing, source = _spacing_pair(default_spacing_mm), "default"
+        spacing, source = spacing_pair(default_spacing_mm), "default"
     else:
         raise ValueError("the image has no pixel spacing and no default was given")
     h, w = values.shape

@@ -9,14 +9,16 @@ Cutting tiles: :mod:`.preprocess`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["resample_to_spacing", "resize"]
+__all__ = ["resample_to_spacing", "resize", "spacing_pair"]
 
 
-def _as_pair(spacing_mm: float | tuple[float, float]) -> tuple[float, float]:
+def spacing_pair(spacing_mm: float | Sequence[float]) -> tuple[float, float]:
+    """(row, col) spacing in mm from one number or a pair; ValueError unless positive."""
     if isinstance(spacing_mm, int | float):
         pair = (float(spacing_mm), float(spacing_mm))
     else:
@@ -54,8 +56,8 @@ def resample_to_spacing(
     i.e. ``spacing / target`` rounded to whole output pixels (2.0 for 0.2 mm -> 0.1 mm, 0.5
     for 0.05 mm -> 0.1 mm). A coordinate ``x`` in the input maps to ``(x + 0.5) * scale - 0.5``.
     """
-    row_mm, col_mm = _as_pair(spacing_mm)
-    target = _as_pair(target_mm)[0]
+    row_mm, col_mm = spacing_pair(spacing_mm)
+    target = spacing_pair(target_mm)[0]
     arr = np.asarray(pixels, dtype=np.float32)
     h, w = arr.shape
     rows = max(1, int(round(h * row_mm / target)))

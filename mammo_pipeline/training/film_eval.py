@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -125,10 +124,10 @@ class FilmPredictions:
         return buf.getvalue().encode()
 
     def write(self, path: Path) -> str:
-        data = self.to_csv()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return hashlib.sha256(data).hexdigest()
+        """Write the CSV; returns its sha256."""
+        from mammo_pipeline.training.predictions import write_evidence
+
+        return write_evidence(path, self.to_csv())
 
 
 def parse_film_predictions(data: bytes, source: str = FILM_PREDICTIONS_FILE) -> FilmPredictions:

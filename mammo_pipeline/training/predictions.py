@@ -66,10 +66,14 @@ class TilePredictions:
 
     def write(self, path: Path) -> str:
         """Write the CSV; returns its sha256."""
-        data = self.to_csv()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return hashlib.sha256(data).hexdigest()
+        return write_evidence(path, self.to_csv())
+
+
+def write_evidence(path: Path, data: bytes) -> str:
+    """Write an evidence file (predictions CSV) and return the sha256 the gate re-checks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def tile_ids_for(split_name: str, n: int) -> list[str]:

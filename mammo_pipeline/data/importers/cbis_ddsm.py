@@ -53,13 +53,7 @@ from mammo_pipeline.data.importers.common import (
     lesion_label,
     stable_rng,
 )
-from mammo_pipeline.data.importers.films import (
-    FilmKeeper,
-    FilmRole,
-    keeper_guard,
-    validation_patient,
-)
-from mammo_pipeline.data.importers.output import ImportWriter
+from mammo_pipeline.data.importers.films import FilmRole, import_outputs, validation_patient
 from mammo_pipeline.data.importers.runner import (
     ImportResult,
     Lesion,
@@ -426,14 +420,10 @@ def import_cbis_ddsm(
     locator = DicomLocator(dicom_root)
     images_default_spacing = 0
     patients: dict[str, set[str]] = {"train": set(), "test": set(), "validation_films": set()}
-    keeper = FilmKeeper(films_out, source=SOURCE, log=log, overwrite=overwrite)
-
-    with (
-        keeper_guard(keeper),
-        ImportWriter(
-            name, out, test_out, report_file, records_per_file=records_per_file, overwrite=overwrite
-        ) as writer,
-    ):
+    outputs = import_outputs(films_out, source=SOURCE, log=log, name=name, out=out,
+                             test_out=test_out, report_file=report_file,
+                             records_per_file=records_per_file, overwrite=overwrite)  # fmt: skip
+    with outputs as (keeper, writer):
         bar = tqdm(groups.items(), desc=f"{SOURCE} images", unit="image", disable=not progress)
         for (split, patient, side, view), group in bar:
             image_ref = f"{patient}_{side}_{view}"

@@ -39,6 +39,7 @@ from mammo_pipeline.data.importers.common import (
     OutputExistsError,
     stable_unit,
 )
+from mammo_pipeline.data.importers.output import ImportWriter
 from mammo_pipeline.imaging.resample import resample_to_spacing
 
 FilmRole = Literal["validation", "test"]
@@ -143,3 +144,27 @@ def keeper_guard(keeper: FilmKeeper) -> Iterator[FilmKeeper]:
         yield keeper
     finally:
         keeper.abort()
+
+
+@contextmanager
+def import_outputs(
+    films_out: Path | str | None,
+    *,
+    source: str,
+    log: ImportLog,
+    name: str,
+    out: Path,
+    test_out: Path,
+    report_file: Path,
+    records_per_file: int,
+    overwrite: bool,
+) -> Iterator[tuple[FilmKeeper, ImportWriter]]:
+    """The film keeper and the tile writer of one import, both undone on an error."""
+    keeper = FilmKeeper(films_out, source=source, log=log, overwrite=overwrite)
+    with (
+        keeper_guard(keeper),
+        ImportWriter(
+            name, out, test_out, report_file, records_per_file=records_per_file, overwrite=overwrite
+        ) as writer,
+    ):
+        yield keeper, writer

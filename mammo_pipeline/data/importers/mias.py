@@ -38,13 +38,7 @@ from mammo_pipeline.data.importers.common import (
     stable_rng,
     stable_unit,
 )
-from mammo_pipeline.data.importers.films import (
-    FilmKeeper,
-    FilmRole,
-    keeper_guard,
-    validation_patient,
-)
-from mammo_pipeline.data.importers.output import ImportWriter
+from mammo_pipeline.data.importers.films import FilmRole, import_outputs, validation_patient
 from mammo_pipeline.data.importers.runner import (
     ImportResult,
     Lesion,
@@ -235,14 +229,10 @@ def import_mias(
     )
     report["info_lines_ignored"] = ignored
     patients: dict[str, set[str]] = {"train": set(), "test": set(), "validation_films": set()}
-    keeper = FilmKeeper(films_out, source=SOURCE, log=log, overwrite=overwrite)
-
-    with (
-        keeper_guard(keeper),
-        ImportWriter(
-            name, out, test_out, report_file, records_per_file=records_per_file, overwrite=overwrite
-        ) as writer,
-    ):
+    outputs = import_outputs(films_out, source=SOURCE, log=log, name=name, out=out,
+                             test_out=test_out, report_file=report_file,
+                             records_per_file=records_per_file, overwrite=overwrite)  # fmt: skip
+    with outputs as (keeper, writer):
         bar = tqdm(
             sorted(by_film.items()), desc=f"{SOURCE} films", unit="film", disable=not progress
         )
