@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from mammo_pipeline.cli.data_import import import_app
-from mammo_pipeline.data.schema import LABEL_NAMES
 
 app = typer.Typer(help="Synthetic data and data inspection.", no_args_is_help=True)
 app.add_typer(import_app, name="import")  # mammo data import cbis-ddsm | mias
@@ -81,6 +80,7 @@ def inspect(
 ) -> None:
     """Record counts, class counts and schema problems of data files."""
     from mammo_pipeline.data.inspect import expand_paths, summarize, write_grid
+    from mammo_pipeline.data.schema import LABEL_NAMES
 
     files = expand_paths(paths)
     summaries = [summarize(p) for p in files]

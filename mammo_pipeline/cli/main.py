@@ -1,5 +1,6 @@
 """Entry point of the ``mammo`` command: registers each stage's commands, turns known errors
-into one-line messages with a non-zero exit code (no traceback)."""
+into one-line messages with a non-zero exit code (no traceback), and sets TensorFlow's log
+level before anything can import it (:mod:`mammo_pipeline.cli.quiet`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from pydantic import ValidationError
 
 from mammo_pipeline.cli import data as data_cli
 from mammo_pipeline.cli import registry, serve, train, validate
+from mammo_pipeline.cli.help import MammoGroup
+from mammo_pipeline.cli.quiet import quiet_tensorflow_env
 from mammo_pipeline.config import describe_validation_error
 from mammo_pipeline.errors import MammoError
 
 app = typer.Typer(
     name="mammo",
+    cls=MammoGroup,
     help="mammo-mlops: validate, train, gate and serve the mammogram lesion classifier.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -28,6 +32,7 @@ serve.register(app)  # mammo deploy, mammo serve, mammo predict
 
 
 def main() -> None:
+    quiet_tensorflow_env()
     try:
         app()
     except MammoError as exc:

@@ -23,20 +23,11 @@ app = typer.Typer(
 
 
 def _settings() -> Settings:
-    """The settings, refusing to create a registry as a side effect: a local SQLite store
-    that does not exist is an error naming the file (and how to point at the demo's)."""
-    from mammo_pipeline.common.mlflow_access import describe_store, store_exists
-    from mammo_pipeline.config import CONFIG_FILE_ENV, get_settings
-    from mammo_pipeline.errors import ConfigError
+    """The settings, refusing to create a registry as a side effect (one line naming the
+    missing store file and how to point at the demo's)."""
+    from mammo_pipeline.cli.store import existing_store_settings
 
-    s = get_settings()
-    if not store_exists(s):
-        raise ConfigError(
-            f"no MLflow registry at {describe_store(s)} (nothing was created). Set "
-            f"MAMMO_MLFLOW_TRACKING_URI or {CONFIG_FILE_ENV}; after `make demo`, run "
-            "`source .demo/env` first"
-        )
-    return s
+    return existing_store_settings()
 
 
 def _echo_result(data: dict[str, Any], as_json: bool) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from mammo_pipeline.cli.store import existing_store_settings
 from mammo_pipeline.common.auth import auth_headers
 from mammo_pipeline.config import get_settings
 from mammo_pipeline.errors import MammoError
@@ -24,15 +25,17 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:
         """Blue/green deploy: start beside the live service, smoke-test, switch."""
+        settings = existing_store_settings()  # before the lock file or a store is created
         from mammo_pipeline.serving.deploy import deploy_version
 
-        result = deploy_version(get_settings(), version)
+        result = deploy_version(settings, version)
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
         else:
             for step in result.steps:
                 typer.echo(f"- {step}")
-            typer.echo(result.message)
+            if result.ok:  # a failure's message is the error line below, printed once
+                typer.echo(result.message)
         if not result.ok:
             rolled = result.alias_rolled_back_to
             extra = f"; alias 'champion' rolled back to {rolled}" if rolled else ""
@@ -51,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from mammo_pipeline.serving.deploy import deploy_version
 
         try:
-            result = deploy_version(get_settings())
+            result = deploy_version(existing_store_settings())
             typer.echo(result.message)
         except MammoError as exc:  # no champion yet: the first retrain's deploy starts it
             typer.echo(f"nothing deployed at start: {exc}")
@@ -66,7 +69,12 @@ def register(app: typer.Typer) -> None:
             "--celery-hostname",
             "serving@%h",
         ]
-        os.execvp(argv[0], argv)
+        try:
+            os.execvp(argv[0], argv)
+        except FileNotFoundError:
+            raise MammoError(
+                "`airflow` is not on PATH: activate the environment (.venv/bin) first"
+            ) from None
 
     @app.command("serve")
     def serve(
@@ -75,10 +83,10 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run the prediction service in the foreground on serve_host:serve_port."""
+        settings = existing_store_settings()  # nothing created when there is no registry
         from mammo_pipeline.serving.backend import serve_foreground
         from mammo_pipeline.serving.model_loader import resolve_version
 
-        settings = get_settings()
         # one clear line (exit 1) when there is nothing to serve, before BentoML starts
         resolved = resolve_version(settings, version or settings.serve_version)
         typer.echo(f"serving {settings.registered_model_name} version {resolved}")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from mammo_pipeline.cli.quiet import import_tensorflow_quietly
 from mammo_pipeline.errors import MammoError
 
 #: Rows of the printed test-metric table, in this order.
@@ -51,30 +52,58 @@ def register(app: typer.Typer) -> None:
     def train(
         data: Annotated[
             list[Path] | None,
-            typer.Option(help="tfrecord files or folders (default: the validated folder)"),
+            typer.Option(
+                help="tfrecord files or folders, repeatable (default: the validated folder)"
+            ),
         ] = None,
-        epochs: Annotated[int | None, typer.Option()] = None,
-        fine_tune_epochs: Annotated[int | None, typer.Option()] = None,
-        batch_size: Annotated[int | None, typer.Option()] = None,
-        learning_rate: Annotated[float | None, typer.Option()] = None,
-        image_size: Annotated[int | None, typer.Option()] = None,
-        trainable_blocks: Annotated[int | None, typer.Option()] = None,
-        max_records: Annotated[int | None, typer.Option()] = None,
+        epochs: Annotated[
+            int | None, typer.Option(help="epochs of the new head (default: MAMMO_EPOCHS, 10)")
+        ] = None,
+        fine_tune_epochs: Annotated[
+            int | None,
+            typer.Option(help="epochs that also train the top VGG16 blocks (default 0)"),
+        ] = None,
+        batch_size: Annotated[
+            int | None, typer.Option(help="tiles per training step (default 32)")
+        ] = None,
+        learning_rate: Annotated[
+            float | None, typer.Option(help="Adam learning rate, above 0 (default 0.001)")
+        ] = None,
+        image_size: Annotated[
+            int | None, typer.Option(help="model input side in pixels, 16..1024 (default 299)")
+        ] = None,
+        trainable_blocks: Annotated[
+            int | None,
+            typer.Option(help="top VGG16 blocks unfrozen for fine-tuning, 0..5 (default 0)"),
+        ] = None,
+        max_records: Annotated[
+            int | None, typer.Option(help="use at most this many training tiles (default: all)")
+        ] = None,
         weights: Annotated[
             str | None, typer.Option(help="'imagenet', 'none' or a VGG16 notop .h5 path")
         ] = None,
-        augment: Annotated[bool | None, typer.Option("--augment/--no-augment")] = None,
+        augment: Annotated[
+            bool | None,
+            typer.Option("--augment/--no-augment", help="flip/rotate training tiles (default on)"),
+        ] = None,
         airflow_run_id: Annotated[str | None, typer.Option(hidden=True)] = None,
     ) -> None:
         """Train the VGG16 classifier (one MLflow run), evaluate it on the test split.
 
         Option values are checked once, by the settings' own ranges (one-line errors)."""
         from mammo_pipeline.config import get_settings
-        from mammo_pipeline.data.tfrecord_io import list_tfrecords
         from mammo_pipeline.overrides import apply_overrides
 
         files: list[Path] | None = None
         if data:
+            from mammo_pipeline.data.schema import is_tfrecord_path
+            from mammo_pipeline.data.tfrecord_io import list_tfrecords
+
+            for path in data:  # one line, before TensorFlow is imported
+                if not path.exists():
+                    raise MammoError(f"{path}: no such file or directory")
+                if path.is_file() and not is_tfrecord_path(path.name):
+                    raise MammoError(f"{path}: not a tfrecord file (*.tfrecord, *.tfrecords)")
             files = [f for p in data for f in (list_tfrecords(p) if p.is_dir() else [p])]
             if not files:
                 raise MammoError(f"no tfrecord files in {', '.join(map(str, data))}")
@@ -91,6 +120,7 @@ def register(app: typer.Typer) -> None:
         )
         # Checked before TensorFlow is imported: a bad value is one line, at once.
         settings = apply_overrides(get_settings(), overrides)
+        import_tensorflow_quietly()
         from mammo_pipeline.training.train import train_model
 
         result = train_model(settings, files=files, airflow_run_id=airflow_run_id)
@@ -109,6 +139,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate a training run's model on the held-out test split; log it on the run."""
         from mammo_pipeline.config import get_settings
+
+        import_tensorflow_quietly()
         from mammo_pipeline.training.evaluate import evaluate_run
 
         metrics = evaluate_run(get_settings(), run_id)
