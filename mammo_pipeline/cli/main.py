@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from mammo_pipeline.cli import data as data_cli
-from mammo_pipeline.cli import registry, serve, train, validate
+from mammo_pipeline.cli import registry, serve, status, train, validate
 from mammo_pipeline.cli.help import MammoGroup
 from mammo_pipeline.cli.quiet import quiet_tensorflow_env
 from mammo_pipeline.config import describe_validation_error
@@ -29,6 +29,7 @@ validate.register(app)  # mammo validate
 train.register(app)  # mammo train, mammo evaluate
 registry.register(app)  # mammo registry ...
 serve.register(app)  # mammo deploy, mammo serve, mammo predict
+status.register(app)  # mammo status
 
 
 def main() -> None:

@@ -259,6 +259,36 @@ def _print_review(result: ReviewResult, as_json: bool) -> None:
     return None
 
 
+#: ``--no-deploy`` of the commands that can move the champion.
+NoDeploy = Annotated[
+    bool,
+    typer.Option(
+        "--no-deploy",
+        help="change the registry only; print the command that would deploy the new champion",
+    ),
+]
+
+
+def _print_and_follow(s: Settings, result: ReviewResult, no_deploy: bool, as_json: bool) -> None:
+    """Print the registry action, then serve its new champion where a deployment is live
+    (:func:`mammo_pipeline.serving.deploy.follow_champion` decides); a failed deploy exits 1."""
+    from mammo_pipeline.errors import MammoError
+    from mammo_pipeline.serving.deploy import follow_champion
+
+    if not as_json:
+        _print_review(result, False)
+    follow = follow_champion(s, result.champion_before, result.champion_after, deploy=not no_deploy)
+    if as_json:
+        _echo_result({**result.to_dict(), "serving": follow.to_dict()}, True)
+    else:
+        for step in follow.deploy.steps if follow.deploy else []:
+            typer.echo(f"- {step}")
+        if follow.ok:
+            typer.echo(follow.message)
+    if not follow.ok:
+        raise MammoError(follow.message)
+
+
 @app.command("approve")
 def approve_cmd(
     version: Annotated[str, typer.Argument(help="model version")],
@@ -267,14 +297,17 @@ def approve_cmd(
     override_rejection: Annotated[
         bool, typer.Option("--override-rejection", help="approve a version a reviewer rejected")
     ] = False,
+    no_deploy: NoDeploy = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Approve a version: one waiting for approval is re-gated if the champion changed since;
-    any other becomes the champion by your recorded decision (gate=manual)."""
+    any other becomes the champion by your recorded decision (gate=manual). A new champion is
+    deployed blue/green when a deployment is live on this machine (unless --no-deploy)."""
     from mammo_pipeline.registry import approve
 
-    result = approve(_settings(), version, reason, who, override_rejection=override_rejection)
-    _print_review(result, as_json)
+    s = _settings()
+    result = approve(s, version, reason, who, override_rejection=override_rejection)
+    _print_and_follow(s, result, no_deploy, as_json)
 
 
 @app.command("reject")
@@ -294,12 +327,15 @@ def reject_cmd(
 def rollback_cmd(
     reason: Annotated[str | None, typer.Option("--reason", help="why")] = None,
     who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
+    no_deploy: NoDeploy = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Put the previous champion back (alias champion -> previous)."""
+    """Put the previous champion back (alias champion -> previous) and, when a deployment is
+    live on this machine, serve it (blue/green, smoke-tested) unless --no-deploy."""
     from mammo_pipeline.registry import rollback
 
-    _print_review(rollback(_settings(), reason, who), as_json)
+    s = _settings()
+    _print_and_follow(s, rollback(s, reason, who), no_deploy, as_json)
 
 
 @app.command("pin")
@@ -307,12 +343,15 @@ def pin_cmd(
     version: Annotated[str, typer.Argument(help="model version")],
     reason: Annotated[str, typer.Option("--reason", help="why (recorded on the version)")],
     who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
+    no_deploy: NoDeploy = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Pin a vetted version as the baseline every candidate must not fall behind."""
+    """Pin a vetted version as the baseline every candidate must not fall behind (the
+    champion does not move; if it ever did, it would be deployed as after a rollback)."""
     from mammo_pipeline.registry import pin_baseline
 
-    _print_review(pin_baseline(_settings(), version, reason, who), as_json)
+    s = _settings()
+    _print_and_follow(s, pin_baseline(s, version, reason, who), no_deploy, as_json)
 
 
 def register(main_app: typer.Typer) -> None:

@@ -19,6 +19,11 @@ Any failure before the switch is complete leaves blue serving (the state file is
 when it was already rewritten), stops green and records the failure in the registry
 (:func:`mammo_pipeline.registry.deployments.undo_failed_deploy`). Deploys are serialised with
 a lock file. :func:`stop_service` stops the proxy and the backend (``make stop``).
+
+:func:`follow_champion` is what a registry action that moved the ``champion`` alias (rollback,
+approval, pin) does next: deploy the new champion with :func:`deploy_version` when a
+deployment from the same registry is live on this machine, else say which command would.
+:func:`probe_live` asks the service on the live port what it serves (``mammo status``).
 """
 
 from __future__ import annotations
@@ -41,12 +46,23 @@ from mammo_pipeline.serving.smoke import smoke_test
 from mammo_pipeline.serving.state import (
     DeployError,
     deploy_lock,
+    live_backend,
     read_state,
+    registry_identity,
     state_path,
     write_state,
 )
 
-__all__ = ["DeployError", "DeployResult", "deploy_version", "service_status", "stop_service"]
+__all__ = [
+    "ChampionFollow",
+    "DeployError",
+    "DeployResult",
+    "deploy_version",
+    "follow_champion",
+    "probe_live",
+    "service_status",
+    "stop_service",
+]
 
 
 @dataclass
@@ -119,6 +135,7 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
                 "backend": {"pid": green_pid, "port": port, "version": target, "log": str(log),
                             "started_at": dt.datetime.now(dt.UTC).isoformat()},
                 "proxy": state.get("proxy") or {},
+                "registry": registry_identity(settings),
             }  # fmt: skip
             write_state(settings, new_state)
             switched = True
@@ -135,7 +152,7 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
                 proxy = new_state.get("proxy") or {}
                 with contextlib.suppress(Exception):
                     if blue_live:  # blue takes the live port back
-                        write_state(settings, {"backend": blue, "proxy": proxy})
+                        write_state(settings, {**state, "backend": blue, "proxy": proxy})
                     else:  # nothing to fall back on: no half-started proxy either
                         stop_process(proxy.get("pid"))
                         state_path(settings).unlink(missing_ok=True)
@@ -210,3 +227,112 @@ def service_status(settings: Settings) -> dict[str, Any]:
         if role in state and state[role]:
             state[role]["alive"] = is_alive(state[role].get("pid"))
     return state
+
+
+@dataclass
+class ChampionFollow:
+    """What :func:`follow_champion` did after the champion moved. ``action``: ``deployed``,
+    ``failed``, ``skipped`` (``--no-deploy``), ``not_live``, ``other_registry``,
+    ``already_serving`` or ``unchanged``; ``command`` is the command to run when nothing was
+    deployed and the live service (if any) does not serve the champion."""
+
+    ok: bool
+    action: str
+    champion: str | None
+    live_version: str | None
+    message: str
+    command: str | None = None
+    deploy: DeployResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def follow_champion(
+    settings: Settings, before: str | None, after: str | None, *, deploy: bool = True
+) -> ChampionFollow:
+    """After a registry action moved ``champion`` from ``before`` to ``after``: when a
+    deployment of this registry is live on this machine, deploy ``after`` blue/green
+    (:func:`deploy_version`, same smoke test); ``deploy=False`` only says what would. Never
+    raises for a failed deploy: ``ok`` is False, the reason is in ``message`` and the previous
+    version keeps serving (the deployer moves the alias back to it)."""
+    backend = live_backend(settings)
+    live = str(backend["version"]) if backend else None
+    same = backend is not None and (
+        read_state(settings).get("registry", registry_identity(settings))
+        == registry_identity(settings)
+    )
+
+    def out(action: str, message: str, command: str | None = None, ok: bool = True):
+        return ChampionFollow(ok, action, after, live, message, command)
+
+    exact = f"mammo deploy --version {after}"
+    if after is None or after == before:
+        if live is not None and same and after is not None and live != after:
+            return out("unchanged", f"champion unchanged (v{after}) but the live service "
+                       f"serves v{live}: run `{exact}`", exact)  # fmt: skip
+        return out("unchanged", f"champion unchanged ({'v' + after if after else 'none'}): "
+                   "nothing to deploy")  # fmt: skip
+    if backend is None:
+        return out("not_live", f"no deployment is live on this machine "
+                   f"({state_path(settings)}): to serve v{after} run `mammo deploy`",
+                   "mammo deploy")  # fmt: skip
+    if not same:
+        return out("other_registry", f"the live service (v{live}) was deployed from another "
+                   f"registry or model; not touched: to serve v{after} run `{exact}`",
+                   exact)  # fmt: skip
+    if live == after:
+        return out("already_serving", f"the live service already serves v{after}")
+    if not deploy:
+        return out("skipped", f"--no-deploy: the live service keeps serving v{live}; to serve "
+                   f"v{after} run `{exact}`", exact)  # fmt: skip
+    try:
+        result = deploy_version(settings, after)
+    except DeployError as exc:  # the deploy lock is held: nothing was started
+        result = DeployResult(ok=False, version=after, previous_version=live, message=str(exc))
+    if result.ok:
+        follow = out("deployed", f"deployed v{after} blue/green (was v{live}): {result.message}")
+    else:
+        rolled = result.alias_rolled_back_to
+        follow = out(
+            "failed",
+            f"deploy of v{after} failed: {result.message}; v{live} keeps serving"
+            + (f"; alias 'champion' moved back to v{rolled}" if rolled else ""),
+            exact,
+            ok=False,
+        )
+    follow.deploy = result
+    return follow
+
+
+def probe_live(settings: Settings, timeout: float = 3.0) -> dict[str, Any]:
+    """What the live port serves, asked of the service itself (``GET /model``, ``/readyz``),
+    beside what the state file says (version, pid, since when). Reads only."""
+    import httpx
+
+    state = read_state(settings)
+    backend, proxy = state.get("backend") or {}, state.get("proxy") or {}
+    url = f"http://{client_host(settings.serve_host)}:{settings.serve_port}"
+    info: dict[str, Any] = {
+        "url": url,
+        "state_file": str(state_path(settings)),
+        "state_version": str(backend["version"]) if backend.get("version") else None,
+        "since": backend.get("started_at"),
+        "backend_pid": backend.get("pid"),
+        "backend_alive": is_alive(backend.get("pid")),
+        "proxy_alive": is_alive(proxy.get("pid")),
+        "version": None,
+        "ready": False,
+        "error": None,
+    }
+    headers = auth_headers(settings.api_key)
+    try:
+        resp = httpx.get(f"{url}/model", headers=headers, timeout=timeout)
+        if resp.status_code == 200:
+            info["version"] = str(resp.json().get("version"))
+        else:
+            info["error"] = f"GET /model: HTTP {resp.status_code}"
+        info["ready"] = httpx.get(f"{url}/readyz", timeout=timeout).status_code == 200
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
