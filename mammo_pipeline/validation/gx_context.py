@@ -39,6 +39,16 @@ DATA_DOCS_SITE = "mammo_data_docs"
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
+#: GX's loggers that print bookkeeping at INFO on import: its public-API registry logs one
+#: "Skipping registering function ..." line per decorated function (~200 in an Airflow task
+#: log, where INFO is shown). Their warnings and errors still come through.
+GX_CHATTY_LOGGERS = ("great_expectations._docs_decorators",)
+
+
+def quiet_gx_logging() -> None:
+    """Raise GX's chatty loggers to WARNING (before GX is imported; idempotent)."""
+    for name in GX_CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def data_docs_dir(settings: Settings) -> Path:
@@ -87,6 +97,7 @@ class ContractChecker:
         self, settings: Settings, docs_assets_dir: Path = docs_assets.DEFAULT_ASSETS_DIR
     ) -> None:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        quiet_gx_logging()
         import great_expectations as gx
 
         self.root = expectations_root(settings)

@@ -31,13 +31,17 @@ index, reference, ledger) must be read in the order it runs; the steps themselve
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+import types
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -548,6 +552,33 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
+#: Serialises the ``__main__`` swap of :func:`_workers_skip_main` between threads.
+_MAIN_SWAP = threading.Lock()
+
+
+@contextlib.contextmanager
+def _workers_skip_main() -> Iterator[None]:
+    """While pool workers start, they are not told to re-run the parent's ``__main__``.
+
+    ``spawn`` makes each worker re-import the parent's main module: by name when it has a
+    ``__spec__``, else by running its ``__file__``. In an Airflow task that file is the
+    ``airflow`` entry point, and importing Airflow there fails (the task process carries an
+    ORM URL Airflow blocks on purpose: "Could not parse SQLAlchemy URL"), so the pool broke and
+    every file was validated in-process. The workers only run this module's functions (pickled
+    by reference), so they need nothing from ``__main__``: while they start, ``__main__`` is a
+    bare module with neither, and ``spawn`` leaves the worker's own ``__main__`` alone. Workers
+    start only inside ``submit`` (spawn starts them on demand; no ``max_tasks_per_child``, so
+    none is replaced later), which is what this wraps.
+    """
+    with _MAIN_SWAP:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
+
+
 def _prepare(path: Path, known: frozenset[str]) -> tuple[str, FileProfile | None]:
     """Worker side: the file's sha256 and, unless the ledger already knows it, its profile."""
     sha = file_sha256(path).sha256
@@ -572,7 +603,16 @@ def _validate_in_pool(run: _Run, files: list[Claimed], workers: int) -> list[Fil
         initializer=_die_with_parent,
         initargs=(os.getpid(),),
     ) as pool:
-        futures = [pool.submit(_prepare, claimed.path, known) for claimed in files]
+        with _workers_skip_main():
+            futures = [pool.submit(_prepare, claimed.path, known) for claimed in files]
+        pids = [p.pid for p in multiprocessing.active_children()]
+        log.info(
+            "validation pool: %d worker processes (pids %s) profile %d files for process %d",
+            len(pids),
+            ",".join(map(str, pids)),
+            len(files),
+            os.getpid(),
+        )
         run.checker  # noqa: B018 - load GX here, overlapping with the workers' profiling
         for claimed, future in tqdm(
             list(zip(files, futures, strict=True)),
@@ -585,8 +625,8 @@ def _validate_in_pool(run: _Run, files: list[Claimed], workers: int) -> list[Fil
                 try:
                     sha, profile = future.result()
                 except BrokenProcessPool:
-                    # Worker processes cannot start everywhere (e.g. inside an Airflow task
-                    # whose __main__ cannot be re-imported by "spawn"): profile here instead.
+                    # A worker died or could not start (out of memory, a broken
+                    # interpreter): profile here instead.
                     log.warning("worker pool unavailable; validating %s in-process", claimed.name)
                     return run.validate_file(claimed)
                 if profile is None:
