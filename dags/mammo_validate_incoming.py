@@ -5,16 +5,19 @@ Wiring only; the logic lives in ``mammo_pipeline.orchestration.tasks``.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Asset, dag, task
 
-from mammo_pipeline.orchestration.params import VALIDATE_EVERY_MINUTES_DEFAULT, VALIDATED_DATA_ASSET
+from mammo_pipeline.config import get_settings
+from mammo_pipeline.orchestration.params import VALIDATED_DATA_ASSET
 
 validated_data = Asset(VALIDATED_DATA_ASSET)
-every = int(os.environ.get("MAMMO_VALIDATE_EVERY_MINUTES", VALIDATE_EVERY_MINUTES_DEFAULT))
+#: A timetable, not an AssetWatcher: the file triggers Airflow ships for watchers
+#: (FileDeleteTrigger, DirectoryFileDeleteTrigger) delete the file they saw, and landing files
+#: must stay where they are until validation claims them.
+every = get_settings().validate_every_minutes
 
 
 @dag(
@@ -27,8 +30,9 @@ every = int(os.environ.get("MAMMO_VALIDATE_EVERY_MINUTES", VALIDATE_EVERY_MINUTE
     doc_md="""
 ### Validate incoming mammogram tiles
 
-Every few minutes (`MAMMO_VALIDATE_EVERY_MINUTES`, default 5) this validates each tfrecord
-file in the landing directory against the Great Expectations suite in `expectations/`.
+Every `MAMMO_VALIDATE_EVERY_MINUTES` minutes (default 10; trigger it by hand to validate at
+once) this validates each tfrecord file in the landing directory against the Great
+Expectations suite in `expectations/`.
 
 * a file that passes is moved to `validated/`;
 * a file that fails is moved to `quarantine/` with `<file>.reason.json` naming every failed

@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         description="a landing file modified more recently is validated only if it stays "
         "unchanged that long (else it is still being written: left for the next run)",
     )
+    validate_every_minutes: int = Field(
+        10,
+        ge=1,
+        le=24 * 60,
+        description="how often Airflow's mammo_validate_incoming checks the landing directory "
+        "(its schedule, read when the DAG file is parsed); a manual trigger validates at once",
+    )
 
     # --- serving -----------------------------------------------------------------------
     serve_host: str = "127.0.0.1"

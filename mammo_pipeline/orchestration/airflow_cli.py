@@ -1,5 +1,6 @@
 """Driving a running Airflow through its command line (the demo's view of the DAG runs):
-run commands, parse their JSON, wait for DAGs to be parsed, follow a run's task states."""
+run commands, parse their JSON, wait for DAGs to be parsed, trigger a DAG, follow a run's
+task states, count runs, and read the api-server's health of each component."""
 
 from __future__ import annotations
 
@@ -54,6 +55,36 @@ def wait_for_dags(env: dict[str, str], dag_ids: list[str], timeout: float = 300)
 
 def _runs(env: dict[str, str], dag_id: str) -> list[dict]:
     return _json_list(airflow(env, "dags", "list-runs", dag_id, "-o", "json", check=False))
+
+
+def run_count(env: dict[str, str], dag_id: str) -> int:
+    """How many runs of ``dag_id`` the metadata database holds."""
+    return len(_runs(env, dag_id))
+
+
+def trigger(env: dict[str, str], dag_id: str) -> None:
+    """Start a run of ``dag_id`` now (a manual run), whatever its schedule."""
+    airflow(env, "dags", "trigger", dag_id)
+
+
+def health(api_port: int, timeout: float = 10) -> dict[str, str]:
+    """Each component's status from the api-server's ``GET /api/v2/monitor/health``
+    (``metadatabase``, ``scheduler``, ``triggerer``, ``dag_processor``: ``healthy``,
+    ``unhealthy`` or ``none`` when it never reported); ``{"api-server": "<error>"}`` when
+    the api-server does not answer."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{api_port}/api/v2/monitor/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError) as exc:
+        return {"api-server": f"no answer ({exc})"}
+    return {
+        name: str((part or {}).get("status") or "none")
+        for name, part in body.items()
+        if isinstance(part, dict) or part is None
+    }
 
 
 def _task_states(env: dict[str, str], dag_id: str, run_id: str) -> dict[str, str]:

@@ -1,13 +1,16 @@
 """``make demo``: the whole platform end to end on one machine, through the running Airflow.
 
-1. starts Airflow (scheduler, dag-processor, api-server; SQLite, LocalExecutor) and an MLflow
-   UI, all with their state under ``.demo/``;
+1. starts Airflow (scheduler, dag-processor, triggerer, api-server; SQLite, LocalExecutor) and
+   an MLflow UI, all with their state under ``.demo/``;
 2. writes a small SYNTHETIC data set (reduced image size, random VGG16 weights: said plainly)
    and drops it into the landing directory;
-3. lets ``mammo_validate_incoming`` pick it up, which triggers ``mammo_retrain`` through the
+3. triggers ``mammo_validate_incoming`` at once (its schedule checks the landing directory
+   every ``validate_every_minutes``, default 10), which triggers ``mammo_retrain`` through the
    validated-data Asset; shows the tasks' progress until training, gate and deployment end;
 4. sends a sample image to the live BentoML service and prints the gate decision, the served
-   version, the prediction and the URLs of the Airflow UI, the MLflow UI and the service.
+   version, the prediction and the URLs of the Airflow UI, the MLflow UI and the service;
+5. prints the health of Airflow's components (``GET /api/v2/monitor/health``) and the memory
+   its processes hold (the sum of their resident sets, psutil).
 
 The demo's settings are written to ``.demo/mammo.toml`` and ``.demo/env`` exports
 ``MAMMO_CONFIG_FILE`` (and puts the venv's ``mammo`` on ``PATH``), so that after
@@ -34,8 +37,9 @@ from mammo_pipeline.common.environment import REPO_ROOT, settings_env
 from mammo_pipeline.common.net import wait_http
 from mammo_pipeline.common.processes import start, stop_all
 from mammo_pipeline.config import CONFIG_FILE_ENV, Settings
-from mammo_pipeline.orchestration.airflow_cli import airflow, follow, wait_for_dags
+from mammo_pipeline.orchestration.airflow_cli import airflow, follow, trigger, wait_for_dags
 from mammo_pipeline.orchestration.airflow_env import airflow_env
+from mammo_pipeline.orchestration.demo_status import say_health_and_memory
 
 DEMO_DIR = REPO_ROOT / ".demo"
 STATE = DEMO_DIR / "services.json"
@@ -105,11 +109,33 @@ def demo_env(settings: Settings) -> dict[str, str]:
         settings,
         api_port=AIRFLOW_PORT,
         extra={
-            "MAMMO_VALIDATE_EVERY_MINUTES": "1",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__CORE__PARALLELISM": str(AIRFLOW_PARALLELISM),
         },
     )
+
+
+def airflow_processes(api_port: int) -> list[tuple[str, list[str]]]:
+    """The demo's Airflow: name and ``airflow`` arguments of each long-running process.
+
+    The triggerer runs deferred work (the approval's Human-in-the-loop wait); without one the
+    UI shows a red "Triggerer" health badge. LocalExecutor reads task logs from local files:
+    no log server (it would listen on all interfaces); the api-server binds 127.0.0.1.
+    """
+    return [
+        ("airflow-scheduler", ["scheduler", "--skip-serve-logs"]),
+        ("airflow-dag-processor", ["dag-processor"]),
+        ("airflow-triggerer", ["triggerer", "--skip-serve-logs"]),
+        ("airflow-api-server", ["api-server", "--host", "127.0.0.1", "--port", str(api_port)]),
+    ]
+
+
+def start_airflow(
+    env: dict[str, str], *, state: Path = STATE, logs: Path, api_port: int = AIRFLOW_PORT
+) -> None:
+    """Start :func:`airflow_processes` (recorded in ``state``, so ``make stop`` stops them)."""
+    for name, args in airflow_processes(api_port):
+        start(state, name, [str(BIN / "airflow"), *args], env=env, log_dir=logs, cwd=REPO_ROOT)
 
 
 def start_services(settings: Settings, env: dict[str, str]) -> None:
@@ -117,14 +143,7 @@ def start_services(settings: Settings, env: dict[str, str]) -> None:
     say("• Airflow metadata database (SQLite) …")
     airflow(env, "db", "migrate")
     airflow(env, "pools", "set", "mammo_gpu", "1", "GPU training slots")
-    # LocalExecutor reads task logs from local files: no log server (it would listen on all
-    # interfaces); the API server binds 127.0.0.1.
-    for name, args in [
-        ("airflow-scheduler", ["scheduler", "--skip-serve-logs"]),
-        ("airflow-dag-processor", ["dag-processor"]),
-        ("airflow-api-server", ["api-server", "--host", "127.0.0.1", "--port", str(AIRFLOW_PORT)]),
-    ]:
-        start(STATE, name, [str(BIN / "airflow"), *args], env=env, log_dir=logs, cwd=REPO_ROOT)
+    start_airflow(env, logs=logs)
     start(
         STATE,
         "mlflow-ui",
@@ -306,7 +325,11 @@ def run(n: int, test_n: int) -> int:
     wait_for_dags(env, ["mammo_validate_incoming", "mammo_retrain", "mammo_deploy"])
     make_data(settings, n, test_n)
     t_drop = time.time()
-    say("• Waiting for mammo_validate_incoming (runs every minute) …")
+    trigger(env, "mammo_validate_incoming")
+    say(
+        "• Triggered mammo_validate_incoming (its schedule checks the landing directory every "
+        f"{settings.validate_every_minutes} min) …"
+    )
     follow(env, "mammo_validate_incoming", 600, t_drop)
     say("• Waiting for mammo_retrain (triggered by the validated-data Asset) …")
     run_info = follow(env, "mammo_retrain", 1800, t_drop)
@@ -315,6 +338,8 @@ def run(n: int, test_n: int) -> int:
         f"({time.time() - t_start:.0f}s since the demo started)"
     )
     served = report(settings)
+    if not say_health_and_memory(settings, env, api_port=AIRFLOW_PORT, state=STATE):
+        say(f"An Airflow component is not healthy: see the logs under {DEMO_DIR / 'logs'}.")
     if run_info["state"] != "success" or not served:
         say(
             "The demo did not end with a served model: see the task logs in the Airflow UI "
