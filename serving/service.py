@@ -21,7 +21,8 @@ Endpoints:
   text fields ``pixel_spacing_mm`` (else the DICOM's, else 0.1 mm/px, the training scale),
   ``stride_fraction`` (of the 299-px tile, default 0.5), ``top_k`` (regions, default 5),
   ``heatmap`` (``true``: the picture as base64 PNG in ``heatmap_png_base64``) and
-  ``synthetic`` (the client says the image is SYNTHETIC; printed on the picture) -> the score
+  ``synthetic`` (the client says the image is SYNTHETIC; a PNG carrying the project's
+  ``mammo:provenance`` marker counts as said; printed on the picture) -> the score
   (max tile probability, rule named in ``aggregation``), label, top regions as boxes in the
   ORIGINAL pixels, tiles scored, the scale and its source, model name/version
   (:func:`mammo_pipeline.analysis.analyze`);
@@ -669,6 +670,7 @@ class MammoClassifier:
             raise
         except Exception as exc:  # noqa: BLE001 - decoding failures are the upload's fault
             raise InputError(f"cannot use this image: {type(exc).__name__}") from None
+        provenance = _provenance(data, synthetic)  # the client's word, else the file's marker
         del data
         spacing, source = _choose_spacing(decoded.pixel_spacing_mm, form_spacing)
         film = decoded.intensities  # raw intensities: analyze prepares them as for training
@@ -697,7 +699,7 @@ class MammoClassifier:
             model_version=self.info.version,
             weights=self.weights,
             image_format=decoded.fmt,
-            data="SYNTHETIC (declared by the client)" if synthetic else "not declared synthetic",
+            data=provenance,
             analysis_seconds=round(time.perf_counter() - started, 3),
             operating_point=self.info.film_operating_point(),
         )
@@ -710,10 +712,25 @@ class MammoClassifier:
                 f"model {self.info.name} v{self.info.version}, {self.image_size}px input, "
                 f"film threshold {result.threshold:.3f}; {self.weights}"
             )
-            png = render_heatmap(film, result, caption=caption, synthetic=synthetic)
+            png = render_heatmap(
+                film, result, caption=caption, synthetic=provenance.startswith("SYNTHETIC")
+            )
             answer["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
             answer["heatmap_caption"] = caption
         return answer
+
+
+def _provenance(data: bytes, declared: bool) -> str:
+    """What /analyze says about the image's origin: SYNTHETIC when the client says so or the
+    file carries the project's marker (:mod:`mammo_pipeline.data.provenance`); otherwise
+    "provenance not declared" (never "real": nothing here can know that)."""
+    from mammo_pipeline.data.provenance import SYNTHETIC, png_provenance
+
+    if declared:
+        return "SYNTHETIC (declared by the client)"
+    if png_provenance(data) == SYNTHETIC:
+        return "SYNTHETIC (marked in the file)"
+    return "provenance not declared"
 
 
 def _choose_spacing(

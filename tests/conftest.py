@@ -66,7 +66,6 @@ def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-
 # --- running under pytest-xdist (`make test`: -n 2 --dist loadscope) ---------------------------
 # loadscope hands each module to one worker as a whole, in order: a module-scoped fixture (a
 # server, a store, a trained model) is made once and the ordered end-to-end runs stay in order.

@@ -204,6 +204,7 @@ def test_cli_predict_writes_the_heatmap(served: dict[str, Any], tmp_path: Path, 
     out = tmp_path / "heat" / "film.png"
     monkeypatch.setenv("MAMMO_API_KEY", API_KEY)
     args = ["predict", str(path), "--url", served["url"], "--heatmap", str(out), "--synthetic"]
+    args += ["--json"]  # the whole answer (the default is a summary for people)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
@@ -213,7 +214,7 @@ def test_cli_predict_writes_the_heatmap(served: dict[str, Any], tmp_path: Path, 
     assert "analysed as 0.1 mm/px" in result.stderr
     assert Image.open(out).format == "PNG"
     # a whole film without --analyze goes to /analyze by its size
-    result = CliRunner().invoke(app, ["predict", str(path), "--url", served["url"]])
+    result = CliRunner().invoke(app, ["predict", str(path), "--url", served["url"], "--json"])
     assert result.exit_code == 0, result.output
     assert "regions" in json.loads(result.stdout)
     args += ["--pixel-spacing-mm", "0.1"]

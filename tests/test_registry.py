@@ -643,7 +643,8 @@ def test_cli_gate_list_approve_rollback(store, monkeypatch, capsys):
     assert "v2 is now the champion" in out.stdout and "by erin" in out.stdout
 
     shown = _mammo_in_process(s, monkeypatch, "show", v2)
-    assert "gate: manual" in shown and "champion: none" in shown and "review: approved" in shown
+    assert "gate: manual" in shown and "review: approved" in shown
+    assert "champion: this version" in shown  # v2 is the champion (was "none")
     assert "evaluation/confusion_matrix.png: file://" in shown
     assert "evaluation/roc_pr_curves.png: file://" in shown and "training_curves.png" in shown
     shown = _mammo_in_process(s, monkeypatch, "show", "1")

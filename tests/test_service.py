@@ -294,7 +294,7 @@ def test_cli_predict(
     path = tmp_path / "x.png"
     path.write_bytes(images["png"])
     monkeypatch.setenv("MAMMO_API_KEY", API_KEY)
-    result = CliRunner().invoke(app, ["predict", str(path), "--url", server["url"]])
+    result = CliRunner().invoke(app, ["predict", str(path), "--url", server["url"], "--json"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert abs(body["probability"] - in_process(server["model"], images["png"])) <= 1e-5

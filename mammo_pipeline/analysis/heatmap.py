@@ -1,7 +1,8 @@
 """PNG picture of an analysis: the mammogram in gray, the tile probabilities over it, the
 top regions outlined (solid at or above the threshold, dashed below) and numbered, a colour
-bar, and two text lines (the result, with SYNTHETIC or real data named, and a caption
-naming the model).
+bar, and two text lines (the result, with the data's provenance named: SYNTHETIC when
+declared, else "provenance not declared", never "real" by default; and a caption naming
+the model).
 
 The picture has the image's aspect ratio: everything is drawn over the image (colour bar on
 the side with less breast), so the PNG's width / height equals the image's. Matplotlib with
@@ -79,7 +80,7 @@ def _display_gray(pixels: np.ndarray, result: AnalysisResult, max_side: int) -> 
 
 
 def _headline(result: AnalysisResult, synthetic: bool) -> str:
-    data = "SYNTHETIC data" if synthetic else "real data"
+    data = "SYNTHETIC data" if synthetic else "provenance not declared"
     return (
         f"{data} | score {result.score:.3f} (max tile probability) -> "
         f"{result.label.upper()} at threshold {result.threshold:.3f} | "
@@ -101,8 +102,9 @@ def render_heatmap(
 ) -> bytes:
     """The PNG bytes of the picture (also written atomically to ``out`` when given).
 
-    ``caption`` names the model (version, weights); ``synthetic`` says whether the data is
-    SYNTHETIC, printed on the picture either way.
+    ``caption`` names the model (version, weights); ``synthetic`` says the data was declared
+    SYNTHETIC (by the client or the file's marker); otherwise the picture says "provenance
+    not declared", never "real".
     """
     import matplotlib
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mammo_pipeline.cli.data_import import import_app
+from mammo_pipeline.errors import MammoError
 
 app = typer.Typer(help="Synthetic data and data inspection.", no_args_is_help=True)
 app.add_typer(import_app, name="import")  # mammo data import cbis-ddsm | mias
@@ -19,8 +20,10 @@ def synth(
     out: Annotated[Path, typer.Option(help="output directory")],
     n: Annotated[int, typer.Option(min=1, help="training records")] = 1000,
     files: Annotated[int, typer.Option(min=1, help="tfrecord files to split them over")] = 5,
-    positive_fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.14,
-    seed: Annotated[int, typer.Option()] = 0,
+    positive_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of positive (lesion) tiles")
+    ] = 0.14,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same files)")] = 0,
     test_n: Annotated[int, typer.Option(min=0, help="held-out test tiles (numpy form)")] = 0,
     compress: Annotated[str, typer.Option(help="'none' or 'gzip'")] = "none",
     films: Annotated[
@@ -34,7 +37,6 @@ def synth(
     """Write a SYNTHETIC data set in the exact public DDSM schema (and, with --films, a
     SYNTHETIC film set for film-level evaluation)."""
     from mammo_pipeline.data.synthetic import generate
-    from mammo_pipeline.errors import MammoError
 
     if compress.lower() not in ("none", "gzip"):
         raise MammoError(f"--compress must be 'none' or 'gzip', got {compress!r}")
@@ -66,6 +68,17 @@ def synth(
         typer.echo(f"SYNTHETIC film set ({ds.films} films): {ds.film_set}")
 
 
+def _not_tfrecord(summary: object) -> bool:
+    """A file read as a tfrecord whose very first record is unreadable (a text file, an
+    image...): one line says so, not a table of counts and a 'truncated header' problem."""
+    return (
+        getattr(summary, "kind", "") == "tfrecord"
+        and getattr(summary, "records", 0) == 0
+        and bool(getattr(summary, "problems", None))
+        and not str(summary.problems[0]).startswith("empty file")  # type: ignore[attr-defined]
+    )
+
+
 def _film_split() -> Path:
     from mammo_pipeline.config import get_settings
 
@@ -84,10 +97,18 @@ def inspect(
 
     files = expand_paths(paths)
     summaries = [summarize(p) for p in files]
+    unreadable = [s for s in summaries if _not_tfrecord(s)]
+    if unreadable and len(unreadable) == len(summaries) and not as_json:
+        first = unreadable[0]
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        raise MammoError(f"{first.path}: not a tfrecord file ({first.problems[0]}){more}")
     if as_json:
         typer.echo(json.dumps([s.to_dict() for s in summaries], indent=2))
     else:
         for s in summaries:
+            if _not_tfrecord(s):
+                typer.echo(f"{s.path}  not a tfrecord file ({s.problems[0]})")
+                continue
             labels = ", ".join(
                 f"{k}:{LABEL_NAMES.get(k, '?')}={v}" for k, v in s.label_counts.items()
             )

@@ -30,6 +30,28 @@ def _settings() -> Settings:
     return existing_store_settings()
 
 
+#: Width of wrapped reason and statistics lines.
+WIDTH = 100
+
+
+def wrap(text: str, indent: int = 2) -> str:
+    """``text`` wrapped at :data:`WIDTH`, continuation lines indented by ``indent``."""
+    import textwrap
+
+    return textwrap.fill(
+        text, WIDTH, subsequent_indent=" " * indent, break_long_words=False, break_on_hyphens=False
+    )
+
+
+def checks_table(checks: Any) -> str:
+    """The gate's checks, one short line each; the reasons of failing ones are printed once,
+    wrapped, with the verdict (not again in a 700-character table column)."""
+    from mammo_pipeline.registry.report_html import text_table
+
+    rows = [("PASS" if c.passed else "FAIL", c.name, c.observed, c.op, c.threshold) for c in checks]
+    return text_table(("result", "check", "observed", "op", "threshold"), rows)
+
+
 def _echo_result(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -69,7 +91,7 @@ def gate_cmd(
     """Check a version against the policy, the champion and the baseline (paired statistics
     on the same test tiles), then promote it or not. Options may only tighten the policy."""
     from mammo_pipeline.registry import gate_and_apply, gate_version
-    from mammo_pipeline.registry.report_html import checks_text, statistics_lines
+    from mammo_pipeline.registry.report_html import statistics_lines
 
     s = _settings()
     requested = {"min_precision": min_precision, "min_recall": min_recall}
@@ -88,14 +110,14 @@ def gate_cmd(
             f"gate {s.registered_model_name} v{version} (champion: {champ}, "
             f"tolerance {s.regression_tolerance})"
         )
-        typer.echo(checks_text(decision.checks))
+        typer.echo(checks_table(decision.checks))
         for line in statistics_lines(decision):
-            typer.echo(line)
+            typer.echo(wrap(line, indent=2))
         verdict = result.verdict if result else decision.verdict
         colour = typer.colors.GREEN if verdict == "passed" else typer.colors.RED
         typer.secho(f"verdict: {verdict.upper()}", fg=colour, bold=True)
         for reason in result.reasons if result is not None else decision.reasons:
-            typer.echo(f"  - {reason}")
+            typer.echo(wrap(f"  - {reason}", indent=4))
         if result is not None:
             moves = ", ".join(f"{a} -> v{v}" for a, v in result.aliases_set.items()) or "none"
             typer.echo(f"aliases moved: {moves}")
@@ -174,12 +196,7 @@ def show_cmd(
 ) -> None:
     """A version beside the champion, metric by metric, with links to its plots."""
     from mammo_pipeline.registry import review_context
-    from mammo_pipeline.registry.report_html import (
-        checks_text,
-        metric_rows,
-        statistics_lines,
-        text_table,
-    )
+    from mammo_pipeline.registry.report_html import metric_rows, statistics_lines, text_table
 
     ctx = review_context(_settings(), version)
     rows = metric_rows(ctx)
@@ -196,15 +213,25 @@ def show_cmd(
             },
             True,
         )
-    champ = f"v{ctx.champion_version}" if ctx.champion_version else "none"
+    if ctx.champion_version:
+        champ = f"v{ctx.champion_version}"
+    else:  # the champion is compared with nobody: it is the champion
+        champ = "this version" if "champion" in ctx.aliases else "none"
     typer.echo(
         f"{ctx.model_name} v{ctx.version}  aliases: {', '.join(ctx.aliases) or '-'}  "
         f"gate: {ctx.gate}  review: {ctx.tags.get('review', '-')}  champion: {champ}"
         + ("  [SYNTHETIC DATA]" if ctx.synthetic else "")
     )
     typer.echo(f"run: {ctx.run_id or '-'}")
-    if ctx.tags.get("gate_reasons"):
-        typer.echo(f"gate reasons: {ctx.tags['gate_reasons']}")
+    reasons = list(ctx.decision.reasons) if ctx.decision is not None else []
+    if not reasons and ctx.tags.get("gate_reasons"):
+        reasons = ctx.tags["gate_reasons"].split("; ")
+    if reasons == ["all checks passed"]:
+        typer.echo("gate reasons: all checks passed")
+    elif reasons:
+        typer.echo("gate reasons:")
+        for reason in reasons:
+            typer.echo(wrap(f"  - {reason}", indent=4))
     if ctx.tags.get("review"):
         typer.echo(
             f"review: {ctx.tags['review']} by {ctx.tags.get('review_by', '?')} at "
@@ -234,9 +261,9 @@ def show_cmd(
         if stats:
             typer.echo("\nstatistics of the last gate:")
             for line in stats:
-                typer.echo(f"  {line}")
+                typer.echo(wrap(f"  {line}", indent=4))
         typer.echo(f"\nlast gate checks ({ctx.decision.evaluated_at}):")
-        typer.echo(checks_text(ctx.decision.checks))
+        typer.echo(checks_table(ctx.decision.checks))
     for key in ("data_manifest_sha256", "test_manifest_sha256", "git_commit", "airflow_run_id"):
         if ctx.tags.get(key):
             typer.echo(f"{key}: {ctx.tags[key]}")

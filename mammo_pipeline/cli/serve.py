@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from mammo_pipeline.cli.help import require_file
 from mammo_pipeline.cli.store import existing_store_settings
 from mammo_pipeline.common.auth import auth_headers
 from mammo_pipeline.config import get_settings
@@ -105,9 +106,11 @@ def register(app: typer.Typer) -> None:
 
     @app.command("predict")
     def predict(
-        image: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+        image: Path = typer.Argument(
+            ..., help="a tile or a whole mammogram: PNG, JPEG, PGM, DICOM or a tile .npy"
+        ),
         url: str | None = typer.Option(None, "--url", help="service URL (default: live port)"),
-        timeout: float = typer.Option(120.0, "--timeout"),
+        timeout: float = typer.Option(120.0, "--timeout", help="seconds to wait for the answer"),
         analyze: bool = typer.Option(
             False, "--analyze", help="always use /analyze (default: for images over 2 tiles)"
         ),
@@ -118,21 +121,33 @@ def register(app: typer.Typer) -> None:
             None, "--pixel-spacing-mm", help="mm per pixel (default: the DICOM's, else 0.1)"
         ),
         synthetic: bool = typer.Option(
-            False, "--synthetic", help="the image is SYNTHETIC (printed on the heatmap)"
+            False,
+            "--synthetic",
+            help="declare the image SYNTHETIC (files the project generates say so themselves)",
+        ),
+        as_json: bool = typer.Option(
+            False, "--json", help="print the service's whole answer as JSON"
         ),
     ) -> None:
-        """Send IMAGE to the service and print its answer as JSON: a tile to /predict, a
-        whole mammogram (or with --analyze / --heatmap) to /analyze."""
+        """Send IMAGE to the service and print a short summary of its answer.
+
+        A tile goes to /predict, a whole mammogram (or with --analyze / --heatmap) to /analyze.
+        The summary names the score, label, operating point, top regions, the pixel spacing
+        used and the heatmap file; --json prints the whole answer instead."""
         import httpx
 
         settings = get_settings()
         base = url or f"http://{settings.serve_host}:{settings.serve_port}"
         if base.split("://", 1)[-1].startswith("0.0.0.0"):
             base = base.replace("0.0.0.0", "127.0.0.1", 1)
+        require_file(image)
         try:
             data = image.read_bytes()
         except OSError as exc:
             raise MammoError(f"{image}: cannot read the file: {exc.strerror}") from None
+        from mammo_pipeline.data.provenance import SYNTHETIC, file_provenance
+
+        synthetic = synthetic or file_provenance(image, data) == SYNTHETIC
         use_analyze = analyze or heatmap is not None or spacing is not None
         use_analyze = use_analyze or is_whole_image(data, image.name)
 
@@ -166,9 +181,54 @@ def register(app: typer.Typer) -> None:
                 raise MammoError(f"{image}: the service sent no heatmap")
             write_atomic(heatmap, base64.b64decode(encoded))
             body["heatmap_written_to"] = str(heatmap)
-        typer.echo(json.dumps(body, indent=2))
+        if as_json:
+            typer.echo(json.dumps(body, indent=2))
+        else:
+            typer.echo("\n".join(summary_lines(body, image, synthetic)))
         if use_analyze and (warning := assumed_spacing_warning(body, image)):
             typer.secho(warning, err=True, fg=typer.colors.YELLOW, bold=True)
+
+
+def summary_lines(body: object, image: Path, synthetic: bool) -> list[str]:
+    """The service's answer for a person: score, label, operating point, model, and for a
+    whole mammogram the top regions, the pixel spacing used and the heatmap file."""
+    if not isinstance(body, dict):
+        return [json.dumps(body)]
+    origin = "SYNTHETIC" if synthetic else "provenance not declared"
+    model = f"model {body.get('model_name', '?')} version {body.get('model_version', '?')}"
+    if "score" not in body:  # /predict: one tile
+        return [
+            f"{image.name} ({origin}): probability {_num(body.get('probability'))} -> "
+            f"{str(body.get('label', '?')).upper()} at threshold {_num(body.get('threshold'))}",
+            model,
+        ]
+    point = body.get("operating_point") or {}
+    scale = body.get("scale") or {}
+    lines = [
+        f"{image.name} ({body.get('data') or origin}): score {_num(body.get('score'))} "
+        f"({body.get('aggregation', 'max tile probability')}) -> "
+        f"{str(body.get('label', '?')).upper()}",
+        f"operating point: threshold {_num(body.get('threshold'))}"
+        + (f" ({point['method']})" if point.get("method") else ""),
+        f"{model}; {body.get('tiles_scored', '?')} tiles scored",
+        f"pixel spacing: {scale.get('pixel_spacing_mm', '?')} mm/px "
+        f"({scale.get('spacing_source', '?')})",
+    ]
+    regions = body.get("regions") or []
+    if regions:
+        lines.append("top regions (x0,y0 - x1,y1 in the image's pixels, probability):")
+        lines += [
+            f"  {r.get('rank', i + 1)}. {r.get('x0')},{r.get('y0')} - {r.get('x1')},"
+            f"{r.get('y1')}  p={_num(r.get('probability'))}"
+            for i, r in enumerate(regions[:5])
+        ]
+    if body.get("heatmap_written_to"):
+        lines.append(f"heatmap: {body['heatmap_written_to']}")
+    return lines
+
+
+def _num(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "?"
 
 
 def assumed_spacing_warning(body: object, image: Path) -> str | None:

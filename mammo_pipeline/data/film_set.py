@@ -178,12 +178,11 @@ def _as_pixels(pixels: Any, film_id: str) -> np.ndarray:
     return np.round((f - lo) * scale).astype(np.uint16)
 
 
-def _png_bytes(pixels: np.ndarray) -> bytes:
-    from PIL import Image
+def _png_bytes(pixels: np.ndarray, synthetic: bool = False) -> bytes:
+    """PNG bytes; a SYNTHETIC film carries the provenance marker (:mod:`.provenance`)."""
+    from mammo_pipeline.data.provenance import png_bytes
 
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(pixels, synthetic=synthetic)
 
 
 def decode_png(data: bytes, source: Path | str) -> np.ndarray:
@@ -252,7 +251,7 @@ class FilmSetWriter:
                 raise MammoError(f"film {film_id!r}: lesion box {b} is outside the {w}x{h} film")
             if b.label not in (1, 2, 3, 4):
                 raise MammoError(f"film {film_id!r}: lesion label {b.label} is not 1..4")
-        data = _png_bytes(arr)
+        data = _png_bytes(arr, synthetic=self.synthetic)
         rel = f"{FILMS_DIR}/{film_id}.png"
         (self._staging / rel).write_bytes(data)
         record = FilmRecord(

@@ -227,7 +227,7 @@ def render_html(ctx: ReviewContext) -> str:
         + "</p>",
         "<p class='meta'>",
         f"run <code>{_e(ctx.run_id or '-')}</code> &middot; aliases: "
-        f"<b>{_e(', '.join(ctx.aliases) or 'none')}</b> &middot; champion compared: "
+        f"<b>{_e(aliases_after(ctx))}</b> &middot; champion compared: "
         f"<b>{_e('v' + ctx.champion_version if ctx.champion_version else 'none')}</b> "
         f"&middot; report generated {_e(ctx.generated_at)}",
         "</p>",
@@ -344,6 +344,37 @@ def review_history(tags: Mapping[str, str]) -> list[dict[str, str]]:
             }
         ]
     return []
+
+
+def aliases_after(ctx: ReviewContext) -> str:
+    """The version's aliases as the decision this report records leaves them.
+
+    Reports are written before the aliases move (a gate, an approval, a rejection, a
+    rollback), so the aliases read then are the old ones: v1's report said "aliases: none"
+    for the version its own gate made champion. The latest action (the gate's
+    ``evaluated_at`` or the review's ``review_at``) decides what changes."""
+    aliases = list(ctx.aliases)
+    tags, dec = ctx.tags, ctx.decision
+    review, review_at = tags.get("review") or "", tags.get("review_at") or ""
+    gate_at = dec.evaluated_at if dec is not None else ""
+    waiting = tags.get("awaiting_approval") == "true"
+    add: list[str] = []
+    drop: set[str] = set()
+    if review and review_at >= (gate_at or ""):
+        if review == "rejected":
+            drop = {"challenger", "previous"}
+        elif review == "rolled_back":
+            drop = {"champion"}
+        elif review == "approved" and not waiting:
+            add, drop = ["champion"], {"challenger"}
+    elif dec is not None and "champion" not in aliases and not waiting:
+        if dec.passed:
+            add, drop = ["champion"], {"challenger"}
+        elif "challenger" not in aliases:
+            add = ["challenger"]
+    after = [a for a in dict.fromkeys([*add, *aliases]) if a not in drop or a in add]
+    text = ", ".join(after) or "none"
+    return text + (" (as this decision leaves them)" if after != aliases else "")
 
 
 def checks_text(checks: Sequence[Check]) -> str:
