@@ -196,6 +196,7 @@ def report(settings: Settings) -> bool:
 
     import numpy as np
 
+    from mammo_pipeline.data.provenance import write_sidecar
     from mammo_pipeline.registry import list_versions
 
     say("\n================ RESULT (SYNTHETIC data, random VGG16 weights) ================")
@@ -220,6 +221,7 @@ def report(settings: Settings) -> bool:
         idx = int(np.argmax(labels > 0))
         sample = DEMO_DIR / "sample_positive.npy"
         np.save(sample, np.load(test, mmap_mode="r")[idx])
+        write_sidecar(sample)  # declared SYNTHETIC beside it (a .npy has no text chunk)
         out = subprocess.run(
             [str(BIN / "mammo"), "predict", str(sample), "--url", url],
             capture_output=True,
@@ -275,17 +277,16 @@ def say_film_figures(settings: Settings, run_id: str | None) -> None:
 def analyze_whole_film(url: str) -> None:
     """Whole-mammogram analysis on the live service: a SYNTHETIC 2000x1200 film with a planted
     mass goes through ``mammo predict --heatmap`` (``POST /analyze``)."""
-    from PIL import Image
-
+    from mammo_pipeline.data.provenance import png_bytes
     from mammo_pipeline.data.synthetic_film import make_film
 
     film = make_film(2000, 1200, lesion="mass", seed=1, mm_per_px=0.1)
     path = DEMO_DIR / "synthetic_film.png"
-    Image.fromarray(film.pixels).save(path)
+    path.write_bytes(png_bytes(film.pixels, synthetic=True))  # its provenance travels with it
     heatmap = DEMO_DIR / "synthetic_film_heatmap.png"
     out = subprocess.run(
         [str(BIN / "mammo"), "predict", str(path), "--url", url, "--heatmap", str(heatmap),
-         "--pixel-spacing-mm", "0.1", "--synthetic"],
+         "--pixel-spacing-mm", "0.1", "--json"],
         capture_output=True,
         text=True,
         timeout=600,
