@@ -77,7 +77,10 @@ def test_train_argument_errors_are_one_line_without_tensorflow(tmp_path: Path) -
         ["train", "--weights", "foo"],
         ["train", "--data", str(tmp_path / "missing")],
         ["train", "--data", str(tmp_path / "notes.txt")],
+        ["train", "--weights", "none"],  # no validated data (a new user's empty directory)
+        ["train", "--data", str(tmp_path / "data.tfrecords"), "--weights", "none"],  # no test
     ]
+    (tmp_path / "data.tfrecords").write_bytes(b"")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAMMO_")}
     r = subprocess.run(
         [sys.executable, "-c", _DRIVER, json.dumps(cases)],
@@ -94,9 +97,11 @@ def test_train_argument_errors_are_one_line_without_tensorflow(tmp_path: Path) -
         lines = [ln for ln in case["stderr"].splitlines() if ln.strip()]
         assert case["code"] == 1, case
         assert len(lines) == 1 and lines[0].startswith("error: "), case
-    by_flag = {c["argv"][1] + " " + c["argv"][2]: c["stderr"] for c in result["cases"]}
-    assert "missing: no such file or directory" in by_flag[f"--data {tmp_path / 'missing'}"]
-    assert "not a tfrecord file" in by_flag[f"--data {tmp_path / 'notes.txt'}"]
+    errors = [c["stderr"] for c in result["cases"]]
+    assert "missing: no such file or directory" in errors[5]
+    assert "notes.txt: not a tfrecord file" in errors[6]
+    assert "validated: no such directory" in errors[7]
+    assert "test: no such directory" in errors[8]
 
 
 def test_tensorflow_start_up_lines_are_muted(monkeypatch: pytest.MonkeyPatch) -> None:

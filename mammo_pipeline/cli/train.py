@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mammo_pipeline.cli.quiet import import_tensorflow_quietly
 from mammo_pipeline.errors import MammoError
+
+if TYPE_CHECKING:
+    from mammo_pipeline.config import Settings
 
 #: Rows of the printed test-metric table, in this order.
 TABLE_METRICS = (
@@ -43,6 +46,17 @@ def metrics_table(metrics: dict[str, float], threshold: float | None = None) -> 
             rows.append((label, "n/a" if missing else f"{value:.4f}"))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _check_inputs(settings: Settings, files: list[Path] | None) -> None:
+    """The training files and the held-out test split exist: one line each, before TensorFlow
+    is imported (``train_model`` checks them again, the same way, after)."""
+    from mammo_pipeline.data.manifest import held_out_files
+    from mammo_pipeline.data.tfrecord_io import list_tfrecords
+
+    if not files and not list_tfrecords(settings.validated):
+        raise MammoError(f"{settings.validated}: no tfrecord files to train on")
+    held_out_files(settings.test_split)
 
 
 def register(app: typer.Typer) -> None:
@@ -120,6 +134,7 @@ def register(app: typer.Typer) -> None:
         )
         # Checked before TensorFlow is imported: a bad value is one line, at once.
         settings = apply_overrides(get_settings(), overrides)
+        _check_inputs(settings, files)  # the library checks again, after TensorFlow's import
         import_tensorflow_quietly()
         from mammo_pipeline.training.train import train_model
 
