@@ -31,7 +31,7 @@ def import_tensorflow_quietly() -> None:
     if "tensorflow" in sys.modules:
         return
     quiet_tensorflow_env()
-    if os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":  # the user asked for everything
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":  # the user asked for everything
         import tensorflow  # noqa: F401
 
         return
