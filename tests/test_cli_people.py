@@ -332,3 +332,24 @@ def test_help_has_no_type_placeholders_and_every_option_explained(path: list[str
             assert getattr(param, "help", None), f"mammo {' '.join(path)}: {param.name} has no help"
     if getattr(cmd, "short_help", None):
         assert "\n" not in cmd.short_help
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["train", "--epochs", "abc"], "Invalid value for '--epochs'"),
+        (["registry", "gate"], "Missing option '--version'"),
+        (["trian"], "Did you mean 'train'?"),
+        (["predict"], "Missing argument 'IMAGE'"),
+    ],
+)
+def test_usage_errors_are_one_line(argv, says, monkeypatch, capsys) -> None:
+    from mammo_pipeline.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["mammo", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exit_info.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert "--help`)" in err[0]  # and where to look

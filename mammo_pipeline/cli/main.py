@@ -8,6 +8,7 @@ import sys
 
 import typer
 from pydantic import ValidationError
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from mammo_pipeline.cli import data as data_cli
 from mammo_pipeline.cli import registry, serve, status, train, validate
@@ -35,7 +36,21 @@ status.register(app)  # mammo status
 def main() -> None:
     quiet_tensorflow_env()
     try:
-        app()
+        code = app(standalone_mode=False)  # click's errors come here: one line each, below
+    except NoArgsIsHelpError:  # `mammo` or `mammo data` alone: the help was printed
+        sys.exit(2)
+    except UsageError as exc:  # an unknown command or option, a value of the wrong type
+        where = exc.ctx.command_path if exc.ctx is not None else "mammo"
+        typer.secho(
+            f"error: {exc.format_message()} (see `{where} --help`)", fg=typer.colors.RED, err=True
+        )
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        typer.secho(f"error: {exc.format_message()}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
     except MammoError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(1)
@@ -45,6 +60,8 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    if isinstance(code, int) and code:  # typer.Exit(n), e.g. `registry gate --strict`
+        sys.exit(code)
 
 
 if __name__ == "__main__":
