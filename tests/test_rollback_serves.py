@@ -209,6 +209,7 @@ def test_approve_and_rollback_change_what_is_served(tmp_path: Path, monkeypatch)
         assert served() == v1 and read_state(settings)["backend"]["pid"] == backend_pid
         out = _cli(monkeypatch, settings, "status")
         assert f"live:       v{v1}" in out.output and "WARNING" in out.output
+        print(out.output)
 
         # nothing live here: one line naming the command
         deploy.stop_service(settings)

@@ -74,9 +74,10 @@ def status_lines(reg: dict[str, Any], live: dict[str, Any]) -> list[str]:
 
     champ = reg["champion"]
     lines = [f"{reg['name']} (registry: {reg['store']}, {reg['versions']} versions)"]
+    prev, base = reg["previous"], reg["baseline"]
     lines.append(
-        f"champion:   {ver(champ)}  previous: {reg['previous'] or '-'}  "
-        f"baseline: {reg['baseline'] or '-'}"
+        f"champion:   {ver(champ)}  previous: {'v' + prev if prev else '-'}  "
+        f"baseline: {'v' + base if base else '-'}"
     )
     if live["version"] is not None:
         health = "healthy (/readyz 200)" if live["ready"] else "NOT ready (/readyz not 200)"
