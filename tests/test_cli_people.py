@@ -353,3 +353,13 @@ def test_usage_errors_are_one_line(argv, says, monkeypatch, capsys) -> None:
     assert exit_info.value.code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
     assert "--help`)" in err[0]  # and where to look
+
+
+def test_the_service_reads_the_marker_of_an_uploaded_png() -> None:
+    from mammo_pipeline.data.provenance import png_bytes
+    from serving.service import _provenance
+
+    film = np.zeros((40, 30), np.uint8)
+    assert _provenance(png_bytes(film, synthetic=True), False) == "SYNTHETIC (marked in the file)"
+    assert _provenance(png_bytes(film, synthetic=False), False) == "provenance not declared"
+    assert _provenance(png_bytes(film, synthetic=False), True).startswith("SYNTHETIC (declared")
