@@ -24,7 +24,6 @@ SERVING_QUEUE = "serving"
 GPU_POOL = "mammo_gpu"
 GPU_POOL_SLOTS = 1
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
-VALIDATE_EVERY_MINUTES_DEFAULT = 5
 
 # Task ids of the review part of mammo_retrain (the tasks read each other's XComs by id).
 GATE_TASK = "gate"
