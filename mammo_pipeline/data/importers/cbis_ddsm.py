@@ -57,16 +57,15 @@ from mammo_pipeline.data.importers.films import FilmRole, import_outputs, valida
 from mammo_pipeline.data.importers.runner import (
     ImportResult,
     Lesion,
-    emit_image_tiles,
     finish,
-    keep_film,
-    lesions_on_breast,
+    import_image,
     report_header,
 )
 from mammo_pipeline.data.importers.tiling import Box, prepare
 from mammo_pipeline.errors import DataError
 from mammo_pipeline.imaging import ImageReadError, MedicalImage
 from mammo_pipeline.imaging.dicom import read_dicom
+from mammo_pipeline.imaging.preprocess import MIN_BREAST_FRACTION
 
 SOURCE = "CBIS-DDSM"
 #: Pixel size assumed for DICOMs without PixelSpacing (DDSM scanners: 42-50 um).
@@ -356,7 +355,7 @@ def import_cbis_ddsm(
     warn: Warn | None = None,
     records_per_file: int = 2000,
     large_lesion_margin: float = 0.1,
-    min_breast_fraction: float = 0.8,
+    min_breast_fraction: float = MIN_BREAST_FRACTION,
     films_out: Path | str | None = None,
     validation_films: float = 0.0,
 ) -> ImportResult:
@@ -456,17 +455,13 @@ def import_cbis_ddsm(
                         tuple(float(v) for v in box),
                     )
                 )
-            if role == "validation":
-                placed = lesions_on_breast(log, prepared, image_ref, lesions)
-                complete = located and placed == lesions
-                keep_film(keeper, prepared, image.pixels, image_ref=image_ref, patient=patient,
-                          role=role, lesions=placed, complete=complete)  # fmt: skip
-                patients["validation_films"].add(patient)
-                continue
-            placed = emit_image_tiles(
+            bucket = import_image(
                 writer,
+                keeper,
                 log,
                 prepared,
+                image.pixels,
+                role=role,
                 split=split,
                 patient=patient,
                 image_ref=image_ref,
@@ -477,11 +472,7 @@ def import_cbis_ddsm(
                 margin=large_lesion_margin,
                 min_breast_fraction=min_breast_fraction,
             )
-            if role == "test":
-                complete = located and placed == lesions
-                keep_film(keeper, prepared, image.pixels, image_ref=image_ref, patient=patient,
-                          role=role, lesions=placed, complete=complete)  # fmt: skip
-            patients[split].add(patient)
+            patients[bucket].add(patient)
         report["images_with_default_spacing"] = images_default_spacing
         report["patients"] = {s: len(p) for s, p in patients.items()}
         return finish(writer, log, report, keeper)

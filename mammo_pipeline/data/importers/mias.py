@@ -42,16 +42,15 @@ from mammo_pipeline.data.importers.films import FilmRole, import_outputs, valida
 from mammo_pipeline.data.importers.runner import (
     ImportResult,
     Lesion,
-    emit_image_tiles,
     finish,
-    keep_film,
-    lesions_on_breast,
+    import_image,
     report_header,
 )
 from mammo_pipeline.data.importers.tiling import Box, prepare
 from mammo_pipeline.errors import DataError
 from mammo_pipeline.imaging import ImageReadError
 from mammo_pipeline.imaging.pgm import read_pgm
+from mammo_pipeline.imaging.preprocess import MIN_BREAST_FRACTION
 
 SOURCE = "MIAS"
 MIAS_SPACING_MM = 0.2
@@ -186,7 +185,7 @@ def import_mias(
     warn: Warn | None = None,
     records_per_file: int = 2000,
     large_lesion_margin: float = 0.1,
-    min_breast_fraction: float = 0.8,
+    min_breast_fraction: float = MIN_BREAST_FRACTION,
     films_out: Path | str | None = None,
     validation_films: float = 0.0,
 ) -> ImportResult:
@@ -296,17 +295,13 @@ def import_mias(
                 }
                 label = lesion_label(r.kind, bool(r.malignant))
                 lesions.append(Lesion(box, label, provenance, (str(info), r.line), original))
-            if role == "validation":
-                placed = lesions_on_breast(log, prepared, ref, lesions)
-                complete = located and placed == lesions
-                keep_film(keeper, prepared, image.pixels, image_ref=ref, patient=patient,
-                          role=role, lesions=placed, complete=complete)  # fmt: skip
-                patients["validation_films"].add(patient)
-                continue
-            placed = emit_image_tiles(
+            bucket = import_image(
                 writer,
+                keeper,
                 log,
                 prepared,
+                image.pixels,
+                role=role,
                 split=split,
                 patient=patient,
                 image_ref=ref,
@@ -317,11 +312,7 @@ def import_mias(
                 margin=large_lesion_margin,
                 min_breast_fraction=min_breast_fraction,
             )
-            if role == "test":
-                complete = located and placed == lesions
-                keep_film(keeper, prepared, image.pixels, image_ref=ref, patient=patient,
-                          role=role, lesions=placed, complete=complete)  # fmt: skip
-            patients[split].add(patient)
+            patients[bucket].add(patient)
         report["patients"] = {s: len(p) for s, p in patients.items()}
         return finish(writer, log, report, keeper)
 

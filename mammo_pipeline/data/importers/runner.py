@@ -29,6 +29,7 @@ from mammo_pipeline.data.importers.films import FilmKeeper, FilmRole
 from mammo_pipeline.data.importers.output import ImportOutputs, ImportWriter
 from mammo_pipeline.data.importers.tiling import Box, PreparedImage, lesion_tile, normal_tiles
 from mammo_pipeline.data.schema import LABEL_NAMES, SOURCE_SIZE
+from mammo_pipeline.imaging.preprocess import MIN_BREAST_FRACTION
 
 #: Every report and summary says this: imported tiles are real patient data.
 REAL_TAG = "REAL"
@@ -143,7 +144,7 @@ def emit_image_tiles(
     normals_per_image: int,
     rng: np.random.Generator,
     margin: float = 0.1,
-    min_breast_fraction: float = 0.8,
+    min_breast_fraction: float = MIN_BREAST_FRACTION,
 ) -> list[Lesion]:
     """Write one lesion tile per lesion centred on breast tissue and up to
     ``normals_per_image`` normal tiles; returns the lesions that got a tile."""
@@ -201,6 +202,51 @@ def emit_image_tiles(
             found=len(normals),
         )
     return placed
+
+
+def import_image(
+    writer: ImportWriter,
+    films: FilmKeeper,
+    log: ImportLog,
+    prepared: PreparedImage,
+    pixels: np.ndarray,
+    *,
+    role: FilmRole | None,
+    split: Split,
+    patient: str,
+    image_ref: str,
+    lesions: list[Lesion],
+    all_lesions_located: bool,
+    normals_per_image: int,
+    rng: np.random.Generator,
+    margin: float = 0.1,
+    min_breast_fraction: float = MIN_BREAST_FRACTION,
+) -> str:
+    """One image of an import. A validation patient's film only joins the film set (held
+    out of training: no tile of it is written); any other image gets its tiles, and a test
+    patient's film joins the film set too. Returns the report's patient bucket."""
+    if role == "validation":
+        placed = lesions_on_breast(log, prepared, image_ref, lesions)
+    else:
+        placed = emit_image_tiles(
+            writer,
+            log,
+            prepared,
+            split=split,
+            patient=patient,
+            image_ref=image_ref,
+            lesions=lesions,
+            all_lesions_located=all_lesions_located,
+            normals_per_image=normals_per_image,
+            rng=rng,
+            margin=margin,
+            min_breast_fraction=min_breast_fraction,
+        )
+    if role is not None:
+        complete = all_lesions_located and placed == lesions
+        keep_film(films, prepared, pixels, image_ref=image_ref, patient=patient, role=role,
+                  lesions=placed, complete=complete)  # fmt: skip
+    return "validation_films" if role == "validation" else split
 
 
 def report_header(source: str, imported_from: dict[str, str], parameters: dict) -> dict:
