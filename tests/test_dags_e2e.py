@@ -104,6 +104,16 @@ class Env:
                 start_new_session=True,
             )
 
+    def place(self, ds) -> None:
+        """Move a generated data set in: its test split to the test folder, its training
+        files to landing (where validation finds them)."""
+        self.settings.test_split.mkdir(parents=True)
+        for p in (ds.test_data, ds.test_labels):
+            os.replace(p, self.settings.test_split / Path(p).name)
+        self.settings.landing.mkdir(parents=True)
+        for f in ds.train_files:
+            os.replace(f, self.settings.landing / Path(f).name)
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
@@ -124,12 +134,7 @@ def world(tmp_path_factory):
         views_per_lesion=1,
         progress=False,
     )
-    w.settings.test_split.mkdir(parents=True)
-    for p in (ds.test_data, ds.test_labels):
-        os.replace(p, w.settings.test_split / Path(p).name)
-    w.settings.landing.mkdir(parents=True)
-    for f in ds.train_files:
-        os.replace(f, w.settings.landing / Path(f).name)
+    w.place(ds)
     assert w.run("db", "migrate").returncode == 0
     assert w.run("pools", "set", "mammo_gpu", "1", "GPU training slots").returncode == 0
     yield w

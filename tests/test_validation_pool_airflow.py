@@ -32,12 +32,7 @@ def airflow_world(tmp_path):
     w.env["MAMMO_VALIDATION_WORKERS"] = "2"
     ds = generate(tmp_path / "incoming", 80, files=2, positive_fraction=0.3, seed=3,
                   test_n=20, progress=False)  # fmt: skip
-    w.settings.test_split.mkdir(parents=True)
-    for p in (ds.test_data, ds.test_labels):
-        os.replace(p, w.settings.test_split / Path(p).name)
-    w.settings.landing.mkdir(parents=True)
-    for f in ds.train_files:
-        os.replace(f, w.settings.landing / Path(f).name)
+    w.place(ds)
     assert w.run("db", "migrate").returncode == 0
     api = w.start("api-server", "--port", str(w.api_port), "--workers", "1", log="api.log")
     try:
