@@ -724,13 +724,13 @@ def _provenance(data: bytes, declared: bool) -> str:
     """What /analyze says about the image's origin: SYNTHETIC when the client says so or the
     file carries the project's marker (:mod:`mammo_pipeline.data.provenance`); otherwise
     "provenance not declared" (never "real": nothing here can know that)."""
-    from mammo_pipeline.data.provenance import SYNTHETIC, png_provenance
+    from mammo_pipeline.data.provenance import NOT_DECLARED, SYNTHETIC, png_provenance
 
     if declared:
         return "SYNTHETIC (declared by the client)"
     if png_provenance(data) == SYNTHETIC:
         return "SYNTHETIC (marked in the file)"
-    return "provenance not declared"
+    return NOT_DECLARED
 
 
 def _choose_spacing(

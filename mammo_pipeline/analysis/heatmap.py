@@ -80,7 +80,9 @@ def _display_gray(pixels: np.ndarray, result: AnalysisResult, max_side: int) -> 
 
 
 def _headline(result: AnalysisResult, synthetic: bool) -> str:
-    data = "SYNTHETIC data" if synthetic else "provenance not declared"
+    from mammo_pipeline.data.provenance import NOT_DECLARED
+
+    data = "SYNTHETIC data" if synthetic else NOT_DECLARED
     return (
         f"{data} | score {result.score:.3f} (max tile probability) -> "
         f"{result.label.upper()} at threshold {result.threshold:.3f} | "

@@ -194,7 +194,9 @@ def summary_lines(body: object, image: Path, synthetic: bool) -> list[str]:
     whole mammogram the top regions, the pixel spacing used and the heatmap file."""
     if not isinstance(body, dict):
         return [json.dumps(body)]
-    origin = "SYNTHETIC" if synthetic else "provenance not declared"
+    from mammo_pipeline.data.provenance import NOT_DECLARED, SYNTHETIC
+
+    origin = SYNTHETIC if synthetic else NOT_DECLARED
     model = f"model {body.get('model_name', '?')} version {body.get('model_version', '?')}"
     if "score" not in body:  # /predict: one tile
         return [

@@ -18,6 +18,8 @@ from typing import Any, Literal
 #: The ``tEXt`` keyword of the marker (PNG keywords are Latin-1, 1-79 characters).
 PNG_KEY = "mammo:provenance"
 SYNTHETIC = "SYNTHETIC"
+#: What every figure and answer says of an image whose origin nobody declared (never "real").
+NOT_DECLARED = "provenance not declared"
 #: Suffix of the sidecar of a non-PNG file: ``tile.npy`` -> ``tile.npy.provenance``.
 SIDECAR_SUFFIX = ".provenance"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
