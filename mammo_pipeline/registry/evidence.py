@@ -84,16 +84,10 @@ def load_evidence(client: MlflowClient, name: str, version: str) -> Evidence:
                 f"{ev.run_id}`"
             )
             return ev
-        with tempfile.TemporaryDirectory() as tmp, quiet_artifact_downloads():
-            local = Path(client.download_artifacts(ev.run_id, PREDICTIONS_ARTIFACT, tmp))
-            data = local.read_bytes()
-        ev.predictions_sha256 = sha256_of(data)
-        if ev.predictions_sha256 != expected:
-            ev.problem = (
-                f"v{version}: {PREDICTIONS_ARTIFACT} of run {ev.run_id} does not match the "
-                f"digest recorded at evaluation ({ev.predictions_sha256[:12]} != "
-                f"{expected[:12]}): the evidence was changed"
-            )
+        data, ev.predictions_sha256 = _verified_artifact(
+            client, ev, PREDICTIONS_ARTIFACT, expected, "evidence"
+        )
+        if data is None:
             return ev
         ev.predictions = parse_predictions(data, f"run {ev.run_id}: {PREDICTIONS_ARTIFACT}")
         _load_film_evidence(client, ev, tags)
@@ -117,14 +111,26 @@ def _load_film_evidence(client: MlflowClient, ev: Evidence, tags: dict[str, str]
     if not expected or ev.run_id is None:
         return
     artifact = f"evaluation/{FILM_PREDICTIONS_FILE}"
+    data, _ = _verified_artifact(client, ev, artifact, expected, "film evidence")
+    if data is None:
+        return
+    ev.film_predictions = parse_film_predictions(data, f"run {ev.run_id}: {artifact}")
+    ev.film_set_sha256 = tags.get(FILM_SET_DIGEST_TAG) or None
+
+
+def _verified_artifact(
+    client: MlflowClient, ev: Evidence, artifact: str, expected: str, what: str
+) -> tuple[bytes | None, str]:
+    """(bytes, sha256) of a run's evidence artifact; the bytes are None when the digest is
+    not the one recorded at evaluation, and ``ev.problem`` says the ``what`` was changed."""
+    assert ev.run_id is not None
     with tempfile.TemporaryDirectory() as tmp, quiet_artifact_downloads():
         data = Path(client.download_artifacts(ev.run_id, artifact, tmp)).read_bytes()
     digest = sha256_of(data)
     if digest != expected:
         ev.problem = (
             f"v{ev.version}: {artifact} of run {ev.run_id} does not match the digest recorded "
-            f"at evaluation ({digest[:12]} != {expected[:12]}): the film evidence was changed"
+            f"at evaluation ({digest[:12]} != {expected[:12]}): the {what} was changed"
         )
-        return
-    ev.film_predictions = parse_film_predictions(data, f"run {ev.run_id}: {artifact}")
-    ev.film_set_sha256 = tags.get(FILM_SET_DIGEST_TAG) or None
+        return None, digest
+    return data, digest
