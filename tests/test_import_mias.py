@@ -194,7 +194,7 @@ def test_failures_leave_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(ImportFailedError):
         run(tmp_path)
     for folder in (tmp_path / "landing", tmp_path / "test"):
-        assert not folder.exists() or list(folder.rglob("*")) == []
+        assert not folder.exists()  # not even empty folders (issue #22, item 8)
 
 
 def test_cli_end_to_end(tmp_path: Path) -> None:

@@ -61,6 +61,28 @@ class _Staging:
     train_files: list[Path] = field(default_factory=list)
 
 
+def _top_new_ancestor(path: Path) -> Path:
+    """The highest folder of ``path``'s chain that does not exist yet (``path`` itself when
+    only it is missing)."""
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    return top
+
+
+def _remove_empty_up_to(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents up to ``top`` while they are empty."""
+    current = folder
+    while True:
+        try:
+            current.rmdir()
+        except OSError:
+            return  # not empty (committed files) or already gone
+        if current == top or current.parent == current:
+            return
+        current = current.parent
+
+
 class ImportWriter:
     """Collects tiles (streaming them to staging files) and commits them atomically.
 
@@ -93,6 +115,7 @@ class ImportWriter:
         self._buffer: list[bytes] = []
         self._test_labels: list[int] = []
         self._staging: _Staging | None = None
+        self._created: list[tuple[Path, Path]] = []  # (folder, its top-most new ancestor)
         self._committed = False
         #: The report as written by :meth:`commit` (with outputs, counts and tiles).
         self.final_report: dict[str, Any] = {}
@@ -126,6 +149,8 @@ class ImportWriter:
         tag = f".{self.name}.import-tmp-{os.getpid()}"
         train_dir = self.out_dir / tag
         test_dir = self.test_out_dir / tag
+        self._created = [(d, _top_new_ancestor(d)) for d in (self.out_dir, self.test_out_dir)
+                         if not d.exists()]  # fmt: skip
         for d in (train_dir, test_dir):
             if d.exists():
                 shutil.rmtree(d)
@@ -143,6 +168,9 @@ class ImportWriter:
         for d in (self._staging.train_dir, self._staging.test_dir):
             shutil.rmtree(d, ignore_errors=True)
         self._staging = None
+        for folder, top in self._created:  # a failed import leaves no empty folders behind
+            _remove_empty_up_to(folder, top)
+        self._created = []
 
     def _flush(self) -> None:
         assert self._staging is not None
