@@ -1,7 +1,7 @@
 """Blue/green deployment of the BentoML service on one machine.
 
-Shape: a TCP proxy (:mod:`.proxy`) owns the live port (``serve_host:serve_port``) and
-forwards every new connection to the backend named in the state file (:mod:`.state`). Each
+Shape: an HTTP/1.1 proxy (:mod:`.proxy`) owns the live port (``serve_host:serve_port``) and
+forwards every request to the backend named in the state file (:mod:`.state`). Each
 backend (:mod:`.backend`) is a ``bentoml serve`` process pinned to one registry version on a
 side port of 127.0.0.1, in its own process group, logging to ``<data_dir>/serving/logs/``.
 
