@@ -53,6 +53,10 @@ class PipelineOptions:
     val_fraction: float = 0.15  # used by the per-tile rule only (``split`` has its own)
     #: Per-record sides made per near-duplicate group (for exactly the files given).
     split: SplitAssignment | None = None
+    #: The exact number of records after capping and filtering, when the caller has counted
+    #: them: the dataset then has a known length (Keras shows the epoch's length and does not
+    #: warn "Your input ran out of data" each first epoch), and a different count is an error.
+    records: int | None = None
 
 
 def _feature_spec():
@@ -137,6 +141,8 @@ def _finish(ds, opts: PipelineOptions, decode_batch):
     """
     import tensorflow as tf
 
+    if opts.records:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(opts.records))
     if opts.cache == "memory":
         ds = ds.cache()
     elif opts.cache not in ("none", "", None):

@@ -179,6 +179,7 @@ def fit_full(model, data: TrainData, tmp: Path, history: dict, *, phase: int) ->
         validation_data=data.dataset("validation", False),
         initial_epoch=done,
         epochs=done + epochs,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would warn that it ignores this
         class_weight=class_weights(data.label_counts),
         callbacks=callbacks,
         verbose=2,

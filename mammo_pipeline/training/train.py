@@ -99,6 +99,7 @@ class TrainData:
             subset=subset,
             val_fraction=s.val_fraction,
             split=self.split,
+            records={"train": self.n_train, "validation": self.n_val}.get(subset) or None,
             **kw,  # type: ignore[arg-type]
         )
 
