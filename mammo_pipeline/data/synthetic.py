@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 from mammo_pipeline.data.example_codec import encode_tile
+from mammo_pipeline.data.provenance import write_sidecar
 from mammo_pipeline.data.schema import LABEL_NAMES, SOURCE_SIZE
 from mammo_pipeline.data.tfrecord_io import Compression, write_records
 
@@ -369,6 +370,8 @@ def generate(
         data.flush()
         del data
         np.save(labels_path, test_plan.labels)
+        for path in (data_path, labels_path):  # figures made from them say SYNTHETIC
+            write_sidecar(path)
         result.test_data, result.test_labels, result.test_records = (
             str(data_path),
             str(labels_path),
