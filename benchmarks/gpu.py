@@ -255,7 +255,9 @@ def measure(args: argparse.Namespace) -> Result:
 
 
 def report(r: Result) -> str:
-    mfu = lambda v: f"{100 * v:.1f} %" if v is not None else "n/a (peak unknown: --peak-tflops)"
+    def mfu(v: float | None) -> str:
+        return f"{100 * v:.1f} %" if v is not None else "n/a (peak unknown: --peak-tflops)"
+
     return "\n".join([
         f"VGG16 on {r.device} ({r.platform}, Keras backend {r.backend}), {r.precision}, "
         f"jit {'on' if r.jit else 'off'}, {r.image_size} px, batch {r.batch_size}, "
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="32 px, batch 4, 2 timed steps: a CPU check of the path")  # fmt: skip
     parser.add_argument("--allow-cpu", action="store_true",
-                        help="run the full size even without an accelerator (hours on CPU)")  # fmt: skip
+                        help="full size even without an accelerator (hours)")  # fmt: skip
     args = parser.parse_args(argv)
     if not args.quick and not args.allow_cpu and device_info()[0] == "cpu":
         print("no accelerator found: running --quick (a check of the path, not a GPU figure)")
