@@ -143,13 +143,33 @@ def test_group_split_never_separates_a_group_and_has_no_leakage(multiview) -> No
     assert split.summary()["validation_records"] == int(is_val.sum())
 
 
+def _group_sides(split: gs.SplitAssignment, files: list[str]) -> dict[tuple[int, int], bool]:
+    """The side of every group of ``files``, keyed by the group's smallest tile key."""
+    corpus = gs.hash_files(files, progress=False)
+    groups = nd.group_tiles(corpus.hashes)
+    keys = nd.tile_key(corpus.hashes)
+    is_val = np.concatenate([split.mask(f) for f in files])
+    out: dict[tuple[int, int], bool] = {}
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        key = min((int(keys[i, 0]), int(keys[i, 1])) for i in members)
+        out[key] = bool(is_val[members[0]])
+    return out
+
+
 def test_split_is_stable_when_a_file_is_added(multiview) -> None:
+    """Adding m groups moves at most m existing groups across the split (the stratified rule
+    keeps a fixed share of each class, so an exact "nothing moves" cannot hold), and the
+    order of the files does not matter."""
     ds, extra = multiview
     before = gs.assign_validation(ds.train_files, 0.3, seed=4, progress=False)
-    after = gs.assign_validation([*ds.train_files, *extra.train_files], 0.3, seed=4, progress=False)
-    for path, mask in zip(ds.train_files, before.validation, strict=True):
-        assert np.array_equal(after.mask(path), mask)
-    # The order of the files does not matter either.
+    both = [*ds.train_files, *extra.train_files]
+    after = gs.assign_validation(both, 0.3, seed=4, progress=False)
+    old_sides = _group_sides(before, ds.train_files)
+    new_sides = {k: v for k, v in _group_sides(after, both).items() if k in old_sides}
+    assert len(new_sides) == len(old_sides)  # the extra file joined none of the old groups
+    moved = sum(old_sides[k] != new_sides[k] for k in old_sides)
+    assert moved <= after.groups - before.groups
     shuffled = gs.assign_validation(list(reversed(ds.train_files)), 0.3, seed=4, progress=False)
     for path in ds.train_files:
         assert np.array_equal(shuffled.mask(path), before.mask(path))
@@ -157,6 +177,77 @@ def test_split_is_stable_when_a_file_is_added(multiview) -> None:
     assert not all(
         np.array_equal(a, b) for a, b in zip(other_seed.validation, before.validation, strict=True)
     )
+
+
+@pytest.fixture(scope="module")
+def set_of_300(tmp_path_factory: pytest.TempPathFactory):
+    """300 SYNTHETIC tiles as the public data come (14 % positive, 4 views per lesion: about
+    11 positive groups), and their hashes."""
+    out = tmp_path_factory.mktemp("set300")
+    ds = generate(out, 300, files=3, seed=18, progress=False)
+    return ds.train_files, gs.hash_files(ds.train_files, progress=False)
+
+
+def test_stratified_split_over_200_seeds(set_of_300, monkeypatch) -> None:
+    """Issue #18: an unstratified coin per group left validation without a positive in about
+    one split of six on sets of 300 tiles. Every one of 200 seeds now has a positive group in
+    validation, each class gets val_fraction of its groups to within half a group, and no
+    group straddles the split."""
+    files, corpus = set_of_300
+    monkeypatch.setattr(gs, "hash_files", lambda *a, **k: corpus)  # hash once, split 200x
+    groups = nd.group_tiles(corpus.hashes)
+    _, inverse = np.unique(groups, return_inverse=True)
+    group_positive = np.bincount(inverse, weights=corpus.positives) > 0
+    n_pos, n_neg = int(group_positive.sum()), int((~group_positive).sum())
+    assert 8 <= n_pos <= 14 and n_neg > 200
+    val_fraction = 0.15
+    no_positive, off_fraction, sides = [], [], set()
+    for seed in range(200):
+        split = gs.assign_validation(files, val_fraction, seed, progress=False)
+        is_val = np.concatenate(split.validation)
+        group_val = np.zeros(group_positive.size, dtype=bool)
+        group_val[inverse[is_val]] = True
+        assert not (group_val[inverse] != is_val).any(), f"seed {seed}: a group is split"
+        assert split.leakage == 0
+        if not (is_val & corpus.positives).any():
+            no_positive.append(seed)
+        for members, n in ((group_positive, n_pos), (~group_positive, n_neg)):
+            if abs(int(group_val[members].sum()) - val_fraction * n) > 0.5:
+                off_fraction.append(seed)
+        sides.add(is_val.tobytes())
+    assert not no_positive, f"no validation positive for {len(no_positive)} of 200 seeds"
+    assert not off_fraction, f"class fractions off val_fraction for seeds {off_fraction[:10]}"
+    assert len(sides) > 150  # the seed still chooses the groups
+
+
+def test_stratified_sides_on_group_structures() -> None:
+    """The rule alone, on many random group structures: counts per class, the positive
+    minimum, determinism, independence of group order, and the stability bound."""
+    from mammo_pipeline.data.group_sides import stratified_sides, validation_count
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        g = int(rng.integers(1, 60))
+        keys = rng.integers(0, 2**63, (g, 2), dtype=np.uint64)
+        positive = rng.random(g) < rng.uniform(0.0, 0.5)
+        f = float(rng.uniform(0.05, 0.45))
+        sides = stratified_sides(keys, positive, f, trial)
+        for members in (positive, ~positive):
+            n = int(members.sum())
+            assert sides[members].sum() == validation_count(n, f)
+            if n >= 2:
+                assert 1 <= sides[members].sum() <= n - 1
+                assert abs(sides[members].sum() - f * n) <= 0.5 or sides[members].sum() == 1
+        perm = rng.permutation(g)
+        assert np.array_equal(stratified_sides(keys[perm], positive[perm], f, trial), sides[perm])
+        more = rng.integers(0, 2**63, (3, 2), dtype=np.uint64)
+        grown = stratified_sides(
+            np.concatenate([keys, more]), np.r_[positive, rng.random(3) < 0.3], f, trial
+        )
+        assert int((grown[:g] != sides).sum()) <= 3
+    assert validation_count(1, 0.4) == 0 and validation_count(2, 0.05) == 1
+    with pytest.raises(ValueError, match="val_fraction"):
+        stratified_sides(np.zeros((1, 2), np.uint64), np.zeros(1, bool), 1.0, 0)
 
 
 def test_leakage_old_per_tile_split_vs_group_split(multiview, capsys) -> None:

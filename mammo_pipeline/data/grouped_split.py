@@ -6,13 +6,14 @@ on both sides: early stopping and the decision threshold are then tuned on leake
 :func:`assign_validation` hashes every tile (:mod:`.near_duplicates`), joins near-duplicates
 into groups (union-find) and sends each group as a whole to train or validation.
 
-**Which side.** A group's key is its smallest canonical tile hash; the group is validation
-when a seeded sha256 of that key, read as a number in [0, 1), is below ``val_fraction``.
-The side of a group therefore depends only on its own tiles, not on other files or on the
-order of files, and stays put as new files arrive, *except* when a new tile changes the
-group's key: when it joins the group with a smaller hash than any member, or when it
-bridges two groups into one (the merged group takes the smaller key). Then the whole group
-may change side; it is still never split.
+**Which side.** A group's key is its smallest canonical tile hash, and it is positive when
+any of its tiles is. The split is stratified by class (:mod:`.group_sides`): each class sends
+``val_fraction`` of its groups (to within half a group) to validation, chosen by a seeded
+sha256 of their keys, and validation holds a positive group whenever there are two. The
+sides depend only on the groups and the seed, not on the order of files; adding ``m`` groups
+moves at most ``m`` existing groups across, besides groups whose key changes (a new tile
+with a smaller hash than any member, or one that bridges two groups into one). A group may
+change side; it is never split.
 
 **Leakage** is the number of validation positives that have a near-copy (distance within
 the threshold) on the train side. The group split has none by construction (its figure is
@@ -22,7 +23,6 @@ before/after comparison.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mammo_pipeline.data.group_sides import stratified_sides
 from mammo_pipeline.data.near_duplicates import (
     DEFAULT_MAX_DISTANCE,
     HASH_VERSION,
@@ -98,12 +99,6 @@ def leakage(pairs: Pairs, is_validation: np.ndarray, positives: np.ndarray) -> i
     return int(positives[leaked].sum())
 
 
-def _side_value(key: np.ndarray, seed: int) -> float:
-    """A group key (2 uint64 words) -> a seeded uniform number in [0, 1)."""
-    text = f"{seed}:{int(key[0]):016x}{int(key[1]):016x}".encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "big") / 2.0**64
-
-
 @dataclass(frozen=True, eq=False)
 class SplitAssignment:
     """Per file, a boolean per record (file order): True = validation.
@@ -125,6 +120,8 @@ class SplitAssignment:
     validation_positives: int
     validation_groups: int
     leakage: int
+    positive_groups: int = 0
+    validation_positive_groups: int = 0
     hash_version: str = HASH_VERSION
     _by_path: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -155,7 +152,7 @@ class SplitAssignment:
     def summary(self) -> dict[str, Any]:
         """The figures (JSON-friendly), e.g. for MLflow params / a run artefact."""
         return {
-            "split": "near-duplicate groups",
+            "split": "near-duplicate groups, stratified by class",
             "val_fraction": self.val_fraction,
             "seed": self.seed,
             "max_distance": self.max_distance,
@@ -166,6 +163,8 @@ class SplitAssignment:
             "validation_records": self.validation_records,
             "validation_positives": self.validation_positives,
             "validation_groups": self.validation_groups,
+            "positive_groups": self.positive_groups,
+            "validation_positive_groups": self.validation_positive_groups,
             "leakage": self.leakage,
         }
 
@@ -196,10 +195,10 @@ def assign_validation(
     # The smallest key of each group (lexicographic over the two words).
     order = np.lexsort((keys[:, 1], keys[:, 0], inverse))
     first_of_group = order[np.r_[0, np.flatnonzero(np.diff(inverse[order])) + 1]]
-    group_keys = keys[first_of_group]
-    group_is_val = np.array([_side_value(k, seed) < val_fraction for k in group_keys], bool)
-    is_val = group_is_val[inverse]
     positives = corpus.positives
+    group_positive = np.bincount(inverse, weights=positives, minlength=roots.size) > 0
+    group_is_val = stratified_sides(keys[first_of_group], group_positive, val_fraction, seed)
+    is_val = group_is_val[inverse]
     off = corpus.offsets
     return SplitAssignment(
         files=corpus.files,
@@ -215,6 +214,8 @@ def assign_validation(
         validation_positives=int((is_val & positives).sum()),
         validation_groups=int(group_is_val.sum()),
         leakage=leakage(pairs, is_val, positives),
+        positive_groups=int(group_positive.sum()),
+        validation_positive_groups=int((group_is_val & group_positive).sum()),
     )
 
 

@@ -89,6 +89,8 @@ def split_metrics(data: TrainData) -> dict[str, float]:
             "validation_records",
             "validation_positives",
             "validation_groups",
+            "positive_groups",
+            "validation_positive_groups",
             "leakage",
         )
     }

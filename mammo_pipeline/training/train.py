@@ -127,7 +127,8 @@ def prepare_data(settings: Settings, files: Sequence[Path]) -> TrainData:
         raise DataError(
             None,
             f"validation split ({val_labels.size} records) has no positive "
-            "example; use more records or a larger val_fraction",
+            f"example: the {split.positive_groups} positive near-duplicate group(s) are too "
+            "few (the stratified split puts one in validation from two); use more records",
         )
     values, counts = np.unique(train_labels, return_counts=True)
     label_counts = {int(v): int(c) for v, c in zip(values, counts, strict=True)}
