@@ -5,6 +5,7 @@ the best checkpoint on validation ROC AUC, every epoch logged to the active MLfl
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,27 @@ class _EpochLogger:
         import mlflow
 
         class EpochLogger(keras.callbacks.Callback):
+            started = 0.0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.started = time.perf_counter()
+
             def on_epoch_end(self, epoch, logs=None):
                 metrics = {k: float(v) for k, v in (logs or {}).items()}
+                # the model's own time, apart from the platform's (landing-to-served timeline)
+                metrics["epoch_seconds"] = time.perf_counter() - self.started
                 lr = keras.ops.convert_to_numpy(optimizer.learning_rate)
                 metrics["learning_rate"] = float(lr)
                 mlflow.log_metrics(metrics, step=epoch + 1)
 
         return EpochLogger()
+
+
+def _log_seconds(key: str, seconds: float) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metric(key, seconds)
 
 
 def _compile(model, learning_rate: float, steps: int):
@@ -134,9 +149,11 @@ def fit_head_on_features(model, data: TrainData, tmp: Path, history: dict) -> np
         f"Caching VGG16 features of {data.n_train} training and {data.n_val} "
         "validation records (base frozen, no augmentation)"
     )
+    started = time.perf_counter()
     x_train = extract_features(extractor, data.dataset("train", False))
     y_train = (read_labels(data.files, data.opts("train", False)) > 0).astype(np.float32)
     x_val = extract_features(extractor, data.dataset("validation", False))
+    _log_seconds("feature_cache_seconds", time.perf_counter() - started)
     y_val = data.val_labels.astype(np.float32)
     head = head_of(model)
     steps = math.ceil(data.n_train / s.batch_size) * s.epochs
