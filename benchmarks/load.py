@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 import tempfile
 import threading
@@ -118,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             mlflow_artifact_location=str(root / "mlartifacts"),
             serve_port=port,
             serve_side_port=0,
+            api_key=secrets.token_urlsafe(32),  # authentication fails closed: as deployed
         )
-        v1 = register_vetted(settings, build_model(64, 16), 1)
+        v1 = register_vetted(settings, build_model(64, 16, "convnet"), 1)
         first = deploy.deploy_version(settings)
         if not first.ok:
             print(f"deploy of v{v1} failed: {first.message}")
@@ -134,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}"
         image = png()
         try:
-            steady = [asyncio.run(load(url, image, c, seconds)) for c in (1, 8, 32)]
+            key = settings.api_key
+            steady = [asyncio.run(load(url, image, c, seconds, key)) for c in (1, 8, 32)]
             results["steady"] = steady
-            v2 = register_vetted(settings, build_model(64, 16), 2)
+            v2 = register_vetted(settings, build_model(64, 16, "convnet"), 2)
             outcome: dict = {}
 
             def switch() -> None:
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             th.start()
             during: list[dict] = []
             while th.is_alive() and len(during) < 50:  # bounded: at most 50 windows
-                during.append(asyncio.run(load(url, image, 8, min(seconds, 5.0))))
+                during.append(asyncio.run(load(url, image, 8, min(seconds, 5.0), key)))
             th.join()
             failed = sum(int(d["errors"]) for d in during)
             served = sum(d["requests_per_s"] * min(seconds, 5.0) for d in during)

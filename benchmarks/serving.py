@@ -36,6 +36,7 @@ import asyncio
 import io
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -132,13 +133,19 @@ def raw_numbers(model, x1: np.ndarray, batch: int, seconds: float) -> dict[str, 
     }
 
 
-async def load(url: str, image: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+async def load(
+    url: str, image: bytes, concurrency: int, seconds: float, key: str | None = None
+) -> dict[str, float]:
     import httpx
+
+    from mammo_pipeline.common.auth import auth_headers
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies: list[float] = []
     errors = 0
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=60, headers=auth_headers(key)
+    ) as client:
         for _ in range(min(concurrency, 8)):  # warm connections and the server
             await client.post("/predict", files={"image": ("b.png", image)})
         end = time.perf_counter() + seconds
@@ -261,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db",
             mlflow_artifact_location=str(root / "mlartifacts"),
             serve_max_batch_size=args.max_batch_size,
+            api_key=secrets.token_urlsafe(32),  # measured as deployed: the key is checked
         )
         cpu0 = time.process_time()
         version = register(settings, build_model(args.size, args.width, args.model))
@@ -294,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 for c in CONCURRENCY:
                     for name in order if r % 2 == 0 else order[::-1]:
-                        row = asyncio.run(load(urls[name], image, c, args.duration))
+                        key = settings.api_key
+                        row = asyncio.run(load(urls[name], image, c, args.duration, key))
                         measured[name][c].append(row)
             # the machine may be shared: measure raw again and use the mean of both runs
             after = raw_numbers(model, x1, args.max_batch_size, args.duration)
