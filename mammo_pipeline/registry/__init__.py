@@ -8,7 +8,8 @@ Only aliases are used, never stages: ``champion`` (served), ``previous`` (rollba
 Modules: :mod:`.names` (alias and metric names), :mod:`.gate` (the decision, pure),
 :mod:`.store` (MLflow plumbing), :mod:`.register`, :mod:`.promotion` (gate + aliases),
 :mod:`.review` (approve / reject / rollback), :mod:`.listing` and :mod:`.report`
-(+ :mod:`.report_html`) for people.
+(+ :mod:`.report_html`) for people; :mod:`.journal` makes each action's writes crash-consistent
+(:mod:`.faults` kills a process between two of them, for the fault tests).
 
 May import: config, errors, common, data, training (the run's model name). Never serving,
 orchestration or cli. The public API is re-exported here, lazily (importing
@@ -41,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "register_run": "mammo_pipeline.registry.register",
     "registry_lock": "mammo_pipeline.registry.lock",
     "reject": "mammo_pipeline.registry.review",
+    "repair": "mammo_pipeline.registry.journal",
     "report_artifact_path": "mammo_pipeline.registry.report",
     "review_context": "mammo_pipeline.registry.listing",
     "rollback": "mammo_pipeline.registry.review",

@@ -11,16 +11,15 @@ from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.decision import utc_now
+from mammo_pipeline.registry.journal import Plan
 from mammo_pipeline.registry.lock import registry_lock
 from mammo_pipeline.registry.names import BASELINE, CHAMPION
 from mammo_pipeline.registry.review import ReviewResult, require_reason, review_tags
 from mammo_pipeline.registry.store import (
-    delete_tag,
     get_version,
     mlflow_errors,
     read_aliases,
     reviewer,
-    set_tags,
 )
 from mammo_pipeline.registry.vetting import vetting_problem
 
@@ -44,11 +43,13 @@ def pin_baseline(
             raise MammoError(f"cannot pin v{version} as the baseline: {problem}")
         aliases = read_aliases(client, name)
         old = aliases.get(BASELINE)
+        plan = Plan.start(
+            client, name, f"baseline pin on v{version} by {person}", version, aliases,
+            {version: mv.tags or {}},
+        )  # fmt: skip
         if old is not None and old != version:
-            delete_tag(client, name, old, "baseline_pinned")
-        set_tags(
-            client,
-            name,
+            plan.delete_tag(old, "baseline_pinned")
+        plan.set_tags(
             version,
             {
                 "baseline_pinned": "true",
@@ -58,7 +59,8 @@ def pin_baseline(
                 **review_tags(mv.tags or {}, "pinned_baseline", person, at, reason),
             },
         )
-        client.set_registered_model_alias(name, BASELINE, version)
+        plan.set_alias(BASELINE, version)
+        plan.commit()
         after = read_aliases(client, name)
     return ReviewResult.of(
         "pin",

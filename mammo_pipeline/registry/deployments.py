@@ -1,5 +1,6 @@
 """What the deployer records in the registry: ``deploy=live``/``failed`` tags on a version, and
-the champion alias moved back when the version it points at failed to deploy."""
+the champion alias moved back when the version it points at failed to deploy (under the
+registry lock, which first completes any registry action a killed process left half-written)."""
 
 from __future__ import annotations
 
@@ -37,21 +38,30 @@ def undo_failed_deploy(
     settings: Settings, failed: str, restore_to: str | None, reason: str
 ) -> str | None:
     """Tag ``failed`` as a failed deploy; when ``champion`` points at it, move the alias back
-    to ``restore_to``. Returns the version the alias now points at if it was moved."""
+    to ``restore_to``. Returns the version the alias now points at if it was moved.
+
+    The aliases are read and moved under the registry lock: a promotion interrupted between
+    its ``champion`` and ``previous`` writes is completed first, so the choice below is made
+    on the state that promotion left, not on a half-written one."""
+    from mammo_pipeline.registry.lock import registry_lock
+
     mark_deploy(settings, failed, "failed", reason[:4000])
-    if alias_version(settings, CHAMPION) != failed or not restore_to or restore_to == failed:
+    if not restore_to or restore_to == failed:
         return None
     try:
-        if alias_version(settings, PREVIOUS) == restore_to:
-            # The usual case (the gate just promoted ``failed``): the registry's own rollback
-            # also moves ``previous`` one step back and records who/when/why.
-            from mammo_pipeline.registry.review import rollback
+        with registry_lock(settings):
+            if alias_version(settings, CHAMPION) != failed:
+                return None
+            if alias_version(settings, PREVIOUS) == restore_to:
+                # The usual case (the gate just promoted ``failed``): the registry's own
+                # rollback also moves ``previous`` one step back and records who/when/why.
+                from mammo_pipeline.registry.review import rollback
 
-            rollback(settings, reason=f"deploy failed: {reason[:500]}", who="mammo-deploy")
-        else:
-            mlflow_client(settings).set_registered_model_alias(
-                settings.registered_model_name, CHAMPION, restore_to
-            )
+                rollback(settings, reason=f"deploy failed: {reason[:500]}", who="mammo-deploy")
+            else:  # one write: atomic, nothing to journal
+                mlflow_client(settings).set_registered_model_alias(
+                    settings.registered_model_name, CHAMPION, restore_to
+                )
     except Exception:  # noqa: BLE001 - reported, the old service keeps serving regardless
         return None
     with contextlib.suppress(Exception):

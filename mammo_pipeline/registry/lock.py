@@ -17,6 +17,9 @@ the same lock:
 
 Waiting is bounded by ``registry_lock_timeout_s``; a timeout is a clear error, never a silent
 promotion without the lock.
+
+Whoever takes the lock first completes any action a killed process left half-written
+(:func:`.journal.recover`); :func:`repairs` says what was done, for the action's own report.
 """
 
 from __future__ import annotations
@@ -121,7 +124,8 @@ def _advisory_lock(uri: str, key: int, timeout: float) -> Iterator[None]:
 @contextlib.contextmanager
 def registry_lock(settings: Settings) -> Iterator[None]:
     """Hold the registry-wide lock of ``settings.registered_model_name`` for the block
-    (re-entrant within one thread)."""
+    (re-entrant within one thread). Taking it first completes any action a killed process
+    left half-written (:func:`.journal.recover`, reported by :func:`repairs`)."""
     key = (
         settings.registry_lock_uri or settings.mlflow_tracking_uri,
         settings.registered_model_name,
@@ -140,6 +144,15 @@ def registry_lock(settings: Settings) -> Iterator[None]:
     with lock:
         _held.keys = held | {key}
         try:
+            from mammo_pipeline.registry.journal import recover
+
+            _held.repairs = recover(settings)
             yield
         finally:
             _held.keys = held
+
+
+def repairs() -> list[str]:
+    """What the registry lock last taken by this thread repaired when it was taken (an
+    interrupted action completed or cleared), in words; empty when nothing needed it."""
+    return list(getattr(_held, "repairs", []))

@@ -2,7 +2,8 @@
 decide (:mod:`.gate`), write the verdict as tags, then move the aliases.
 
 :func:`gate_version` never raises for problems in the data it checks: they fail the gate.
-Tags are always written before any alias moves.
+The verdict tags and the alias moves of one decision are planned, journaled and made as one
+crash-consistent action (:mod:`.journal`): tags first, aliases last.
 """
 
 from __future__ import annotations
@@ -10,28 +11,24 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.evidence import load_evidence
 from mammo_pipeline.registry.gate import REGRESSION_METRICS, GateDecision, evaluate_gate, utc_now
-from mammo_pipeline.registry.lock import registry_lock
+from mammo_pipeline.registry.journal import Plan
+from mammo_pipeline.registry.lock import registry_lock, repairs
 from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, PREVIOUS
 from mammo_pipeline.registry.policy import GatePolicy, tightened
 from mammo_pipeline.registry.report import write_report_safely
 from mammo_pipeline.registry.store import (
-    delete_tag,
     get_version,
     mlflow_errors,
     read_aliases,
     run_facts,
-    set_tags,
 )
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 
 @dataclass(frozen=True)
@@ -139,24 +136,24 @@ def _statistics_tags(d: GateDecision) -> dict[str, Any]:
     return tags
 
 
-def promote_aliases(
-    client: MlflowClient, name: str, version: str, aliases: dict[str, str]
-) -> tuple[dict[str, str], list[str]]:
-    """champion -> version, former champion -> previous, challenger removed if it was this."""
+def promote_aliases(plan: Plan, version: str) -> tuple[dict[str, str], list[str]]:
+    """Plan champion -> version, former champion -> previous, and remove ``challenger`` (or
+    ``previous``) when it was this version."""
     moved: dict[str, str] = {}
     removed: list[str] = []
+    aliases = dict(plan.aliases)
     old = aliases.get(CHAMPION)
     if old is not None and old != version:
-        client.set_registered_model_alias(name, PREVIOUS, old)
+        plan.set_alias(PREVIOUS, old)
         moved[PREVIOUS] = old
     if old != version:
-        client.set_registered_model_alias(name, CHAMPION, version)
+        plan.set_alias(CHAMPION, version)
         moved[CHAMPION] = version
     if aliases.get(CHALLENGER) == version:
-        client.delete_registered_model_alias(name, CHALLENGER)
+        plan.delete_alias(CHALLENGER)
         removed.append(CHALLENGER)
     if aliases.get(PREVIOUS) == version and PREVIOUS not in moved:
-        client.delete_registered_model_alias(name, PREVIOUS)
+        plan.delete_alias(PREVIOUS)
         removed.append(PREVIOUS)
     return moved, removed
 
@@ -166,13 +163,16 @@ def apply_decision(
     version: str | int,
     decision: GateDecision | Mapping[str, Any],
     airflow_run_id: str | None = None,
+    *,
+    extra_tags: Mapping[str, Any] | None = None,
 ) -> PromotionResult:
     """Write the gate's verdict as tags, the review report on the run, then move aliases.
 
     Pass: ``champion`` (former champion -> ``previous``); with ``require_approval`` the version
     only becomes ``challenger`` with ``awaiting_approval=true``. Fail: ``challenger``.
     A "pass" that its own checks do not support, or made against a champion that has changed
-    since, is applied as a fail.
+    since, is applied as a fail. ``extra_tags`` (a reviewer's record) are written with the
+    verdict, in the same crash-consistent action.
     """
     s = settings or get_settings()
     name = s.registered_model_name
@@ -242,9 +242,14 @@ def apply_decision(
             tags["gate_delta_roc_auc_vs_baseline"] = delta
         if passed and not awaiting and current is not None and current != version:
             tags["replaced_champion"] = current
-        set_tags(client, name, version, tags)
+        tags.update(extra_tags or {})
+        plan = Plan.start(
+            client, name, f"gate verdict on v{version} ({verdict})", version, aliases,
+            {version: mv.tags or {}},
+        )  # fmt: skip
+        plan.set_tags(version, tags)
         if not awaiting:
-            delete_tag(client, name, version, "awaiting_approval")
+            plan.delete_tag(version, "awaiting_approval")
         final = GateDecision(
             passed=passed,
             checks=d.checks,
@@ -262,22 +267,27 @@ def apply_decision(
             policy=policy.to_dict(),
             statistics=d.statistics,
         )
-        report = write_report_safely(client, s, version, final, notes)
-        # Aliases last.
         moved: dict[str, str] = {}
         removed: list[str] = []
         if passed and not awaiting:
-            moved, removed = promote_aliases(client, name, version, aliases)
+            moved, removed = promote_aliases(plan, version)
             delta = baseline_delta(final, aliases.get(BASELINE))
-            moved.update(update_baseline(client, name, version, aliases, delta, notes))
+            moved.update(update_baseline(plan, version, delta, notes))
         elif current == version:
             notes.append(
                 f"v{version} is the champion and failed a re-run of the gate; aliases unchanged "
                 "(use `mammo registry rollback` or approve another version)"
             )
         else:
-            client.set_registered_model_alias(name, CHALLENGER, version)
+            plan.set_alias(CHALLENGER, version)
             moved[CHALLENGER] = version
+        report: list[str | None] = [None]
+
+        def write_report() -> None:  # after the tags, before the aliases move
+            report[0] = write_report_safely(client, s, version, final, notes)
+
+        plan.commit(between=write_report)
+        notes[:0] = [f"repaired first: {r}" for r in repairs()]
         after = read_aliases(client, name)
     return PromotionResult(
         name=name,
@@ -290,7 +300,7 @@ def apply_decision(
         aliases_set=moved,
         aliases_removed=removed,
         awaiting_approval=awaiting,
-        report_artifact=report,
+        report_artifact=report[0],
         notes=notes,
     )
 
@@ -306,31 +316,25 @@ def baseline_delta(decision: GateDecision, baseline: str | None) -> float | None
 
 
 def update_baseline(
-    client: MlflowClient,
-    name: str,
-    version: str,
-    aliases: Mapping[str, str],
-    delta_vs_baseline: float | None,
-    notes: list[str],
+    plan: Plan, version: str, delta_vs_baseline: float | None, notes: list[str]
 ) -> dict[str, str]:
     """After a promotion: the first champion becomes the ``baseline``; later, the baseline
     moves to a new champion only when that one is better than it on ROC AUC (point estimate
     of the paired difference), so the baseline is the best version that ever passed. A
     baseline pinned by a person (tag ``baseline_pinned=true``) is never moved here."""
-    current = aliases.get(BASELINE)
+    current = plan.aliases.get(BASELINE)
     if current == version:
         return {}
     if current is not None:
-        pinned = (client.get_model_version(name, current).tags or {}).get("baseline_pinned")
-        if pinned == "true":
+        if plan.tags_of(current).get("baseline_pinned") == "true":
             return {}
         if delta_vs_baseline is None or not delta_vs_baseline > 0:
             return {}
         notes.append(
             f"baseline v{current} -> v{version} (ROC AUC better by {delta_vs_baseline:+.4f})"
         )
-    client.set_registered_model_alias(name, BASELINE, version)
-    set_tags(client, name, version, {"baseline_since": utc_now()})
+    plan.set_tags(version, {"baseline_since": utc_now()})
+    plan.set_alias(BASELINE, version)
     return {BASELINE: version}
 
 

@@ -1,6 +1,8 @@
 """What people do in the registry: approve a version, reject one, roll the champion back.
 
-Every action is recorded as tags on the version (who, when, why, and a bounded history).
+Every action is recorded as tags on the version (who, when, why, and a bounded history). The
+tags and alias moves of one action are planned, journaled and made as one crash-consistent
+action (:mod:`.journal`).
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.decision import utc_now
-from mammo_pipeline.registry.lock import registry_lock
+from mammo_pipeline.registry.journal import Plan
+from mammo_pipeline.registry.lock import registry_lock, repairs
 from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, MAX_TAG_VALUE, PREVIOUS
 from mammo_pipeline.registry.policy import GatePolicy
 from mammo_pipeline.registry.promotion import promote_aliases
 from mammo_pipeline.registry.report import write_report_safely
 from mammo_pipeline.registry.store import (
-    delete_tag,
     get_version,
     mlflow_errors,
     read_aliases,
     reviewer,
     run_facts,
-    set_tags,
 )
 from mammo_pipeline.registry.vetting import vetting_problem
 
@@ -51,6 +52,8 @@ class ReviewResult:
     challenger_after: str | None
     changed: bool = True
     message: str = ""
+    #: What taking the registry lock repaired first (an interrupted action completed).
+    repaired: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,10 +73,11 @@ class ReviewResult:
         changed: bool = True,
         message: str = "",
     ) -> ReviewResult:
-        """The result, with the aliases as they are ``after`` the action."""
+        """The result, with the aliases as they are ``after`` the action (and what the registry
+        lock held now repaired first)."""
         return cls(action, name, version, who, at, reason, champion_before,
                    after.get(CHAMPION), after.get(PREVIOUS), after.get(CHALLENGER),
-                   changed=changed, message=message)  # fmt: skip
+                   changed=changed, message=message, repaired=tuple(repairs()))  # fmt: skip
 
 
 def review_tags(
@@ -172,10 +176,14 @@ def approve(
         )
         if before is not None:
             tags["replaced_champion"] = before
-        set_tags(client, name, version, tags)
-        delete_tag(client, name, version, "awaiting_approval")
-        write_report_safely(client, s, version, None, [])
-        promote_aliases(client, name, version, aliases)
+        plan = Plan.start(
+            client, name, f"approval of v{version} by {person}", version, aliases,
+            {version: old_tags},
+        )  # fmt: skip
+        plan.set_tags(version, tags)
+        plan.delete_tag(version, "awaiting_approval")
+        promote_aliases(plan, version)
+        plan.commit(between=lambda: write_report_safely(client, s, version, None, []))
         after = read_aliases(client, name)
     return ReviewResult.of(
         "approve",
@@ -219,14 +227,14 @@ def _approve_gated(
         or gated_against[alias] == "none"
         and aliases.get(alias) not in {None, version}
     ]
-    set_tags(client, name, version, review_tags(tags, "approved", person, at, reason))
+    record = review_tags(tags, "approved", person, at, reason)
     message = f"v{version} approved by {person}"
     if changed:
         policy = GatePolicy(**json.loads(tags["gate_policy"])) if tags.get("gate_policy") else None
         if policy is not None:
             policy = GatePolicy(**{**policy.to_dict(), "require_approval": False})
         decision = gate_version(s, version, policy)
-        result = apply_decision(s, version, decision)
+        result = apply_decision(s, version, decision, extra_tags=record)
         message += (
             f"; the references changed since the gate ran ({', '.join(changed)}): re-gated, "
             f"{result.verdict}"
@@ -234,14 +242,19 @@ def _approve_gated(
         if result.verdict != "passed":
             message += ": " + "; ".join(result.reasons)
     else:
-        delete_tag(client, name, version, "awaiting_approval")
+        plan = Plan.start(
+            client, name, f"approval of v{version} by {person}", version, aliases,
+            {version: tags},
+        )  # fmt: skip
+        plan.set_tags(version, record)
+        plan.delete_tag(version, "awaiting_approval")
         if before is not None and before != version:
-            set_tags(client, name, version, {"replaced_champion": before})
-        promote_aliases(client, name, version, dict(aliases))
+            plan.set_tags(version, {"replaced_champion": before})
+        promote_aliases(plan, version)
         notes: list[str] = []
         delta = tags.get("gate_delta_roc_auc_vs_baseline")
-        move_baseline(client, name, version, aliases, float(delta) if delta else None, notes)
-        write_report_safely(client, s, version, None, notes)
+        move_baseline(plan, version, float(delta) if delta else None, notes)
+        plan.commit(between=lambda: write_report_safely(client, s, version, None, notes))
     after = read_aliases(client, name)
     if after.get(CHAMPION) == version:
         message += f"; v{version} is now the champion (was {'v' + before if before else 'none'})"
@@ -282,12 +295,16 @@ def reject(
                 f"v{version} is the champion (being served) and cannot be rejected; run "
                 "`mammo registry rollback` or approve another version first"
             )
-        set_tags(client, name, version, review_tags(mv.tags or {}, "rejected", person, at, reason))
-        delete_tag(client, name, version, "awaiting_approval")
-        write_report_safely(client, s, version, None, [])
+        plan = Plan.start(
+            client, name, f"rejection of v{version} by {person}", version, aliases,
+            {version: mv.tags or {}},
+        )  # fmt: skip
+        plan.set_tags(version, review_tags(mv.tags or {}, "rejected", person, at, reason))
+        plan.delete_tag(version, "awaiting_approval")
         for alias in (CHALLENGER, PREVIOUS):
             if aliases.get(alias) == version:
-                client.delete_registered_model_alias(name, alias)
+                plan.delete_alias(alias)
+        plan.commit(between=lambda: write_report_safely(client, s, version, None, []))
         after = read_aliases(client, name)
     return ReviewResult.of(
         "reject",
@@ -329,26 +346,24 @@ def rollback(
         if problem:
             raise MammoError(f"cannot roll back to v{target}: {problem}")
         current_mv = get_version(client, name, current)
-        set_tags(
-            client,
-            name,
-            current,
-            review_tags(current_mv.tags or {}, "rolled_back", person, at, reason),
+        plan = Plan.start(
+            client, name, f"rollback v{current} -> v{target} by {person}", current, aliases,
+            {current: current_mv.tags or {}, target: target_mv.tags or {}},
+        )  # fmt: skip
+        plan.set_tags(
+            current, review_tags(current_mv.tags or {}, "rolled_back", person, at, reason)
         )
-        set_tags(
-            client,
-            name,
-            target,
-            {"reinstated_by": person, "reinstated_at": at, "reinstated_reason": reason},
+        plan.set_tags(
+            target, {"reinstated_by": person, "reinstated_at": at, "reinstated_reason": reason}
         )
         new_previous = _rollback_target_of(client, name, target_mv, exclude={current, target})
-        write_report_safely(client, s, current, None, [])
-        # Aliases last: champion first so that a crash leaves the service on the target.
-        client.set_registered_model_alias(name, CHAMPION, target)
+        # Aliases last (the journal's order): champion first, then previous.
+        plan.set_alias(CHAMPION, target)
         if new_previous is not None:
-            client.set_registered_model_alias(name, PREVIOUS, new_previous)
+            plan.set_alias(PREVIOUS, new_previous)
         else:
-            client.delete_registered_model_alias(name, PREVIOUS)
+            plan.delete_alias(PREVIOUS)
+        plan.commit(between=lambda: write_report_safely(client, s, current, None, []))
         after = read_aliases(client, name)
     return ReviewResult.of(
         "rollback",
