@@ -381,6 +381,13 @@ def pin_cmd(
     _print_and_follow(s, pin_baseline(s, version, reason, who), no_deploy, as_json)
 
 
+@app.command("repair", help="Finish a registry action a killed process left half-written.")
+def repair_cmd() -> None:  # every command that takes the registry lock does this first
+    from mammo_pipeline.registry import repair
+
+    typer.echo("\n".join(repair(_settings())) or "nothing to repair")
+
+
 def register(main_app: typer.Typer) -> None:
     """Add ``mammo registry ...`` to the top-level app."""
     main_app.add_typer(app, name="registry")
