@@ -16,6 +16,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mammo_pipeline.common.mlflow_access import mlflow_client
@@ -33,6 +34,7 @@ from tests.evidence_helpers import (  # noqa: E402
     log_evidence,
     predictions,
     scores_for,
+    sensitivity_walk,
 )
 
 DATA_DIGEST = "d" * 64
@@ -92,6 +94,7 @@ def make_run(
     relog: dict | None = None,
     log_model: bool = True,
     with_predictions: bool = True,
+    labelled_scores: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> str:
     """A finished training run shaped like the train and evaluate stages' (metrics recomputed
     from per-tile test predictions, the predictions CSV and its digest, plots, model).
@@ -99,9 +102,12 @@ def make_run(
     from mammo_pipeline.common.mlflow_access import configure_mlflow
 
     configure_mlflow(s)
-    preds = predictions(fixed_labels(), scores_for(fixed_labels(), signal, seed))
+    if labelled_scores is None:
+        preds = predictions(fixed_labels(), scores_for(fixed_labels(), signal, seed))
+    else:  # made to order (labels, scores)
+        preds = predictions(*labelled_scores)
     root = Path(s.mlflow_tracking_uri.removeprefix("sqlite:///")).parent
-    out = root / "runs" / f"{s.registered_model_name}-{signal}-{seed}"
+    out = root / "runs" / f"{s.registered_model_name}-{signal}-{seed}-{next(_names)}"
     out.mkdir(parents=True, exist_ok=True)
     values, digest, path = log_evidence(preds, THRESHOLD, out)
     values["val_roc_auc"] = 0.91
@@ -280,6 +286,36 @@ def test_walk_down_is_refused(store):
     refused = tags(s, str(int(promoted[-1]) + 1))
     assert refused["gate"] == "failed" and "could be worse than" in refused["gate_reasons"]
     assert all(tags(s, str(v))["gate"] == "failed" for v in range(len(promoted) + 1, 9))
+
+
+def test_sensitivity_walk_down_is_refused_by_the_second_step(store):
+    """Issue #18, scenario 1: versions each a little better on ROC AUC but 0.010 worse in
+    sensitivity at the same specificity. The old baseline followed every champion with a
+    higher ROC AUC, so every step passed (the loss grew 0.010 per step unseen); now the
+    baseline stays on v1 (the new champion is worse on a gated metric), and the second step
+    is refused against it. The champion's loss against v1 stays within one tolerance."""
+    from mammo_pipeline.stats import compare_paired
+
+    s = model_settings(store)
+    labels, walk = sensitivity_walk(3, THRESHOLD)
+    versions = []
+    for scores in walk:
+        v = new_version(s, labelled_scores=(labels, scores))
+        registry.gate_and_apply(s, v)
+        versions.append(v)
+    v1, v2, v3, v4 = versions
+    t2 = tags(s, v2)
+    assert t2["gate"] == "passed" and all_aliases(s)["baseline"] == v1
+    assert json.loads(t2["gate_deltas_vs_baseline"])["sensitivity_at_specificity"] < 0
+    assert json.loads(t2["gate_deltas_vs_baseline"])["roc_auc"] > 0
+    t3 = tags(s, v3)
+    assert t3["gate"] == "failed", t3["gate_reasons"]
+    assert "baseline v1" in t3["gate_reasons"] and "sensitivity" in t3["gate_reasons"]
+    assert tags(s, v4)["gate"] == "failed" and aliases(s)["champion"] == v2
+    loss = compare_paired(labels > 0, walk[1], walk[0], reference_threshold=THRESHOLD,
+                          n_resamples=1000, seed=0)  # fmt: skip
+    for metric in ("roc_auc", "pr_auc", "sensitivity_at_specificity"):
+        assert getattr(loss, metric).delta >= -s.regression_tolerance
 
 
 def test_relogged_metric_is_caught(store):

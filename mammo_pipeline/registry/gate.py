@@ -14,9 +14,10 @@ re-logged:
    lower bound of the Wilson interval) at the decision threshold must reach the threshold;
    the interval, the number of tiles and of positives are recorded either way;
 4. **non-regression, paired, at matched operating points**, against the ``champion`` and
-   against the pinned ``baseline`` (the best version that ever passed, or one a person
-   pinned): both models' scores on the *same* test tiles; ΔROC AUC, ΔPR AUC and
-   Δsensitivity at the reference's specificity with a paired stratified bootstrap interval
+   against the ``baseline`` (a champion not worse than the previous baseline on any metric,
+   or one a person pinned, :mod:`.baseline`): both models' scores on the *same* test
+   tiles; ΔROC AUC, ΔPR AUC and Δsensitivity at the reference's specificity with a paired
+   stratified bootstrap interval
    (:func:`mammo_pipeline.stats.compare_paired`); each passes only when the interval's lower
    bound is ``>= -regression_tolerance``. Comparing with the baseline as well bounds the
    cumulative loss over any number of promotions (no walk-down, one tolerance at a time).

@@ -16,8 +16,9 @@ from typing import Any
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
+from mammo_pipeline.registry.baseline import DELTAS_TAG, baseline_deltas, update_baseline
 from mammo_pipeline.registry.evidence import load_evidence
-from mammo_pipeline.registry.gate import REGRESSION_METRICS, GateDecision, evaluate_gate, utc_now
+from mammo_pipeline.registry.gate import REGRESSION_METRICS, GateDecision, evaluate_gate
 from mammo_pipeline.registry.journal import Plan
 from mammo_pipeline.registry.lock import registry_lock, repairs
 from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, PREVIOUS
@@ -237,9 +238,9 @@ def apply_decision(
         )
         if awaiting:
             tags["awaiting_approval"] = "true"
-        delta = baseline_delta(d, base)
-        if delta is not None:
-            tags["gate_delta_roc_auc_vs_baseline"] = delta
+        deltas = baseline_deltas(d, base)
+        if deltas is not None:  # for an approval days later: may the baseline move?
+            tags[DELTAS_TAG] = json.dumps(deltas, separators=(",", ":"))
         if passed and not awaiting and current is not None and current != version:
             tags["replaced_champion"] = current
         tags.update(extra_tags or {})
@@ -271,8 +272,8 @@ def apply_decision(
         removed: list[str] = []
         if passed and not awaiting:
             moved, removed = promote_aliases(plan, version)
-            delta = baseline_delta(final, aliases.get(BASELINE))
-            moved.update(update_baseline(plan, version, delta, notes))
+            deltas = baseline_deltas(final, aliases.get(BASELINE))
+            moved.update(update_baseline(plan, version, deltas, notes))
         elif current == version:
             notes.append(
                 f"v{version} is the champion and failed a re-run of the gate; aliases unchanged "
@@ -303,39 +304,6 @@ def apply_decision(
         report_artifact=report[0],
         notes=notes,
     )
-
-
-def baseline_delta(decision: GateDecision, baseline: str | None) -> float | None:
-    """ΔROC AUC (point) of the decision's candidate against the current baseline, if known."""
-    stats = decision.statistics or {}
-    vs = stats.get("vs_baseline")
-    if vs is None and baseline is not None and decision.champion_version == baseline:
-        vs = stats.get("vs_champion")
-    delta = (((vs or {}).get("deltas") or {}).get("roc_auc") or {}).get("delta")
-    return float(delta) if delta is not None else None
-
-
-def update_baseline(
-    plan: Plan, version: str, delta_vs_baseline: float | None, notes: list[str]
-) -> dict[str, str]:
-    """After a promotion: the first champion becomes the ``baseline``; later, the baseline
-    moves to a new champion only when that one is better than it on ROC AUC (point estimate
-    of the paired difference), so the baseline is the best version that ever passed. A
-    baseline pinned by a person (tag ``baseline_pinned=true``) is never moved here."""
-    current = plan.aliases.get(BASELINE)
-    if current == version:
-        return {}
-    if current is not None:
-        if plan.tags_of(current).get("baseline_pinned") == "true":
-            return {}
-        if delta_vs_baseline is None or not delta_vs_baseline > 0:
-            return {}
-        notes.append(
-            f"baseline v{current} -> v{version} (ROC AUC better by {delta_vs_baseline:+.4f})"
-        )
-    plan.set_tags(version, {"baseline_since": utc_now()})
-    plan.set_alias(BASELINE, version)
-    return {BASELINE: version}
 
 
 def gate_and_apply(

@@ -209,8 +209,8 @@ def _approve_gated(
 ) -> ReviewResult:
     """Approval of a version that passed the gate and waited for a person: re-gate when the
     references changed, then promote (or record why not)."""
+    from mammo_pipeline.registry.baseline import deltas_from_tag, update_baseline
     from mammo_pipeline.registry.promotion import apply_decision, gate_version
-    from mammo_pipeline.registry.promotion import update_baseline as move_baseline
 
     name = s.registered_model_name
     tags = client.get_model_version(name, version).tags or {}
@@ -252,8 +252,7 @@ def _approve_gated(
             plan.set_tags(version, {"replaced_champion": before})
         promote_aliases(plan, version)
         notes: list[str] = []
-        delta = tags.get("gate_delta_roc_auc_vs_baseline")
-        move_baseline(plan, version, float(delta) if delta else None, notes)
+        update_baseline(plan, version, deltas_from_tag(tags), notes)
         plan.commit(between=lambda: write_report_safely(client, s, version, None, notes))
     after = read_aliases(client, name)
     if after.get(CHAMPION) == version:
