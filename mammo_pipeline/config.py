@@ -148,10 +148,12 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(3000, ge=1, le=65535)
     api_key: str | None = Field(
-        None, description="key required on predictions (unset: no authentication)"
+        None,
+        description="key required on predictions; unset with auth='key', no server starts "
+        "(common.auth.NO_KEY_REFUSAL)",
     )
     auth: Literal["key", "none"] = Field(
-        "key", description="'none' explicitly serves without authentication"
+        "key", description="'key' (default) requires api_key; 'none' explicitly serves open"
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(

@@ -55,8 +55,13 @@ and ``/metrics``; request bodies over the size limit get 413 before anything is 
 BentoML parses them (:mod:`mammo_pipeline.serving.upload_form`: wrong field, too many parts,
 long or path-like names); BentoML's multipart parsing is hardened too (no URL fetching for
 file fields, malformed bodies are 400s: :mod:`mammo_pipeline.common.compat`). No pixel data
-and no DICOM patient identifier is logged or answered. Whether authentication is on is
-logged at start.
+and no DICOM patient identifier is logged or answered.
+
+Authentication fails closed: with ``MAMMO_AUTH=key`` (the default) and no key, ``bentoml
+serve`` refuses to start (a deployment hook, before any worker: one line naming
+``MAMMO_API_KEY=...`` and ``MAMMO_AUTH=none``, exit 1) and the guard would answer no request;
+only an explicit ``MAMMO_AUTH=none`` serves without a key. The start-up log names the setting
+that decided (:func:`mammo_pipeline.common.auth.auth_description`).
 """
 
 from __future__ import annotations
@@ -75,9 +80,14 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException
 
-from mammo_pipeline.common.auth import key_matches, presented_key
+from mammo_pipeline.common.auth import (
+    auth_description,
+    auth_refusal,
+    key_matches,
+    presented_key,
+)
 from mammo_pipeline.common.compat import harden_bentoml_multipart
-from mammo_pipeline.config import Settings, get_settings
+from mammo_pipeline.config import Settings, describe_validation_error, get_settings
 from mammo_pipeline.data.schema import SOURCE_SIZE, TILE_MM_PER_PX
 from mammo_pipeline.serving.image_io import (
     DecodedUpload,
@@ -214,6 +224,7 @@ class RequestGuard:
         self.app = app
         s = get_settings()
         self.api_key = s.api_key or None
+        self.open = s.auth == "none"  # only an explicit MAMMO_AUTH=none serves without a key
         single = s.max_upload_bytes + MULTIPART_OVERHEAD
         batch = s.max_upload_bytes * s.serve_max_batch_size + MULTIPART_OVERHEAD
         self.forms: dict[str, tuple[FormSpec, int]] = {
@@ -237,9 +248,9 @@ class RequestGuard:
         await send({"type": "http.response.body", "body": payload})
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
-        if self.api_key is None:
+        if self.open:
             return True
-        return key_matches(presented_key(headers), self.api_key)
+        return self.api_key is not None and key_matches(presented_key(headers), self.api_key)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -381,6 +392,19 @@ def _service_settings() -> Settings:
 class MammoClassifier:
     """Serves one registry version of the classifier (reported in every answer)."""
 
+    @bentoml.on_deployment
+    def refuse_without_auth() -> None:
+        """Once, in the ``bentoml serve`` process before any worker starts: with
+        authentication on and no key (or invalid settings), nothing starts; one line, exit 1."""
+        from pydantic import ValidationError
+
+        try:
+            problem = auth_refusal(_service_settings())
+        except ValidationError as exc:
+            problem = describe_validation_error(exc)
+        if problem:
+            raise SystemExit(f"error: {problem}")
+
     def __init__(self) -> None:
         from mammo_pipeline.serving.model_loader import load_served_model
 
@@ -433,12 +457,8 @@ class MammoClassifier:
         )
 
     def _log_auth(self) -> None:
-        if self.settings.auth_enabled:
-            logger.info("authentication ON: predictions need Authorization: Bearer / X-API-Key")
-        else:
-            logger.warning(
-                "authentication OFF (MAMMO_AUTH=none): anyone who reaches this port may predict"
-            )
+        level = logging.INFO if self.settings.auth_enabled else logging.WARNING
+        logger.log(level, auth_description(self.settings))
 
     def _weights_note(self) -> str:
         """What the registry says about the weights (``weights_source``, ``synthetic`` tags)."""

@@ -45,6 +45,8 @@ TINY_RUN_SETTINGS: dict[str, str] = {
     "min_precision": "0.3",
     "min_recall": "0.7",
     "serve_side_port": "0",
+    # explicit: no service starts without a key unless MAMMO_AUTH=none says so
+    "auth": "none",
 }
 
 

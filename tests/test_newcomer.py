@@ -67,12 +67,17 @@ def test_demo_writes_its_settings_for_the_cli(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setattr(demo, "DEMO_DIR", tmp_path)
     monkeypatch.setattr(demo, "CONFIG_FILE", tmp_path / "mammo.toml")
     monkeypatch.setattr(demo, "ENV_FILE", tmp_path / "env")
+    monkeypatch.setattr(demo, "KEY_FILE", tmp_path / "api_key")
     settings = demo.write_config()
     written = tomllib.loads((tmp_path / "mammo.toml").read_text())
     assert written["image_size"] == 64 and written["weights"] == "none"
-    monkeypatch.setenv("MAMMO_CONFIG_FILE", str(tmp_path / "mammo.toml"))
-    assert Settings() == settings  # the CLI reads exactly what the demo runs with
     env_file = (tmp_path / "env").read_text()
+    key = (tmp_path / "api_key").read_text().strip()
+    assert len(key) >= 32 and settings.api_key == key
+    assert f"export MAMMO_API_KEY={key}\n" in env_file  # `source .demo/env` carries the key
+    monkeypatch.setenv("MAMMO_CONFIG_FILE", str(tmp_path / "mammo.toml"))
+    monkeypatch.setenv("MAMMO_API_KEY", key)
+    assert Settings() == settings  # the CLI reads exactly what the demo runs with
     assert f"export MAMMO_CONFIG_FILE={tmp_path / 'mammo.toml'}" in env_file
     assert f"{Path(sys.executable).parent}:$PATH" in env_file
 
@@ -95,9 +100,8 @@ def test_serve_without_champion_is_one_line(tmp_path: Path) -> None:
     from mammo_pipeline.common.mlflow_access import mlflow_client
 
     mlflow_client(settings).search_experiments()  # an empty store exists
-    r = mammo(
-        "serve", cwd=tmp_path, env={"MAMMO_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri}
-    )
+    env = {"MAMMO_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MAMMO_AUTH": "none"}
+    r = mammo("serve", cwd=tmp_path, env=env)
     assert r.returncode == 1, r.stdout + r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "champion" in lines[0] and "Traceback" not in r.stderr, r.stderr

@@ -28,7 +28,9 @@ MARKER = b"PIXEL-MARKER-7f3a9c"
 
 # --- helpers shared with test_deploy ------------------------------------------------------
 def make_settings(root: Path, **extra: Any) -> Settings:
-    """Settings of an isolated registry, data dir and BentoML home under ``root``."""
+    """Settings of an isolated registry, data dir and BentoML home under ``root``; without an
+    ``api_key``, explicitly ``auth="none"`` (no service starts on the default without a key)."""
+    extra.setdefault("auth", "key" if extra.get("api_key") else "none")
     return Settings(
         data_dir=root / "data",
         mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db",

@@ -10,7 +10,7 @@ import typer
 
 from mammo_pipeline.cli.help import require_file
 from mammo_pipeline.cli.store import existing_store_settings
-from mammo_pipeline.common.auth import auth_headers
+from mammo_pipeline.common.auth import auth_headers, require_auth_configured
 from mammo_pipeline.config import get_settings
 from mammo_pipeline.errors import MammoError
 
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Blue/green deploy: start beside the live service, smoke-test, switch."""
         settings = existing_store_settings()  # before the lock file or a store is created
+        require_auth_configured(settings)  # no key and MAMMO_AUTH=key: nothing starts
         from mammo_pipeline.serving.deploy import deploy_version
 
         result = deploy_version(settings, version)
@@ -54,6 +55,7 @@ def register(app: typer.Typer) -> None:
 
         from mammo_pipeline.serving.deploy import deploy_version
 
+        require_auth_configured(get_settings())  # never a serving host that would fail open
         try:
             result = deploy_version(existing_store_settings())
             typer.echo(result.message)
@@ -85,11 +87,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the prediction service in the foreground on serve_host:serve_port."""
         settings = existing_store_settings()  # nothing created when there is no registry
+        require_auth_configured(settings)  # no key and MAMMO_AUTH=key: nothing starts
         from mammo_pipeline.serving.backend import serve_foreground
-        from mammo_pipeline.serving.model_loader import resolve_version
+        from mammo_pipeline.serving.model_loader import describe_version, resolve_version
 
-        # one clear line (exit 1) when there is nothing to serve, before BentoML starts
+        # One clear line (exit 1) when there is nothing to serve or the service would refuse
+        # the version (not vetted, no threshold), before BentoML starts: the exec'd server
+        # would refuse it too, but exit 0.
         resolved = resolve_version(settings, version or settings.serve_version)
+        describe_version(settings, resolved)
         typer.echo(f"serving {settings.registered_model_name} version {resolved}")
         serve_foreground(settings, resolved)
 

@@ -12,10 +12,11 @@
 5. prints the health of Airflow's components (``GET /api/v2/monitor/health``) and the memory
    its processes hold (the sum of their resident sets, psutil).
 
-The demo's settings are written to ``.demo/mammo.toml`` and ``.demo/env`` exports
-``MAMMO_CONFIG_FILE`` (and puts the venv's ``mammo`` on ``PATH``), so that after
-``source .demo/env`` every ``mammo`` command sees the demo's registry, data and service.
-Everything listens on 127.0.0.1 only (the Airflow UI has no login in this local mode).
+The demo's settings are written to ``.demo/mammo.toml``; ``.demo/env`` exports
+``MAMMO_CONFIG_FILE`` and the service's ``MAMMO_API_KEY`` (made once, kept private:
+:mod:`.demo_access`) and puts the venv's ``mammo`` on ``PATH``: after ``source .demo/env`` every
+``mammo`` command sees the demo's registry, data and service. Everything listens on 127.0.0.1
+only (the Airflow UI has no login in this local mode).
 
 ``make stop`` (``python -m mammo_pipeline.orchestration.demo --stop``) stops everything it
 started and lists it.
@@ -33,18 +34,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mammo_pipeline.common.auth import auth_headers
 from mammo_pipeline.common.environment import REPO_ROOT, settings_env
 from mammo_pipeline.common.net import wait_http
 from mammo_pipeline.common.processes import start, stop_all
 from mammo_pipeline.config import CONFIG_FILE_ENV, Settings
 from mammo_pipeline.orchestration.airflow_cli import airflow, follow, trigger, wait_for_dags
 from mammo_pipeline.orchestration.airflow_env import airflow_env
+from mammo_pipeline.orchestration.demo_access import api_key, shell_usage, write_private
 from mammo_pipeline.orchestration.demo_status import say_health_and_memory
 
 DEMO_DIR = REPO_ROOT / ".demo"
 STATE = DEMO_DIR / "services.json"
 CONFIG_FILE = DEMO_DIR / "mammo.toml"
 ENV_FILE = DEMO_DIR / "env"
+KEY_FILE = DEMO_DIR / "api_key"
 AIRFLOW_PORT = 8080
 MLFLOW_PORT = 5000
 SERVE_PORT = 3000
@@ -94,13 +98,16 @@ def write_config() -> Settings:
     lines = ["# Settings of `make demo` (read by every `mammo` command via MAMMO_CONFIG_FILE)."]
     lines += [f"{k} = {_toml_value(v)}" for k, v in DEMO_SETTINGS.items()]
     CONFIG_FILE.write_text("\n".join(lines) + "\n")
+    key = api_key(KEY_FILE)
     bin_dir = Path(sys.executable).parent
-    ENV_FILE.write_text(
+    write_private(
+        ENV_FILE,
         "# source this file to use the demo's registry, data and service from `mammo`\n"
         f"export {CONFIG_FILE_ENV}={CONFIG_FILE}\n"
-        f'export PATH="{bin_dir}:$PATH"\n'
+        f"export MAMMO_API_KEY={key}\n"
+        f'export PATH="{bin_dir}:$PATH"\n',
     )
-    return Settings(**DEMO_SETTINGS)
+    return Settings(**DEMO_SETTINGS, api_key=key)
 
 
 def demo_env(settings: Settings) -> dict[str, str]:
@@ -212,14 +219,15 @@ def report(settings: Settings) -> bool:
         f"test_recall >= {settings.min_recall}"
     )
     url = f"http://127.0.0.1:{settings.serve_port}"
+    sample = DEMO_DIR / "sample_positive.npy"
     try:
-        with urllib.request.urlopen(f"{url}/model", timeout=10) as resp:
+        ask = urllib.request.Request(f"{url}/model", headers=auth_headers(settings.api_key))
+        with urllib.request.urlopen(ask, timeout=10) as resp:
             meta = json.loads(resp.read())
         say(f"served model: {meta.get('name')} version {meta.get('version')}")
         test = sorted(settings.test_split.glob("*_data.npy"))[0]
         labels = np.load(str(test).replace("_data.npy", "_labels.npy"))
         idx = int(np.argmax(labels > 0))
-        sample = DEMO_DIR / "sample_positive.npy"
         np.save(sample, np.load(test, mmap_mode="r")[idx])
         write_sidecar(sample)  # declared SYNTHETIC beside it (a .npy has no text chunk)
         out = subprocess.run(
@@ -227,10 +235,11 @@ def report(settings: Settings) -> bool:
             capture_output=True,
             text=True,
             timeout=60,
+            env=settings_env(settings),  # with the demo's API key
         )
         say(f"prediction for a SYNTHETIC positive tile ({sample.name}): {out.stdout.strip()}")
         served = out.returncode == 0
-        analyze_whole_film(url)
+        analyze_whole_film(url, settings_env(settings))
     except OSError as exc:
         say(f"the service at {url} did not answer: {exc}")
         served = False
@@ -248,8 +257,8 @@ def report(settings: Settings) -> bool:
         "found no validated data yet. The asset-triggered run is the demo's.)"
     )
     say("\nUse the demo's registry, data and service from your shell:")
-    say(f"    source {ENV_FILE.relative_to(REPO_ROOT)}   # sets {CONFIG_FILE_ENV}, mammo on PATH")
-    say("    mammo registry list")
+    for line in shell_usage(url, sample, env_file=ENV_FILE, key_file=KEY_FILE):
+        say(f"    {line}")
     say("Stop everything with: make stop")
     return served
 
@@ -274,7 +283,7 @@ def say_film_figures(settings: Settings, run_id: str | None) -> None:
     )
 
 
-def analyze_whole_film(url: str) -> None:
+def analyze_whole_film(url: str, env: dict[str, str] | None = None) -> None:
     """Whole-mammogram analysis on the live service: a SYNTHETIC 2000x1200 film with a planted
     mass goes through ``mammo predict --heatmap`` (``POST /analyze``)."""
     from mammo_pipeline.data.provenance import png_bytes
@@ -290,6 +299,7 @@ def analyze_whole_film(url: str) -> None:
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )  # fmt: skip
     if out.returncode != 0:
         say(f"whole-mammogram analysis failed: {(out.stderr or out.stdout).strip()[-300:]}")

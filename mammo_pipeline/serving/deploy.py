@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mammo_pipeline.common.auth import auth_headers
+from mammo_pipeline.common.auth import auth_headers, auth_refusal
 from mammo_pipeline.common.net import client_host, free_port
 from mammo_pipeline.common.processes import is_alive
 from mammo_pipeline.config import Settings
@@ -95,7 +95,9 @@ class DeployResult:
 
 def deploy_version(settings: Settings, version: str | int | None = None) -> DeployResult:
     """Blue/green deploy of ``version`` (default: the champion). Never raises for a failed
-    deployment: the result says ``ok`` and why; blue keeps serving on failure."""
+    deployment: the result says ``ok`` and why; blue keeps serving on failure. Settings that
+    forbid serving (no API key with ``MAMMO_AUTH=key``) fail it before anything starts: a
+    setting, not the version, so nothing is marked or rolled back."""
     from mammo_pipeline.registry.deployments import (
         alias_version,
         mark_deploy,
@@ -103,6 +105,8 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
     )
     from mammo_pipeline.serving.model_loader import resolve_version
 
+    if problem := auth_refusal(settings):
+        return DeployResult(ok=False, version=None, message=problem)
     started = time.monotonic()
     with deploy_lock(settings):
         state = read_state(settings)
