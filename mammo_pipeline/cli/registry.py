@@ -1,8 +1,9 @@
 """``mammo registry``: register, gate and review model versions in the MLflow registry.
 
 Exit codes: 0 when the command ran (a FAILED gate included, unless ``--strict``), 1 when it
-could not run (unknown version, store unreachable, nothing to roll back...), 2 from
-``gate --strict`` when the version failed the gate.
+could not run or refused (unknown version, store unreachable, nothing to roll back, an
+approval whose re-gate failed, a deploy that failed...), 2 from ``gate --strict`` when the
+version failed the gate.
 """
 
 from __future__ import annotations
@@ -330,11 +331,17 @@ def approve_cmd(
     """Approve a version: one waiting for approval is re-gated if the champion changed since;
     any other becomes the champion by your recorded decision (gate=manual). A new champion is
     deployed blue/green when a deployment is live on this machine (unless --no-deploy)."""
+    from mammo_pipeline.errors import MammoError
     from mammo_pipeline.registry import approve
 
     s = _settings()
     result = approve(s, version, reason, who, override_rejection=override_rejection)
     _print_and_follow(s, result, no_deploy, as_json)
+    if result.champion_after != result.version:  # the re-gate refused the promotion
+        raise MammoError(
+            f"v{result.version} is not the champion: the approval is recorded, but the gate, "
+            "re-run because the references changed, failed it (reasons above)"
+        )
 
 
 @app.command("reject")
