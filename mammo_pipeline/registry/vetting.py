@@ -3,7 +3,8 @@ moving the ``champion`` alias by hand in the MLflow UI is not enough to serve a 
 
 A version is vetted when its tags show ``gate=passed`` (the automatic gate) or ``gate=manual``
 with ``review=approved`` and a named reviewer (a person's recorded decision), and it has not
-been rejected since.
+been rejected since. A version that passed the gate but awaits a person's approval
+(``awaiting_approval=true``, with ``MAMMO_REQUIRE_APPROVAL``) is not vetted yet.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ def vetting_problem(version: str, tags: Mapping[str, str]) -> str | None:
     if review == "rejected":
         who = tags.get("review_by", "?")
         return f"v{version} was rejected by {who}: {tags.get('review_reason', '')}".strip()
+    if tags.get("awaiting_approval") == "true":
+        return (
+            f"v{version} passed the gate but awaits a person's approval "
+            f"(`mammo registry approve {version} --reason ...`); it is not vetted until then"
+        )
     if gate == "passed":
         return None
     if gate == "manual":

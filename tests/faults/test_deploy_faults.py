@@ -18,6 +18,7 @@ from mammo_pipeline.common.net import free_port
 from mammo_pipeline.serving import deploy
 from mammo_pipeline.serving.backend import stop_process
 from mammo_pipeline.serving.state import read_state
+from tests.test_rollback_serves import _cli
 from tests.test_service import make_settings, register_model
 
 pytestmark = pytest.mark.faults
@@ -41,7 +42,7 @@ def _tag(settings, version: str, **tags: str) -> None:
 
 
 @pytest.mark.slow
-def test_unvetted_versions_are_never_deployed(tmp_path: Path) -> None:
+def test_unvetted_versions_are_never_deployed(tmp_path: Path, monkeypatch) -> None:
     from mammo_pipeline.errors import ConfigError
     from mammo_pipeline.serving.model_loader import describe_version
 
@@ -53,13 +54,19 @@ def test_unvetted_versions_are_never_deployed(tmp_path: Path) -> None:
     _tag(settings, v2, review="rejected", review_by="dora", review_reason="misses calcs")
     v3 = register_model(settings, seed=3, aliases=())
     _tag(settings, v3, gate="pending")
+    v4 = register_model(settings, seed=4, aliases=())  # issue #18, scenario 4
+    _tag(settings, v4, gate="passed", awaiting_approval="true")
 
-    for version, words in ((v1, "gate=failed"), (v2, "rejected by dora"), (v3, "gate=pending")):
+    for version, words in ((v1, "gate=failed"), (v2, "rejected by dora"), (v3, "gate=pending"),
+                           (v4, "awaits a person's approval")):  # fmt: skip
         result = deploy.deploy_version(settings, version)
         assert not result.ok and "refusing to deploy" in result.message, result.to_dict()
         assert words in result.message and result.backend_pid is None  # nothing was started
         with pytest.raises(ConfigError, match="refusing to serve"):
             describe_version(settings, version)  # the service itself refuses too
+    out = _cli(monkeypatch, settings, "deploy", "--version", v4)  # the public CLI refuses too
+    said = out.output + str(out.exception or "")  # main() prints a MammoError as one line
+    assert out.exit_code != 0 and "awaits a person's approval" in said, said
     # A champion alias moved by hand in the MLflow UI is not enough.
     mlflow_client(settings).set_registered_model_alias(name, "champion", v1)
     result = deploy.deploy_version(settings)
