@@ -1,6 +1,7 @@
-"""Benchmark: near-duplicate hashing, threshold choice, grouping at scale, split leakage.
+"""Benchmark: near-duplicate hashing, threshold choice, grouping at scale, split leakage,
+and the held-out-test guard.
 
-All tiles are SYNTHETIC (``mammo_pipeline.data.synthetic``); every figure says so. Four parts,
+All tiles are SYNTHETIC (``mammo_pipeline.data.synthetic``); every figure says so. Five parts,
 each with a baseline measured in the same run:
 
 1. **throughput**: perceptual hashes per second vs sha256 of the same tiles' bytes;
@@ -12,16 +13,23 @@ each with a baseline measured in the same run:
 3. **scale**: grouping 56,000 tiles' hashes (random hashes with planted near-copies), vs
    grouping their exact content digests (sort + unique) as the baseline;
 4. **leakage**: validation positives with a near-copy in train, old per-tile rule vs the
-   group split, on a generated multi-view data set.
+   group split, on a generated multi-view data set;
+5. **guard**: the held-out-test guard (``validation.test_guard``): per kind of altered view
+   of a test tile, the share caught and traced to its tile by the anchored hash alone (the
+   old guard), by the ring spectra alone and by the guard (either); false joins among
+   distinct tiles (each against all the others); time per record of each descriptor
+   (computing it and searching an index of the distinct tiles).
 
     python benchmarks/near_duplicates.py                # defaults: a few minutes
     python benchmarks/near_duplicates.py --lesions 600 --negatives 2400 --leak-n 4000
+    python benchmarks/near_duplicates.py --only guard --guard-distinct 10000   # ~5 min
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import tempfile
 import time
@@ -30,7 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from mammo_pipeline.data import near_duplicates as nd
+from mammo_pipeline.data import ring_descriptors as rd
 from mammo_pipeline.data.synthetic import dihedral, make_lesion_views, make_tile
+from mammo_pipeline.data.tile_views import add_noise, invert, jpeg, rotate_scale
 
 TAG = "SYNTHETIC"
 VIEWS = 4
@@ -191,6 +201,128 @@ def leakage(n: int, files: int, seed: int, val_fraction: float) -> None:
     print(f"  (groups: {split.groups}; measured in {elapsed:.1f} s)")
 
 
+def _guard_views(tiles: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Altered copies of each tile, by kind (shifts, flips, noise and JPEG were caught before
+    issue #18; the rotations, rescales and inversion were not)."""
+    rng = np.random.default_rng(seed)
+    n = len(tiles)
+    angle = rng.uniform(0, 360, n)
+    small = rng.uniform(5, 45, n)
+    scale = np.exp(rng.uniform(np.log(0.8), np.log(1.25), n))
+    shift = rng.integers(-16, 17, (n, 2))
+    direction = rng.uniform(0, 2 * np.pi, n)
+
+    def each(f) -> np.ndarray:
+        return np.stack([f(i, t) for i, t in enumerate(tiles)])
+
+    return {
+        "flipped / quarter-turned": each(lambda i, t: dihedral(t, 1 + i % 7)),
+        "shifted <= 16 px": each(lambda i, t: rotate_scale(t, shift=tuple(shift[i]))),
+        "noise sigma 4": each(lambda i, t: add_noise(t, rng)),
+        "JPEG q 60-90": each(lambda i, t: jpeg(t, int(rng.integers(60, 91)))),
+        "rotated 5-45 deg": each(lambda i, t: rotate_scale(t, small[i])),
+        "rotated any angle": each(lambda i, t: rotate_scale(t, angle[i])),
+        "rotated, black corners": each(lambda i, t: rotate_scale(t, angle[i], fill="constant")),
+        "rescaled 0.9": each(lambda i, t: rotate_scale(t, scale=0.9)),
+        "rescaled 1.15": each(lambda i, t: rotate_scale(t, scale=1.15)),
+        "rescaled 0.8": each(lambda i, t: rotate_scale(t, scale=0.8)),
+        "rescaled 1.25": each(lambda i, t: rotate_scale(t, scale=1.25)),
+        "rescaled 0.8-1.25": each(lambda i, t: rotate_scale(t, scale=scale[i])),
+        "inverted": each(lambda i, t: invert(t)),
+        "all at once": each(
+            lambda i, t: jpeg(
+                add_noise(
+                    invert(rotate_scale(t, angle[i], scale[i], (2 * np.cos(i), 2 * np.sin(i)))),
+                    rng,
+                    3.0,
+                ),
+                80,
+            )
+        ),
+        "rotated + shifted 4 px": each(
+            lambda i, t: rotate_scale(
+                t, angle[i], shift=(4 * np.cos(direction[i]), 4 * np.sin(direction[i]))
+            )
+        ),
+    }
+
+
+def _distinct_tiles(n: int, seed: int) -> np.ndarray:
+    return np.stack([make_tile(seed + i, "train", i, i % 5) for i in range(n)])
+
+
+def guard(seed: int, n: int, distinct: int) -> None:
+    """Catch rates per kind of view, false joins and time per record (module docstring)."""
+    test = _distinct_tiles(n, 10_000 + seed)
+    lesions = max(n // 4, 1)
+    views = np.stack([make_lesion_views(seed, "test", k, k % 4 + 1, 2) for k in range(lesions)])
+    index_tiles = np.concatenate([test, views[:, 0]])
+    hashes = nd.perceptual_hashes(index_tiles)
+    rings = rd.RingIndex(rd.ring_spectra(index_tiles, index=True))
+    kinds = _guard_views(test, seed)
+    kinds["shifted crop (lesion view)"] = views[:, 1]
+    print(
+        f"[{TAG}] held-out-test guard: {n} test tiles (+ {lesions} lesion views), share of "
+        f"altered copies caught and traced to their tile; hash threshold "
+        f"{nd.DEFAULT_MAX_DISTANCE} bits, ring correlation >= {rd.DEFAULT_MIN_SIMILARITY}"
+    )
+    print(
+        f"  {'view':28s} {'hash (old)':>11} {'rings':>8} {'guard':>8}   ring correlation, min / 5%"
+    )
+    for kind, queries in kinds.items():
+        truth = np.arange(len(queries)) + (n if kind.startswith("shifted crop") else 0)
+        pairs = nd.close_pairs(nd.perceptual_hashes(queries), hashes, nd.DEFAULT_MAX_DISTANCE)
+        by_hash = np.zeros(len(queries), dtype=bool)
+        by_hash[pairs.left[pairs.right == truth[pairs.left]]] = True
+        best, score = rings.match(rd.ring_spectra(queries))
+        by_rings = (best == truth) & (score >= rd.DEFAULT_MIN_SIMILARITY)
+        own = np.where(best == truth, score, 0.0)
+        print(
+            f"  {kind:28s} {by_hash.mean():11.1%} {by_rings.mean():8.1%} "
+            f"{(by_hash | by_rings).mean():8.1%}   {own.min():.2f} / {np.quantile(own, 0.05):.2f}"
+        )
+    _guard_false_joins_and_cost(seed, distinct)
+
+
+def _guard_false_joins_and_cost(seed: int, n: int) -> None:
+    t0 = time.perf_counter()
+    tiles = _distinct_tiles(n, 50_000 + seed)
+    made = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hashes = nd.perceptual_hashes(tiles)
+    t_hash = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    spectra = rd.ring_spectra(tiles)
+    t_rings = time.perf_counter() - t0
+    index = rd.RingIndex(rd.ring_spectra(tiles, index=True))
+    index.windows()
+    t0 = time.perf_counter()
+    pairs = nd.close_pairs(hashes, None, nd.DEFAULT_MAX_DISTANCE)
+    t_hash_search = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, score = index.match(spectra, skip=np.arange(n))
+    t_ring_search = time.perf_counter() - t0
+    joined_hash = np.zeros(n, dtype=bool)
+    joined_hash[pairs.left] = joined_hash[pairs.right] = True
+    joined_rings = score >= rd.DEFAULT_MIN_SIMILARITY
+    either = joined_hash | joined_rings
+    over = ", ".join(f">= {t}: {int((score >= t).sum())}" for t in (0.45, 0.5, 0.55, 0.6))
+    print(
+        f"[{TAG}] false joins among {n} distinct tiles (each against the other {n - 1}; "
+        f"{made:.0f} s to make them): hash {int(joined_hash.sum())}, rings "
+        f"{int(joined_rings.sum())}, guard {int(either.sum())} tiles ({either.mean():.3%}); "
+        f"highest ring correlation between distinct tiles {score.max():.3f} "
+        f"(99.9th percentile {np.quantile(score, 0.999):.3f}; tiles {over})"
+    )
+    ms = 1e3 / n
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"  time per record, index of {n} tiles (load average {load}, wall time):")
+    print(f"    anchored hash (old): {t_hash * ms:.3f} ms + search {t_hash_search * ms:.3f} ms")
+    print(f"    ring spectra (new) : {t_rings * ms:.3f} ms + search {t_ring_search * ms:.3f} ms")
+    total_old = t_hash + t_hash_search
+    print(f"    guard / old hash   : {(total_old + t_rings + t_ring_search) / total_old:.2f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lesions", type=int, default=150)
@@ -200,8 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--leak-n", type=int, default=2000)
     ap.add_argument("--leak-files", type=int, default=4)
     ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--guard-n", type=int, default=200, help="test tiles per kind of view")
+    ap.add_argument("--guard-distinct", type=int, default=2000, help="tiles for false joins")
     ap.add_argument("--skip", nargs="*", default=[], help="parts to skip")
+    ap.add_argument("--only", nargs="*", default=None, help="parts to run (default: all)")
     args = ap.parse_args(argv)
+    if args.only is not None:
+        parts = {"throughput", "threshold", "scale", "leakage", "guard"}
+        args.skip = sorted(parts - set(args.only))
     negatives = np.stack([make_tile(args.seed, "train", i, 0) for i in range(args.negatives)])
     # Keep the exact-invariance promise visible in every run.
     h = nd.perceptual_hashes(negatives[:8])
@@ -217,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         scale(args.scale, args.seed, args.scale_exhaustive)
     if "leakage" not in args.skip:
         leakage(args.leak_n, args.leak_files, args.seed, 0.15)
+    if "guard" not in args.skip:
+        guard(args.seed, args.guard_n, args.guard_distinct)
     return 0
 
 

@@ -308,3 +308,34 @@ def test_legacy_rule_matches_live_tensorflow() -> None:
         ours = gs.fingerprint64(rows) % np.uint64(gs.LEGACY_BUCKETS)
         theirs = tf.strings.to_hash_bucket_fast([r.tobytes() for r in rows], gs.LEGACY_BUCKETS)
         assert ours.astype(np.int64).tolist() == theirs.numpy().tolist(), length
+
+
+def test_ring_spectra_invariances_and_correlation() -> None:
+    """Ring spectra (the held-out-test guard's second descriptor): magnitudes exactly equal
+    under the 8 dihedral transforms and inversion; the phase correlation is 1 for a tile with
+    itself, high for a rotated, rescaled or inverted copy, low for distinct tiles."""
+    from mammo_pipeline.data import ring_descriptors as rd
+    from mammo_pipeline.data.tile_views import invert, rotate_scale
+
+    tiles = np.stack([make_tile(31, "train", i, i % 5) for i in range(6)])
+    base = rd.ring_spectra(tiles)
+    assert base.shape == (6, rd.RINGS, rd.HARMONICS) and base.dtype == np.complex64
+    for k in range(1, 8):
+        moved = rd.ring_spectra(np.stack([dihedral(t, k) for t in tiles]))
+        np.testing.assert_allclose(np.abs(moved), np.abs(base), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(rd.ring_spectra(invert(tiles)), -base, rtol=1e-4, atol=1e-3)
+    index = rd.RingIndex(rd.ring_spectra(tiles, index=True))
+    best, score = index.match(base)
+    assert best.tolist() == list(range(6)) and np.allclose(score, 1.0, atol=1e-4)
+    views = np.stack(
+        [rotate_scale(tiles[0], 37.0), rotate_scale(tiles[1], 200.0, 0.85), invert(tiles[2])]
+    )
+    best, score = index.match(rd.ring_spectra(views))
+    assert best.tolist() == [0, 1, 2] and (score >= 0.8).all(), score
+    others = np.stack([make_tile(32, "train", i, i % 5) for i in range(6)])
+    _, score = index.match(rd.ring_spectra(others))
+    assert (score < rd.DEFAULT_MIN_SIMILARITY).all(), score
+    empty = rd.RingIndex(np.zeros((0, rd.RINGS + 2 * rd.SCALE_STEPS, rd.HARMONICS), np.complex64))
+    assert empty.match(base)[0].tolist() == [-1] * 6
+    with pytest.raises(ValueError, match="index ring spectra"):
+        rd.RingIndex(base)

@@ -1,9 +1,11 @@
 """Stream a tfrecord file into a profile: one row of small numbers per record + file facts.
 
 Pixels are never kept: each record's 89,401-byte image is summarised in one numpy pass
-(mean, std, min, max, fraction of saturated and of zero pixels), a content hash and a
-flip/rotation-invariant perceptual hash (computed for batches of 64 tiles), then dropped, so
-memory does not grow with the file size (only the small per-record rows do).
+(mean, std, min, max, fraction of saturated and of zero pixels), a content hash, a
+flip/rotation-invariant perceptual hash and the ring spectra the held-out-test guard compares
+(both computed for batches of 64 tiles; the spectra, 2.3 kB a tile, are kept beside the rows
+in :attr:`FileProfile.rings`, not as a column), then dropped, so memory does not grow with
+the file size beyond the small per-record rows and spectra.
 
 A record that does not parse still gets a row (``parse_ok`` False, NaN statistics), and a
 broken framing (bad CRC, truncation, a gzip stream that does not decompress, random bytes)
@@ -24,6 +26,7 @@ import numpy as np
 
 from mammo_pipeline.data.example_codec import ExampleDecodeError, decode_tile
 from mammo_pipeline.data.near_duplicates import from_hex, perceptual_hashes, to_hex
+from mammo_pipeline.data.ring_descriptors import HARMONICS, RINGS, ring_spectra
 from mammo_pipeline.data.schema import IMAGE_BYTES, SOURCE_SIZE, is_tfrecord_path
 from mammo_pipeline.data.tfrecord_io import detect_compression, file_sha256, iter_records
 from mammo_pipeline.errors import CorruptRecordError, DataError
@@ -80,10 +83,13 @@ class FileFacts:
 
 @dataclass(slots=True)
 class FileProfile:
-    """The profile of one file: ``records`` has one row per record (see RECORD_COLUMNS)."""
+    """The profile of one file: ``records`` has one row per record (see RECORD_COLUMNS);
+    ``rings`` the ring spectra of each row's tile ((rows, RINGS, HARMONICS) complex64, zeros
+    where the row has no perceptual hash), or None when not computed."""
 
     facts: FileFacts
     records: pd.DataFrame
+    rings: np.ndarray | None = None
 
 
 def pixel_stats(image: bytes) -> tuple[float, float, float, float, float, float]:
@@ -120,6 +126,7 @@ class _Rows:
     def __init__(self) -> None:
         self.cols: dict[str, list[Any]] = {c: [] for c in RECORD_COLUMNS}
         self._pending: list[tuple[int, bytes]] = []
+        self._rings: list[tuple[list[int], np.ndarray]] = []
 
     def add(self, **values: Any) -> None:
         for name, column in self.cols.items():
@@ -135,11 +142,20 @@ class _Rows:
         if not self._pending:
             return
         tiles = np.stack([np.frombuffer(img, dtype=np.uint8) for _, img in self._pending])
-        hexes = to_hex(perceptual_hashes(tiles.reshape(-1, SOURCE_SIZE, SOURCE_SIZE)))
+        tiles = tiles.reshape(-1, SOURCE_SIZE, SOURCE_SIZE)
+        hexes = to_hex(perceptual_hashes(tiles))
         column = self.cols["perceptual_hash"]
         for (row, _), text in zip(self._pending, hexes, strict=True):
             column[row] = text
+        self._rings.append(([row for row, _ in self._pending], ring_spectra(tiles)))
         self._pending = []
+
+    def rings(self) -> np.ndarray:
+        """The ring spectra of every row (zeros for rows without a hashed tile)."""
+        out = np.zeros((len(self.cols["record_index"]), RINGS, HARMONICS), np.complex64)
+        for rows, spectra in self._rings:
+            out[rows] = spectra
+        return out
 
     def frame(self) -> pd.DataFrame:
         import pandas as pd
@@ -255,19 +271,24 @@ def profile_file(
         parse_errors=parse_errors,
         tfrecord_name=is_tfrecord_path(path.name),
     )
-    return FileProfile(facts=facts, records=rows.frame())
+    return FileProfile(facts=facts, records=rows.frame(), rings=rows.rings())
 
 
-def add_test_copy_column(frame: pd.DataFrame, guard: TestGuard) -> None:
+def add_test_copy_column(
+    frame: pd.DataFrame, guard: TestGuard, rings: np.ndarray | None = None
+) -> None:
     """Add ``near_test_copy`` to a record profile: ``""`` when the record copies no held-out
-    test tile, else which one, e.g. ``"cv10_data.npy#17 (distance 3)"`` or ``"... (exact
-    copy)"``; None when the record has no valid image to compare (other rules fail it)."""
+    test tile, else which one, e.g. ``"cv10_data.npy#17 (distance 3)"``, ``"... (exact
+    copy)"`` or ``"... (rotated/rescaled/inverted view, ring correlation 0.91)"`` (this one
+    only given the profile's ``rings``); None when the record has no valid image to compare
+    (other rules fail it)."""
     import pandas as pd
 
     column = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     has_hash = frame["perceptual_hash"].notna().to_numpy()
     if has_hash.any():
         hashes = from_hex(frame["perceptual_hash"][has_hash])
-        found = guard.find(hashes, frame["content_hash"][has_hash].tolist())
+        queries = None if rings is None else rings[has_hash]
+        found = guard.find(hashes, frame["content_hash"][has_hash].tolist(), queries)
         column[has_hash] = ["" if c is None else c.describe() for c in found]
     frame["near_test_copy"] = column

@@ -237,7 +237,8 @@ class _Run:
         frame = profile.records
         seen = self.index.seen(frame["content_hash"].dropna())
         frame["seen_before"] = frame["content_hash"].isin(seen) if seen else False
-        add_test_copy_column(frame, load_guard(self.settings))  # copies of held-out test tiles
+        # copies of held-out test tiles
+        add_test_copy_column(frame, load_guard(self.settings), profile.rings)
         outcome = self.checker.validate(frame, run_name=f"{claimed.name}@{sha[:12]}")
         failures = explain(outcome.results, frame)
         intensity = IntensityProfile.from_frame(frame, self.bins, name=claimed.name)

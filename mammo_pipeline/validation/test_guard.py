@@ -1,13 +1,18 @@
-"""The held-out test split as an index of perceptual hashes: no copy of a test tile (exact,
-flipped, rotated, or a shifted crop of the same region) may enter training.
+"""The held-out test split as an index: no copy of a test tile (exact, flipped, rotated by
+any angle, rescaled, inverted, or a shifted crop of the same region) may enter training.
 
 The index holds, for every tile of the numpy splits under ``Settings().test_split``
 (:func:`mammo_pipeline.data.manifest.held_out_files`), its perceptual hashes
-(:mod:`mammo_pipeline.data.near_duplicates`), the name of its test file, its index there and
-the sha1 of its pixels (the profile's ``content_hash``, for exact copies). Building it hashes
-the whole test split once; the result is cached under ``<reports>/test_guard/`` in a file
-named by the sha256 of the test files' manifest and the hash version, so it is rebuilt only
-when the test split (or the hash) changes, and kept in memory for the life of the process.
+(:mod:`mammo_pipeline.data.near_duplicates`: flips, quarter turns, shifted crops, noise,
+JPEG), its ring spectra (:mod:`mammo_pipeline.data.ring_descriptors`: any rotation, rescales
+0.8-1.25, inversion, about the centre), the name of its test file, its index there and the
+sha1 of its pixels (the profile's ``content_hash``, for exact copies). An incoming tile is a
+copy when its pixels are a test tile's, or its hash is within the near-duplicate threshold of
+one, or its ring spectra correlate with one's (``docs/data-guards.md`` has the measured catch
+rates and false joins). Building it hashes the whole test split once; the result is cached
+under ``<reports>/test_guard/`` in a file named by the sha256 of the test files' manifest and
+the descriptor versions, so it is rebuilt only when the test split (or a descriptor)
+changes, and kept in memory for the life of the process.
 
 No test split configured (no directory, no ``*_data.npy``) gives an empty index, logged as a
 warning: there is then nothing to protect. A test split that cannot be read raises
@@ -36,6 +41,15 @@ from mammo_pipeline.data.near_duplicates import (
     perceptual_hashes,
 )
 from mammo_pipeline.data.numpy_split import find_splits, load_split
+from mammo_pipeline.data.ring_descriptors import (
+    DEFAULT_MIN_SIMILARITY,
+    HARMONICS,
+    RING_VERSION,
+    RINGS,
+    SCALE_STEPS,
+    RingIndex,
+    ring_spectra,
+)
 from mammo_pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -46,7 +60,8 @@ _BATCH = 256
 
 @dataclass(frozen=True)
 class TestCopy:
-    """An incoming tile that copies test tile ``index`` of ``test_file``."""
+    """An incoming tile that copies test tile ``index`` of ``test_file``: exactly, within
+    hash ``distance``, or (``similarity`` set, distance -1) by its ring spectra."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -54,9 +69,15 @@ class TestCopy:
     index: int
     distance: int
     exact: bool
+    similarity: float | None = None
 
     def describe(self) -> str:
-        how = "exact copy" if self.exact else f"distance {self.distance}"
+        if self.exact:
+            how = "exact copy"
+        elif self.similarity is not None:
+            how = f"rotated/rescaled/inverted view, ring correlation {self.similarity:.2f}"
+        else:
+            how = f"distance {self.distance}"
         return f"{self.test_file}#{self.index} ({how})"
 
 
@@ -75,8 +96,14 @@ class TestGuard:
         *,
         max_distance: int = DEFAULT_MAX_DISTANCE,
         key: str = "",
+        rings: np.ndarray | None = None,
+        min_similarity: float = DEFAULT_MIN_SIMILARITY,
     ) -> None:
         self.hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, ANCHORS, HASH_WORDS)
+        if rings is None:
+            rings = np.zeros((0, RINGS + 2 * SCALE_STEPS, HARMONICS), np.complex64)
+        self.rings = RingIndex(rings)
+        self.min_similarity = min_similarity
         self.files = tuple(files)
         self.file_of = np.asarray(file_of, dtype=np.int64)
         self.index = np.asarray(index, dtype=np.int64)
@@ -84,6 +111,8 @@ class TestGuard:
         self.max_distance = max_distance
         self.key = key
         self._by_content = {c.decode(): i for i, c in enumerate(self.content.tolist())}
+        if len(self.rings) not in (0, len(self)):
+            raise ValueError("ring spectra for some test tiles only")
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -100,17 +129,27 @@ class TestGuard:
             max_distance=max_distance,
         )
 
-    def _copy(self, row: int, distance: int, exact: bool) -> TestCopy:
+    def _copy(
+        self, row: int, distance: int, exact: bool, similarity: float | None = None
+    ) -> TestCopy:
         name = self.files[int(self.file_of[row])]
-        return TestCopy(name, int(self.index[row]), distance, exact)
+        return TestCopy(name, int(self.index[row]), distance, exact, similarity)
 
     def find(
-        self, hashes: np.ndarray, content_hashes: Sequence[str | None] | None = None
+        self,
+        hashes: np.ndarray,
+        content_hashes: Sequence[str | None] | None = None,
+        rings: np.ndarray | None = None,
     ) -> list[TestCopy | None]:
-        """For each query tile ((N, A, 2) hashes), the closest test tile within the
-        threshold (an exact pixel copy, by ``content_hashes``, first), or None."""
+        """For each query tile ((N, A, 2) hashes), the test tile it copies, or None: an
+        exact pixel copy (by ``content_hashes``), else the closest by hash within the
+        threshold, else (given the queries' ``rings``, (N, RINGS, HARMONICS) from
+        :func:`~mammo_pipeline.data.ring_descriptors.ring_spectra`) the best ring
+        correlation from ``min_similarity``."""
         hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1, ANCHORS, HASH_WORDS)
         found: list[TestCopy | None] = [None] * hashes.shape[0]
+        if rings is not None and len(rings) != hashes.shape[0]:
+            raise ValueError("one ring descriptor per query hash is needed")
         if not len(self):
             return found
         pairs = close_pairs(hashes, self.hashes, self.max_distance)
@@ -121,17 +160,26 @@ class TestGuard:
             if q not in seen:
                 seen.add(q)
                 found[q] = self._copy(int(pairs.right[k]), int(pairs.distance[k]), False)
+        rest = [q for q, c in enumerate(found) if c is None]
+        if rings is not None and rest and len(self.rings):
+            best, score = self.rings.match(np.asarray(rings)[rest])
+            for q, row, sim in zip(rest, best.tolist(), score.tolist(), strict=True):
+                if sim >= self.min_similarity:
+                    found[q] = self._copy(row, -1, False, round(float(sim), 4))
         for q, digest in enumerate(content_hashes or ()):
             row = self._by_content.get(digest) if digest else None
             if row is not None:
                 found[q] = self._copy(row, 0, True)
         return found
 
-    def nearest(self, hashes: np.ndarray) -> list[tuple[str, int, int] | None]:
-        """For each query tile, ``(test file, index, distance)`` of the closest test tile
-        within the threshold, or None."""
+    def nearest(
+        self, hashes: np.ndarray, rings: np.ndarray | None = None
+    ) -> list[tuple[str, int, int] | None]:
+        """For each query tile, ``(test file, index, distance)`` of the test tile it copies
+        (see :meth:`find`; distance -1 for a ring match), or None."""
         return [
-            None if c is None else (c.test_file, c.index, c.distance) for c in self.find(hashes)
+            None if c is None else (c.test_file, c.index, c.distance)
+            for c in self.find(hashes, rings=rings)
         ]
 
     def save(self, path: Path) -> Path:
@@ -149,6 +197,8 @@ class TestGuard:
                     content=self.content,
                     max_distance=np.int64(self.max_distance),
                     key=np.asarray(self.key),
+                    rings=self.rings.spectra,
+                    min_similarity=np.float64(self.min_similarity),
                 )
             os.replace(tmp, path)
         finally:
@@ -167,6 +217,8 @@ class TestGuard:
                     z["content"],
                     max_distance=int(z["max_distance"]),
                     key=str(z["key"]),
+                    rings=z["rings"],
+                    min_similarity=float(z["min_similarity"]),
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise DataError(path, f"not a readable test-set index ({exc})") from exc
@@ -175,10 +227,10 @@ class TestGuard:
 def build_guard(
     test_dir: Path | str, *, max_distance: int = DEFAULT_MAX_DISTANCE, progress: bool = False
 ) -> TestGuard:
-    """Hash every tile of the numpy splits in ``test_dir``."""
+    """Hash every tile of the numpy splits in ``test_dir`` and take its ring spectra."""
     from tqdm.auto import tqdm
 
-    hashes, file_of, index, content, names = [], [], [], [], []
+    hashes, rings, file_of, index, content, names = [], [], [], [], [], []
     for f, data_path in enumerate(find_splits(test_dir)):
         split = load_split(data_path)
         names.append(data_path.name)
@@ -187,6 +239,7 @@ def build_guard(
         for start in range(0, n, _BATCH):
             tiles = np.ascontiguousarray(split.images[start : start + _BATCH, :, :, 0])
             hashes.append(perceptual_hashes(tiles))
+            rings.append(ring_spectra(tiles, index=True))
             content.extend(
                 hashlib.sha1(t.tobytes(), usedforsecurity=False).hexdigest() for t in tiles
             )
@@ -203,6 +256,7 @@ def build_guard(
         np.concatenate(index),
         np.asarray(content, dtype="S40"),
         max_distance=max_distance,
+        rings=np.concatenate(rings),
     )
 
 
@@ -233,7 +287,8 @@ def load_guard(
     if memo_key in _MEMO:
         return _MEMO[memo_key]
     manifest = build_manifest(files)
-    key = hashlib.sha256(f"{manifest.sha256}:{HASH_VERSION}:{max_distance}".encode()).hexdigest()
+    versions = f"{HASH_VERSION}:{RING_VERSION}:{DEFAULT_MIN_SIMILARITY}"
+    key = hashlib.sha256(f"{manifest.sha256}:{versions}:{max_distance}".encode()).hexdigest()
     cache = settings.reports / CACHE_DIR / f"{key}.npz"
     guard: TestGuard | None = None
     if cache.is_file():
