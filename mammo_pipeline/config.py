@@ -8,14 +8,16 @@ no side effects: no directory is created and no tracking URI is set here.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -86,10 +88,11 @@ class Settings(BaseSettings):
         0.02, ge=0.0, le=1.0, description="largest loss allowed vs champion and baseline"
     )
     require_approval: bool = False
-    approvers: tuple[str, ...] = Field(
+    approvers: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
-        description="Airflow user ids who may answer the approval of a candidate in "
-        "mammo_retrain (empty: anyone allowed to act on the DAG)",
+        description="people who may approve, reject, roll back or pin a version, in Airflow "
+        "(the approval's assignees) and on the CLI; comma-separated names or a JSON list "
+        "(empty: anyone allowed to act on the DAG or the registry)",
     )
     approval_timeout_hours: float = Field(
         168.0,
@@ -112,9 +115,6 @@ class Settings(BaseSettings):
         "(default: the tracking store when it is PostgreSQL, else a file lock)",
     )
     registry_lock_timeout_s: float = Field(600.0, gt=0.0)
-    reviewer: str | None = Field(
-        None, description="name recorded on manual registry actions (default: the OS user)"
-    )
 
     # --- validation and drift ----------------------------------------------------------
     positive_fraction_min: float = Field(0.02, ge=0.0, le=1.0)
@@ -182,6 +182,16 @@ class Settings(BaseSettings):
                 "weights must be 'imagenet', 'none' or a path to a VGG16 weights .h5 file, "
                 f"got {value!r}"
             )
+        return value
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _name_list(cls, value: object) -> object:
+        """``MAMMO_APPROVERS=alice`` or ``alice,bob`` (or a JSON list) -> a tuple of names."""
+        if isinstance(value, str):
+            text = value.strip()
+            names = json.loads(text) if text.startswith("[") else text.split(",")
+            return tuple(str(n).strip() for n in names if str(n).strip())
         return value
 
     @model_validator(mode="after")

@@ -97,7 +97,6 @@ def env(
         "MAMMO_MLFLOW_ARTIFACT_LOCATION": str(registry_root / "mlartifacts"),
         "MAMMO_DATA_DIR": str(tmp_path / "data"),
         "MAMMO_REGISTERED_MODEL_NAME": f"refusal-model-{next(_MODELS)}",
-        "MAMMO_REVIEWER": "erin",
         "MAMMO_AUTH": "none",
     }
     for key, value in values.items():

@@ -6,6 +6,7 @@ its own registered model name so that cases do not interfere.
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ from mammo_pipeline.errors import MammoError
 mlflow = pytest.importorskip("mlflow")
 
 from mammo_pipeline import registry  # noqa: E402
+from mammo_pipeline.registry.identity import Identity  # noqa: E402
 from mammo_pipeline.registry.report_html import render_html  # noqa: E402
 from mammo_pipeline.registry.store import read_aliases  # noqa: E402
 from tests.evidence_helpers import (  # noqa: E402
@@ -411,7 +413,7 @@ def test_require_approval_parks_a_passing_version_as_challenger(store):
     assert decision.passed and result.awaiting_approval
     assert aliases(s) == {"challenger": v}
     assert tags(s, v)["gate"] == "passed" and tags(s, v)["awaiting_approval"] == "true"
-    registry.approve(s, v, "looked at the curves", who="carol")
+    registry.approve(s, v, "looked at the curves", who=Identity("carol", "airflow"))
     assert all_aliases(s) == {"champion": v, "baseline": v}
     t = tags(s, v)
     assert "awaiting_approval" not in t and t["gate"] == "passed" and t["review_by"] == "carol"
@@ -421,13 +423,13 @@ def test_late_approval_after_a_champion_change_re_gates(store):
     s = model_settings(store, require_approval=True)
     v1 = new_version(s, 3.0)
     registry.gate_and_apply(s, v1)
-    registry.approve(s, v1, "first model", who="carol")
+    registry.approve(s, v1, "first model", who=Identity("carol", "airflow"))
     v2 = new_version(s, 3.0, seed=0)  # passes against v1, waits for approval
     assert registry.gate_and_apply(s, v2)[1].awaiting_approval
     v3 = new_version(s, 4.5)  # a much better model is approved meanwhile
     registry.gate_and_apply(s, v3)
-    registry.approve(s, v3, "clearly better", who="carol")
-    r = registry.approve(s, v2, "approved a week later", who="dan")
+    registry.approve(s, v3, "clearly better", who=Identity("carol", "airflow"))
+    r = registry.approve(s, v2, "approved a week later", who=Identity("dan", "airflow"))
     assert "re-gated, failed" in r.message, r.message
     assert aliases(s)["champion"] == v3 and tags(s, v2)["gate"] == "failed"
     assert tags(s, v2)["review_by"] == "dan"
@@ -438,11 +440,18 @@ def test_rejected_version_needs_an_explicit_override(store):
     champion_of(s)
     v2 = new_version(s, 1.6)
     registry.gate_and_apply(s, v2)
-    registry.reject(s, v2, "misses small calcifications", who="dora")
+    registry.reject(s, v2, "misses small calcifications", who=Identity("dora", "airflow"))
     with pytest.raises(MammoError, match="--override-rejection"):
-        registry.approve(s, v2, "changed my mind", who="erin")
-    r = registry.approve(s, v2, "second reader agreed", who="erin", override_rejection=True)
-    assert r.champion_after == v2 and tags(s, v2)["gate"] == "manual"
+        registry.approve(s, v2, "changed my mind", who=Identity("erin", "airflow"))
+    erin = Identity("erin", "airflow")
+    with pytest.raises(MammoError, match="--override-gate"):  # it failed the gate, too
+        registry.approve(s, v2, "second reader agreed", who=erin, override_rejection=True)
+    r = registry.approve(s, v2, "second reader agreed", who=erin, override_rejection=True,
+                         override_gate=True)  # fmt: skip
+    t = tags(s, v2)
+    assert r.champion_after == v2 and t["gate"] == "manual" and t["gate_override"] == "true"
+    assert t["gate_override_by"] == "erin" and t["review_by_source"] == "airflow"
+    assert all_aliases(s)["baseline"] != v2  # an override never moves the baseline
 
 
 @pytest.mark.slow
@@ -523,7 +532,8 @@ def test_approve_reject_rollback(store):
 
     with pytest.raises(MammoError, match="needs a reason"):
         registry.approve(s, v2, "  ")
-    r = registry.approve(s, v2, "recall fine on the 2025 audit set", who="alice")
+    alice = Identity("alice", "airflow")
+    r = registry.approve(s, v2, "recall fine on the 2025 audit set", who=alice, override_gate=True)
     assert (r.champion_before, r.champion_after, r.previous_after) == (v1, v2, v1)
     assert aliases(s) == {"champion": v2, "previous": v1}
     t = tags(s, v2)
@@ -531,12 +541,12 @@ def test_approve_reject_rollback(store):
     assert t["review"] == "approved" and t["review_by"] == "alice"
     assert t["review_reason"] == "recall fine on the 2025 audit set" and t["review_at"]
     assert "below the threshold" in t["gate_reasons_auto"]
-    assert not registry.approve(s, v2, "again", who="alice").changed
+    assert not registry.approve(s, v2, "again", who=alice).changed
 
     with pytest.raises(MammoError, match="is the champion"):
         registry.reject(s, v2, "no")
 
-    r = registry.rollback(s, "deploy smoke test failed", who="bob")
+    r = registry.rollback(s, "deploy smoke test failed", who=Identity("bob", "airflow"))
     assert (r.champion_before, r.champion_after, r.previous_after) == (v2, v1, None)
     assert aliases(s) == {"champion": v1}
     assert tags(s, v2)["review"] == "rolled_back" and tags(s, v2)["review_by"] == "bob"
@@ -544,7 +554,7 @@ def test_approve_reject_rollback(store):
     with pytest.raises(MammoError, match="no 'previous' version"):
         registry.rollback(s)
 
-    r = registry.reject(s, v2, "too many false negatives", who="dora")
+    r = registry.reject(s, v2, "too many false negatives", who=Identity("dora", "airflow"))
     assert tags(s, v2)["review"] == "rejected" and r.champion_after == v1
     d = registry.gate_version(s, v2)
     assert not d.passed and "rejected by dora" in d.reasons[-1]  # a person said no
@@ -601,13 +611,13 @@ def test_list_and_show(store):
 # the command line
 
 
-def _mammo(s: Settings, *args: str, reviewer: str = "erin") -> subprocess.CompletedProcess:
+def _mammo(s: Settings, *args: str, **extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAMMO_")}
     env.update(
         MAMMO_MLFLOW_TRACKING_URI=s.mlflow_tracking_uri,
         MAMMO_MLFLOW_ARTIFACT_LOCATION=s.mlflow_artifact_location,
         MAMMO_REGISTERED_MODEL_NAME=s.registered_model_name,
-        MAMMO_REVIEWER=reviewer,
+        **extra,
     )
     return subprocess.run(
         [sys.executable, "-m", "mammo_pipeline.cli.main", "registry", *args],
@@ -663,7 +673,19 @@ def test_cli_gate_list_approve_rollback(store, monkeypatch, capsys):
     assert "vs champion v1 (paired, same tiles" in out.stdout and "\u0394ROC AUC" in out.stdout
     assert "verdict: FAILED" in out.stdout and "challenger -> v2" in out.stdout
     assert "Traceback" not in out.stderr and "Downloading" not in out.stderr
+    # Issue #18, scenario 5: a free-text name is not an identity; a failed gate is not
+    # approved by accident; MAMMO_APPROVERS is a plain name and is enforced on the CLI.
+    me = getpass.getuser()
+    out = _mammo(s, "approve", v2, "--reason", "r", "--who", "chief-radiologist")
+    assert out.returncode == 2 and "--who" in out.stderr, out.stderr
 
+    assert out.returncode == 1 and "--override-gate" in out.stderr, out.stderr
+    out = _mammo(s, "approve", v2, "--reason", "ok", "--override-gate", MAMMO_APPROVERS="alice")
+    assert out.returncode == 1, out.stderr
+    assert f"{me} (os user) may not approve a version" in out.stderr and "alice" in out.stderr
+    assert _mammo(s, "list", MAMMO_APPROVERS="alice").returncode == 0  # no pydantic crash
+    out = _mammo(s, "approve", v2, "--reason", "precision ok for screening", "--override-gate",
+                 MAMMO_APPROVERS=f"alice,{me}")  # fmt: skip
     out = _mammo(s, "gate", "--version", v2, "--min-recall", "0.1")
     assert out.returncode == 1 and "would loosen the deployment's gate policy" in out.stderr
 
@@ -676,7 +698,12 @@ def test_cli_gate_list_approve_rollback(store, monkeypatch, capsys):
 
     out = _mammo(s, "approve", v2, "--reason", "precision ok for screening")
     assert out.returncode == 0, out.stderr
-    assert "v2 is now the champion" in out.stdout and "by erin" in out.stdout
+    assert "v2 is now the champion" in out.stdout and f"by {me}" in out.stdout
+    t = tags(s, v2)
+    assert t["review_by"] == me and t["review_by_source"] == "os"
+    assert t["gate_override"] == "true" and t["gate_override_by"] == me
+    listed = _mammo(s, "list").stdout
+    assert "OVERRIDE of gate=failed" in listed and f"approved by {me} (os user)" in listed
 
     shown = _mammo_in_process(s, monkeypatch, "show", v2)
     assert "gate: manual" in shown and "review: approved" in shown

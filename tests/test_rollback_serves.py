@@ -89,7 +89,6 @@ def _cli(monkeypatch, settings, *args: str):
         "MAMMO_SERVE_PORT": str(settings.serve_port),
         "MAMMO_SERVE_SIDE_PORT": "0",
         "MAMMO_SERVE_READY_TIMEOUT_S": str(settings.serve_ready_timeout_s),
-        "MAMMO_REVIEWER": "erin",
         "MAMMO_AUTH": settings.auth,  # what the live service was started with (none here)
     }
     for key, value in env.items():

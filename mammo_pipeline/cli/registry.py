@@ -321,21 +321,23 @@ def _print_and_follow(s: Settings, result: ReviewResult, no_deploy: bool, as_jso
 def approve_cmd(
     version: Annotated[str, typer.Argument(help="model version")],
     reason: Annotated[str, typer.Option("--reason", help="why (recorded on the version)")],
-    who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
     override_rejection: Annotated[
         bool, typer.Option("--override-rejection", help="approve a version a reviewer rejected")
     ] = False,
+    override_gate: Annotated[bool, typer.Option(help="champion despite a failed gate")] = False,
     no_deploy: NoDeploy = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Approve a version: one waiting for approval is re-gated if the champion changed since;
-    any other becomes the champion by your recorded decision (gate=manual). A new champion is
-    deployed blue/green when a deployment is live on this machine (unless --no-deploy)."""
+    any other becomes the champion by your recorded decision (gate=manual; a failed gate needs
+    --override-gate). You are recorded as authenticated (MLflow user, else OS user). A new
+    champion is deployed blue/green when a deployment is live here (unless --no-deploy)."""
     from mammo_pipeline.errors import MammoError
     from mammo_pipeline.registry import approve
 
     s = _settings()
-    result = approve(s, version, reason, who, override_rejection=override_rejection)
+    result = approve(s, version, reason, override_rejection=override_rejection,
+                     override_gate=override_gate)  # fmt: skip
     _print_and_follow(s, result, no_deploy, as_json)
     if result.champion_after != result.version:  # the re-gate refused the promotion
         raise MammoError(
@@ -348,19 +350,17 @@ def approve_cmd(
 def reject_cmd(
     version: Annotated[str, typer.Argument(help="model version")],
     reason: Annotated[str, typer.Option("--reason", help="why (recorded on the version)")],
-    who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Reject a version (it loses challenger/previous and fails later gates). Not the champion."""
     from mammo_pipeline.registry import reject
 
-    _print_review(reject(_settings(), version, reason, who), as_json)
+    _print_review(reject(_settings(), version, reason), as_json)
 
 
 @app.command("rollback")
 def rollback_cmd(
     reason: Annotated[str | None, typer.Option("--reason", help="why")] = None,
-    who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
     no_deploy: NoDeploy = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -369,14 +369,13 @@ def rollback_cmd(
     from mammo_pipeline.registry import rollback
 
     s = _settings()
-    _print_and_follow(s, rollback(s, reason, who), no_deploy, as_json)
+    _print_and_follow(s, rollback(s, reason), no_deploy, as_json)
 
 
 @app.command("pin")
 def pin_cmd(
     version: Annotated[str, typer.Argument(help="model version")],
     reason: Annotated[str, typer.Option("--reason", help="why (recorded on the version)")],
-    who: Annotated[str | None, typer.Option(help="default: MAMMO_REVIEWER or the OS user")] = None,
     no_deploy: NoDeploy = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
@@ -385,7 +384,7 @@ def pin_cmd(
     from mammo_pipeline.registry import pin_baseline
 
     s = _settings()
-    _print_and_follow(s, pin_baseline(s, version, reason, who), no_deploy, as_json)
+    _print_and_follow(s, pin_baseline(s, version, reason), no_deploy, as_json)
 
 
 @app.command("repair", help="Finish a registry action a killed process left half-written.")

@@ -27,6 +27,7 @@ from mammo_pipeline.orchestration.params import (
     policy_request,
     training_overrides,
 )
+from mammo_pipeline.registry.identity import Identity
 
 
 def _skip(reason: str) -> NoReturn:
@@ -283,7 +284,7 @@ def promote_candidate(
             problem = _no_longer_awaiting(version, mv.tags or {})
             if problem:
                 raise MammoError(f"{who}'s approval in Airflow cannot promote it: {problem}")
-            result = approve(s, version, reason=reason, who=who)
+            result = approve(s, version, reason=reason, who=Identity(who, "airflow"))
     except MammoError as exc:
         _fail(f"version {version} not promoted: {exc}")
     print(result.message)
@@ -306,11 +307,13 @@ def record_rejection(
     if review.get("timed_out") or who is None:
         after = f" within {timeout_hours:g} h" if timeout_hours else ""
         who = "nobody (approval timed out)"
+        actor = Identity(who, "system")
         reason = _review_reason(review, f"no answer{after}: Reject is the default answer")
     else:
+        actor = Identity(who, "airflow")
         reason = _review_reason(review, "rejected in Airflow")
     try:
-        result = reject(get_settings(), version, reason=reason, who=who)
+        result = reject(get_settings(), version, reason=reason, who=actor)
     except MammoError as exc:
         _fail(f"recording the rejection of version {version} failed: {exc}")
     print(f"version {version} rejected by {who}: {reason}; nothing is promoted or deployed")
@@ -349,7 +352,7 @@ def manual_deploy(
     try:
         if params.get("action") == "rollback":
             who = triggered_by or f"unknown Airflow user ({via})"
-            out["rollback"] = rollback(s, reason=reason, who=who).to_dict()
+            out["rollback"] = rollback(s, reason=reason, who=Identity(who, "airflow")).to_dict()
             version = None
         elif version is not None:
             version = str(version)
@@ -390,7 +393,7 @@ def _champion_for_manual_deploy(
                 f"record an approval: run `mammo registry approve {version} --reason TEXT`, "
                 "then trigger mammo_deploy without a version"
             )
-        result = approve(s, version, reason=reason, who=who)
+        result = approve(s, version, reason=reason, who=Identity(who, "airflow"))
     print(result.message)
     if result.champion_after != version:
         raise MammoError(f"v{version} was not promoted: {result.message}")

@@ -7,7 +7,7 @@ Only aliases are used, never stages: ``champion`` (served), ``previous`` (rollba
 
 Modules: :mod:`.names` (alias and metric names), :mod:`.gate` (the decision, pure),
 :mod:`.store` (MLflow plumbing), :mod:`.register`, :mod:`.promotion` (gate + aliases),
-:mod:`.review` (approve / reject / rollback), :mod:`.listing` and :mod:`.report`
+:mod:`.review` (approve / reject), :mod:`.rollbacks`, :mod:`.listing` and :mod:`.report`
 (+ :mod:`.report_html`) for people; :mod:`.journal` makes each action's writes crash-consistent
 (:mod:`.faults` kills a process between two of them, for the fault tests).
 
@@ -45,7 +45,7 @@ _EXPORTS: dict[str, str] = {
     "repair": "mammo_pipeline.registry.journal",
     "report_artifact_path": "mammo_pipeline.registry.report",
     "review_context": "mammo_pipeline.registry.listing",
-    "rollback": "mammo_pipeline.registry.review",
+    "rollback": "mammo_pipeline.registry.rollbacks",
     "tightened": "mammo_pipeline.registry.policy",
     "vetting_problem": "mammo_pipeline.registry.vetting",
     "write_review_report": "mammo_pipeline.registry.report",

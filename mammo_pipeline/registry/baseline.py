@@ -29,6 +29,7 @@ from mammo_pipeline.registry.decision import (
     GateDecision,
     utc_now,
 )
+from mammo_pipeline.registry.identity import Identity, acting
 from mammo_pipeline.registry.journal import Plan
 from mammo_pipeline.registry.lock import registry_lock
 from mammo_pipeline.registry.names import BASELINE, CHAMPION
@@ -36,7 +37,6 @@ from mammo_pipeline.registry.store import (
     get_version,
     mlflow_errors,
     read_aliases,
-    reviewer,
 )
 from mammo_pipeline.registry.vetting import vetting_problem
 
@@ -117,7 +117,7 @@ def update_baseline(
 
 
 def pin_baseline(
-    settings: Settings | None, version: str | int, reason: str, who: str | None = None
+    settings: Settings | None, version: str | int, reason: str, who: Identity | None = None
 ) -> ReviewResult:
     """A person pins ``version`` as the ``baseline`` every later candidate is compared with
     (the automatic moves stop while it is pinned). Only a vetted version can be pinned."""
@@ -127,7 +127,8 @@ def pin_baseline(
     name = s.registered_model_name
     version = str(version)
     reason = require_reason(reason, "pin")
-    person = reviewer(s, who)
+    actor = acting(s, who, "pin the baseline")
+    person = actor.name
     at = utc_now()
     client = mlflow_client(s)
     with registry_lock(s), mlflow_errors(f"pinning {name!r} v{version}"):
@@ -150,7 +151,7 @@ def pin_baseline(
                 "baseline_pinned_by": person,
                 "baseline_pinned_at": at,
                 "baseline_pinned_reason": reason,
-                **review_tags(mv.tags or {}, "pinned_baseline", person, at, reason),
+                **review_tags(mv.tags or {}, "pinned_baseline", actor, at, reason),
             },
         )
         plan.set_alias(BASELINE, version)

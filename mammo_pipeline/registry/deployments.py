@@ -55,9 +55,10 @@ def undo_failed_deploy(
             if alias_version(settings, PREVIOUS) == restore_to:
                 # The usual case (the gate just promoted ``failed``): the registry's own
                 # rollback also moves ``previous`` one step back and records who/when/why.
-                from mammo_pipeline.registry.review import rollback
+                from mammo_pipeline.registry.identity import DEPLOYER
+                from mammo_pipeline.registry.rollbacks import rollback
 
-                rollback(settings, reason=f"deploy failed: {reason[:500]}", who="mammo-deploy")
+                rollback(settings, reason=f"deploy failed: {reason[:500]}", who=DEPLOYER)
             else:  # one write: atomic, nothing to journal
                 mlflow_client(settings).set_registered_model_alias(
                     settings.registered_model_name, CHAMPION, restore_to

@@ -57,6 +57,26 @@ class VersionRow:
         return d
 
 
+def gate_label(tags: Mapping[str, str]) -> str:
+    """The verdict as a reviewer should read it: an override or a wait says so."""
+    gate = tags.get("gate", "-")
+    if tags.get("gate_override") == "true":
+        return (f"{gate}: OVERRIDE of gate={tags.get('gate_auto', '?')} by "
+                f"{tags.get('gate_override_by', '?')}")  # fmt: skip
+    if tags.get("awaiting_approval") == "true":
+        return f"{gate}, awaiting approval"
+    return gate
+
+
+def review_label(tags: Mapping[str, str]) -> str:
+    """``approved by alice (airflow user)``; empty when nobody reviewed."""
+    review = tags.get("review", "")
+    if not review or not tags.get("review_by"):
+        return review
+    source = tags.get("review_by_source")
+    return f"{review} by {tags['review_by']}" + (f" ({source} user)" if source else "")
+
+
 def list_versions(settings: Settings | None = None) -> list[VersionRow]:
     """All versions, newest first, with aliases, gate verdict and key metrics (from the runs)."""
     from datetime import UTC, datetime
@@ -81,8 +101,8 @@ def list_versions(settings: Settings | None = None) -> list[VersionRow]:
                 VersionRow(
                     version=str(mv.version),
                     aliases=aliases_of(aliases, str(mv.version)),
-                    gate=tags.get("gate", "-"),
-                    review=tags.get("review", ""),
+                    gate=gate_label(tags),
+                    review=review_label(tags),
                     metrics={m: metrics.get(m) for m in LIST_METRICS},
                     run_id=mv.run_id,
                     created=created.strftime("%Y-%m-%d %H:%M"),

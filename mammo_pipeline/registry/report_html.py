@@ -2,7 +2,9 @@
 tables of ``mammo registry list`` / ``show``.
 
 Pure rendering: the data arrive in a :class:`ReviewContext` assembled by
-``mammo_pipeline.registry``; nothing here talks to MLflow.
+``mammo_pipeline.registry``; nothing here talks to MLflow. Longer than 400 lines because it
+is one self-contained page (and its text twin): split, one page's template would be spread
+over several modules.
 """
 
 from __future__ import annotations
@@ -237,6 +239,12 @@ def render_html(ctx: ReviewContext) -> str:
             "<p><b>Passed the gate; waiting for a reviewer's approval "
             "(<code>mammo registry approve</code>).</b></p>"
         )
+    if (t := ctx.tags).get("gate_override") == "true":
+        who = f"{_e(t.get('gate_override_by'))} ({_e(t.get('review_by_source'))} user)"
+        out.append(f"<p class='override'><b>GATE OVERRIDDEN (automatic gate: "
+                   f"{_e(t.get('gate_auto'))}) by {who}, {_e(t.get('gate_override_at'))}: "
+                   f"{_e(t.get('gate_override_reason'))}. An override never becomes the "
+                   "baseline.</b></p>")  # fmt: skip
     # Decision summary: reasons or all clear.
     reasons = list(dec.reasons) if dec else []
     if not reasons and ctx.tags.get("gate_reasons") and gate == "failed":
@@ -254,7 +262,9 @@ def render_html(ctx: ReviewContext) -> str:
             "<th>why</th></tr>"
         )
         out.extend(
-            f"<tr><td>{_e(h.get('action', '-'))}</td><td>{_e(h.get('by', '-'))}</td>"
+            f"<tr><td>{_e(h.get('action', '-'))}</td><td>{_e(h.get('by', '-'))}"
+            + (f" ({_e(h['source'])} user)" if h.get("source", "-") != "-" else "")
+            + "</td>"
             f"<td>{_e(h.get('at', '-'))}</td><td>{_e(h.get('reason', '-'))}</td></tr>"
             for h in history
         )
@@ -339,6 +349,7 @@ def review_history(tags: Mapping[str, str]) -> list[dict[str, str]]:
             {
                 "action": tags["review"],
                 "by": tags.get("review_by", "-"),
+                "source": tags.get("review_by_source", "-"),
                 "at": tags.get("review_at", "-"),
                 "reason": tags.get("review_reason", "-"),
             }

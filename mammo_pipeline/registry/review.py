@@ -16,9 +16,16 @@ from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.decision import utc_now
+from mammo_pipeline.registry.identity import Identity, acting
 from mammo_pipeline.registry.journal import Plan
 from mammo_pipeline.registry.lock import registry_lock, repairs
-from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, MAX_TAG_VALUE, PREVIOUS
+from mammo_pipeline.registry.names import (
+    BASELINE,
+    CHALLENGER,
+    CHAMPION,
+    MAX_TAG_VALUE,
+    PREVIOUS,
+)
 from mammo_pipeline.registry.policy import GatePolicy
 from mammo_pipeline.registry.promotion import promote_aliases
 from mammo_pipeline.registry.report import write_report_safely
@@ -26,14 +33,11 @@ from mammo_pipeline.registry.store import (
     get_version,
     mlflow_errors,
     read_aliases,
-    reviewer,
     run_facts,
 )
-from mammo_pipeline.registry.vetting import vetting_problem
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
 
 
 @dataclass(frozen=True)
@@ -81,21 +85,24 @@ class ReviewResult:
 
 
 def review_tags(
-    old_tags: Mapping[str, str], action: str, who: str, at: str, reason: str
+    old_tags: Mapping[str, str], action: str, who: Identity, at: str, reason: str
 ) -> dict[str, str]:
-    """``review``/``review_by``/``review_at``/``review_reason`` plus ``review_history``, a JSON
-    list of every manual action on the version (oldest dropped first to fit a tag value)."""
+    """``review``/``review_by`` (and ``review_by_source``: how that identity was
+    authenticated)/``review_at``/``review_reason`` plus ``review_history``, a JSON list of
+    every manual action on the version (oldest dropped first to fit a tag value)."""
     from mammo_pipeline.registry.report_html import review_history
 
     history = review_history(old_tags) if old_tags.get("review_history") else []
-    history.append({"action": action, "by": who, "at": at, "reason": reason})
+    history.append({"action": action, "by": who.name, "source": who.source, "at": at,
+                    "reason": reason})  # fmt: skip
     text = json.dumps(history, separators=(",", ":"))
     while len(text) > MAX_TAG_VALUE and len(history) > 1:
         history.pop(0)
         text = json.dumps(history, separators=(",", ":"))
     return {
         "review": action,
-        "review_by": who,
+        "review_by": who.name,
+        "review_by_source": who.source,
         "review_at": at,
         "review_reason": reason,
         "review_history": text,
@@ -112,9 +119,10 @@ def approve(
     settings: Settings | None,
     version: str | int,
     reason: str,
-    who: str | None = None,
+    who: Identity | None = None,
     *,
     override_rejection: bool = False,
+    override_gate: bool = False,
 ) -> ReviewResult:
     """A person's approval of ``version``, under the registry lock.
 
@@ -124,12 +132,17 @@ def approve(
     * Any other version is made the champion by the person's decision (``gate=manual``, the
       automatic verdict kept as ``gate_auto``).
     * A version a reviewer rejected needs ``override_rejection=True`` (and the reason).
+    * A version whose automatic verdict is not ``passed`` (failed, pending) needs
+      ``override_gate=True``: recorded as ``gate_override``; it never moves the baseline.
+    * ``who`` is the authenticated identity (Airflow's user); None: the CLI's
+      (:func:`~.identity.cli_identity`). ``MAMMO_APPROVERS`` is enforced either way.
     """
     s = settings or get_settings()
     name = s.registered_model_name
     version = str(version)
     reason = require_reason(reason, "approve")
-    person = reviewer(s, who)
+    actor = acting(s, who, "approve a version")
+    person = actor.name
     at = utc_now()
     client = mlflow_client(s)
     with registry_lock(s), mlflow_errors(f"approving {name!r} v{version}"):
@@ -144,7 +157,7 @@ def approve(
                 "--override-rejection and a reason"
             )
         if old.get("gate") == "passed" and old.get("awaiting_approval") == "true":
-            return _approve_gated(s, client, version, reason, person, at, aliases)
+            return _approve_gated(s, client, version, reason, actor, at, aliases)
         if before == version:
             return ReviewResult.of(
                 "approve",
@@ -159,19 +172,30 @@ def approve(
                 message=f"v{version} is already the champion; nothing changed",
             )
         old_tags = mv.tags or {}
+        auto = (
+            old_tags.get("gate_auto") if old_tags.get("gate") == "manual" else old_tags.get("gate")
+        ) or "pending"
+        if auto != "passed" and not override_gate:
+            why = old_tags.get("gate_reasons_auto" if old_tags.get("gate") == "manual"
+                               else "gate_reasons") or "no reasons recorded"  # fmt: skip
+            raise MammoError(
+                f"v{version} did not pass the gate (gate={auto}: {why[:300]}); making it the "
+                "champion anyway is an explicit override: --override-gate with a reason"
+            )
         run = client.get_run(mv.run_id) if mv.run_id else None
         tags: dict[str, Any] = run_facts(run) if run else {}
+        if auto != "passed":  # recorded, listed and reported; never moves the baseline
+            tags.update({"gate_override": "true", "gate_override_by": person,
+                         "gate_override_at": at, "gate_override_reason": reason})  # fmt: skip
         tags.update(
             {
-                "gate_auto": old_tags.get("gate_auto")
-                if old_tags.get("gate") == "manual"
-                else old_tags.get("gate", "pending"),
+                "gate_auto": auto,
                 "gate_reasons_auto": old_tags.get("gate_reasons_auto")
                 if old_tags.get("gate") == "manual"
                 else old_tags.get("gate_reasons"),
                 "gate": "manual",
                 "gate_reasons": f"approved by {person}: {reason}",
-                **review_tags(old_tags, "approved", person, at, reason),
+                **review_tags(old_tags, "approved", actor, at, reason),
             }
         )
         if before is not None:
@@ -203,7 +227,7 @@ def _approve_gated(
     client: MlflowClient,
     version: str,
     reason: str,
-    person: str,
+    actor: Identity,
     at: str,
     aliases: Mapping[str, str],
 ) -> ReviewResult:
@@ -227,7 +251,8 @@ def _approve_gated(
         or gated_against[alias] == "none"
         and aliases.get(alias) not in {None, version}
     ]
-    record = review_tags(tags, "approved", person, at, reason)
+    person = actor.name
+    record = review_tags(tags, "approved", actor, at, reason)
     message = f"v{version} approved by {person}"
     if changed:
         policy = GatePolicy(**json.loads(tags["gate_policy"])) if tags.get("gate_policy") else None
@@ -272,7 +297,7 @@ def _approve_gated(
 
 
 def reject(
-    settings: Settings | None, version: str | int, reason: str, who: str | None = None
+    settings: Settings | None, version: str | int, reason: str, who: Identity | None = None
 ) -> ReviewResult:
     """Record a reviewer's rejection; the version loses ``challenger`` / ``previous``.
 
@@ -283,7 +308,8 @@ def reject(
     name = s.registered_model_name
     version = str(version)
     reason = require_reason(reason, "reject")
-    person = reviewer(s, who)
+    actor = acting(s, who, "reject a version")
+    person = actor.name
     at = utc_now()
     client = mlflow_client(s)
     with registry_lock(s), mlflow_errors(f"rejecting {name!r} v{version}"):
@@ -298,7 +324,7 @@ def reject(
             client, name, f"rejection of v{version} by {person}", version, aliases,
             {version: mv.tags or {}},
         )  # fmt: skip
-        plan.set_tags(version, review_tags(mv.tags or {}, "rejected", person, at, reason))
+        plan.set_tags(version, review_tags(mv.tags or {}, "rejected", actor, at, reason))
         plan.delete_tag(version, "awaiting_approval")
         for alias in (CHALLENGER, PREVIOUS):
             if aliases.get(alias) == version:
@@ -316,77 +342,3 @@ def reject(
         after,
         message=f"v{version} rejected",
     )
-
-
-def rollback(
-    settings: Settings | None, reason: str | None = None, who: str | None = None
-) -> ReviewResult:
-    """Champion back to ``previous``. The new ``previous`` is the champion that one replaced
-    (its ``replaced_champion`` tag), so repeated rollbacks walk back the history."""
-    s = settings or get_settings()
-    name = s.registered_model_name
-    reason = (reason or "").strip() or "rollback"
-    person = reviewer(s, who)
-    at = utc_now()
-    client = mlflow_client(s)
-    with registry_lock(s), mlflow_errors(f"rolling back {name!r}"):
-        aliases = read_aliases(client, name)
-        current, target = aliases.get(CHAMPION), aliases.get(PREVIOUS)
-        if current is None:
-            raise MammoError(f"{name!r} has no champion: nothing to roll back")
-        if target is None or target == current:
-            raise MammoError(
-                f"{name!r} has no 'previous' version to roll back to (champion is v{current})"
-            )
-        target_mv = get_version(client, name, target)
-        if (target_mv.tags or {}).get("review") == "rejected":
-            raise MammoError(f"previous version v{target} was rejected; approve another version")
-        problem = vetting_problem(target, target_mv.tags or {})
-        if problem:
-            raise MammoError(f"cannot roll back to v{target}: {problem}")
-        current_mv = get_version(client, name, current)
-        plan = Plan.start(
-            client, name, f"rollback v{current} -> v{target} by {person}", current, aliases,
-            {current: current_mv.tags or {}, target: target_mv.tags or {}},
-        )  # fmt: skip
-        plan.set_tags(
-            current, review_tags(current_mv.tags or {}, "rolled_back", person, at, reason)
-        )
-        plan.set_tags(
-            target, {"reinstated_by": person, "reinstated_at": at, "reinstated_reason": reason}
-        )
-        new_previous = _rollback_target_of(client, name, target_mv, exclude={current, target})
-        # Aliases last (the journal's order): champion first, then previous.
-        plan.set_alias(CHAMPION, target)
-        if new_previous is not None:
-            plan.set_alias(PREVIOUS, new_previous)
-        else:
-            plan.delete_alias(PREVIOUS)
-        plan.commit(between=lambda: write_report_safely(client, s, current, None, []))
-        after = read_aliases(client, name)
-    return ReviewResult.of(
-        "rollback",
-        name,
-        target,
-        person,
-        at,
-        reason,
-        current,
-        after,
-        message=f"champion v{current} -> v{target}",
-    )
-
-
-def _rollback_target_of(
-    client: MlflowClient, name: str, mv: ModelVersion, exclude: set[str]
-) -> str | None:
-    candidate = (mv.tags or {}).get("replaced_champion")
-    if not candidate or candidate in exclude:
-        return None
-    try:
-        prior = client.get_model_version(name, candidate)
-    except Exception:
-        return None
-    if (prior.tags or {}).get("review") == "rejected":
-        return None
-    return candidate

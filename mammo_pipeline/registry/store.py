@@ -7,12 +7,9 @@ All access goes through :func:`mammo_pipeline.common.mlflow_access.mlflow_client
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.decision import RUN_TAGS_COPIED, TEST_METRICS
 from mammo_pipeline.registry.names import MAX_TAG_VALUE
@@ -34,21 +31,6 @@ def mlflow_errors(what: str) -> Iterator[None]:
         raise
     except MlflowException as exc:
         raise MammoError(f"{what}: {exc.message}") from exc
-
-
-def reviewer(settings: Settings, who: str | None = None) -> str:
-    """Who is acting: explicit, else MAMMO_REVIEWER (settings.reviewer), else the OS user."""
-    if who and who.strip():
-        return who.strip()
-    if settings.reviewer:
-        return settings.reviewer
-    env = os.environ.get("MAMMO_REVIEWER")
-    if env:
-        return env
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
 
 
 def is_not_found(exc: Exception) -> bool:

@@ -38,6 +38,7 @@ mlflow = pytest.importorskip("mlflow")
 
 from mammo_pipeline import registry  # noqa: E402
 from mammo_pipeline.registry import faults, journal  # noqa: E402
+from mammo_pipeline.registry.identity import Identity  # noqa: E402
 from mammo_pipeline.registry.store import read_aliases  # noqa: E402
 from mammo_pipeline.registry.vetting import vetting_problem  # noqa: E402
 from tests.test_registry import make_run, tiny_png  # noqa: E402
@@ -82,7 +83,7 @@ STATES: dict[str, tuple[dict[str, dict[str, str]], dict[str, str]]] = {
 }
 #: Registry writes of each action (journal included). Every one is a kill position below;
 #: ``test_every_write_is_a_kill_position`` fails when the count changes.
-WRITES = {"gate": 25, "approve": 17, "rollback": 14}
+WRITES = {"gate": 25, "approve": 22, "rollback": 15}
 #: Writes before the journal is armed (its pointer, then its one-chunk body).
 ARMED_AFTER = 2
 
@@ -142,10 +143,13 @@ def gate_decision(world: World, s: Settings) -> Any:
     return dataclasses.replace(world.decision, model_name=s.registered_model_name)
 
 
+ALICE, BOB = Identity("alice", "airflow"), Identity("bob", "airflow")
 ACTIONS: dict[str, Callable[[World, Settings], object]] = {
     "gate": lambda w, s: registry.apply_decision(s, "3", gate_decision(w, s)),
-    "approve": lambda w, s: registry.approve(s, "3", "second reader agreed", who="alice"),
-    "rollback": lambda w, s: registry.rollback(s, "smoke test failed", who="bob"),
+    "approve": lambda w, s: registry.approve(
+        s, "3", "second reader agreed", who=ALICE, override_gate=True
+    ),
+    "rollback": lambda w, s: registry.rollback(s, "smoke test failed", who=BOB),
 }
 
 
@@ -227,8 +231,8 @@ def test_every_write_is_a_kill_position(world, case):
 
 #: Kill positions of the quick run (`make test-fast`): the journal's pointer alone, the journal
 #: armed, the first verdict tag, each alias write, the journal removed. `make test` runs all.
-QUICK = {"gate": {1, 2, 3, 20, 21, 22, 23, 25}, "approve": {1, 2, 13, 14, 15, 17},
-         "rollback": {1, 2, 3, 11, 12, 14}}  # fmt: skip
+QUICK = {"gate": {1, 2, 3, 20, 21, 22, 23, 25}, "approve": {1, 2, 18, 19, 20, 22},
+         "rollback": {1, 2, 3, 12, 13, 15}}  # fmt: skip
 
 
 def kill_positions() -> list[Any]:
@@ -361,7 +365,7 @@ def test_unreadable_journal_refuses_to_act(world):
     s = fresh(world, "rollback")
     mlflow_client(s).set_registered_model_tag(s.registered_model_name, journal.POINTER_TAG, "{")
     with pytest.raises(MammoError, match="not a journal"):
-        registry.rollback(s, "x", who="bob")
+        registry.rollback(s, "x", who=BOB)
     assert read_aliases(mlflow_client(s), s.registered_model_name)["champion"] == "3"
 
 
