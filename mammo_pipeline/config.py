@@ -115,6 +115,34 @@ class Settings(BaseSettings):
         "(default: the tracking store when it is PostgreSQL, else a file lock)",
     )
     registry_lock_timeout_s: float = Field(600.0, gt=0.0)
+    gate_rescore_tiles: int = Field(
+        128,
+        ge=1,
+        description="held-out test tiles the gate re-scores with the registered model (a "
+        "random subset, seed drawn at gate time) and compares with the logged predictions; "
+        "a number above the test set's size re-scores every tile (docs/threat-model.md: "
+        "why 128)",
+    )
+    gate_rescore_tolerance: float = Field(
+        1e-4,
+        gt=0.0,
+        le=0.01,
+        description="largest |score difference| per re-scored tile (float32 round-off of "
+        "another batch composition is <= 6e-8; raise it only when evaluation and gate run "
+        "on different device classes, e.g. TF32/float16 on a GPU vs a CPU)",
+    )
+
+    # --- signing (common/signing.py; neither set: a pair under <data dir>/keys) ---------
+    signing_key: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM) of the processes that evaluate, gate and "
+        "approve (the Airflow workers)",
+    )
+    trusted_keys: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (),
+        description="public keys (PEM files, or folders of *.pub) whose signatures the "
+        "deployer and the service accept; comma-separated; several for key rotation",
+    )
 
     # --- validation and drift ----------------------------------------------------------
     positive_fraction_min: float = Field(0.02, ge=0.0, le=1.0)
@@ -192,6 +220,17 @@ class Settings(BaseSettings):
             text = value.strip()
             names = json.loads(text) if text.startswith("[") else text.split(",")
             return tuple(str(n).strip() for n in names if str(n).strip())
+        return value
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: object) -> object:
+        """``MAMMO_TRUSTED_KEYS=a.pub,b.pub`` (or a JSON list) -> a tuple of paths."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return tuple(json.loads(text))
+            return tuple(p.strip() for p in text.split(",") if p.strip())
         return value
 
     @model_validator(mode="after")

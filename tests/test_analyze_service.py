@@ -42,6 +42,7 @@ def _register_trained(settings, tmp_path: Path) -> str:
     import mlflow
 
     from mammo_pipeline.common.mlflow_access import configure_mlflow
+    from tests.signed_versions import sign_as_gate
     from tests.test_analysis import _tiny_cnn, _training_tiles
 
     x, y = _training_tiles(tmp_path, SIZE)
@@ -64,6 +65,7 @@ def _register_trained(settings, tmp_path: Path) -> str:
     for key, value in {"decision_threshold": "0.5", "gate": "passed", "synthetic": "true",
                        "weights_source": "tiny CNN trained in this test"}.items():  # fmt: skip
         client.set_model_version_tag(name, mv.version, key, value)
+    sign_as_gate(settings, str(mv.version))  # vetted means signed, as the gate signs
     client.set_registered_model_alias(name, "champion", mv.version)
     return str(mv.version)
 

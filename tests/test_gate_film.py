@@ -1,12 +1,12 @@
 """The gate judges what /analyze serves: film-level non-regression through a real MLflow store
-(SQLite in tmp). Versions carry tile evidence (tests.evidence_helpers) and film evidence
-(film_predictions.csv + digest tags) the way evaluation logs them, without training."""
+(SQLite in tmp). Versions carry tile evidence (a real model evaluated on the held-out split,
+tests.signed_versions) and film evidence (film_predictions.csv + digest tags) the way
+evaluation logs and signs them, without training."""
 
 from __future__ import annotations
 
 import itertools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,16 +18,12 @@ mlflow = pytest.importorskip("mlflow")
 from mammo_pipeline import registry  # noqa: E402
 from mammo_pipeline.registry.report_html import render_html, statistics_lines  # noqa: E402
 from mammo_pipeline.training.film_eval import FilmPredictions  # noqa: E402
-from tests.evidence_helpers import fixed_labels, log_evidence, predictions, scores_for  # noqa: E402
+from tests.evidence_helpers import fixed_labels, scores_for  # noqa: E402
+from tests.signed_versions import evaluated_run  # noqa: E402
 
 THRESHOLD = 0.5
 FILM_SET = "f" * 64
 _names = itertools.count()
-
-
-class _Echo(mlflow.pyfunc.PythonModel):
-    def predict(self, model_input, params=None):
-        return model_input
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +33,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db",
         mlflow_artifact_location=str(root / "art"),
         mlflow_experiment="mammo-film-test",
+        data_dir=root / "data",  # the held-out split the gate re-scores, the signing key
     )
 
 
@@ -64,33 +61,32 @@ def film_predictions(signal: float, n: int = 60, seed: int = 0) -> FilmPredictio
 
 
 def make_version(s: Settings, tile_signal: float, film_signal: float | None) -> str:
-    from mammo_pipeline.common.mlflow_access import configure_mlflow
-
-    configure_mlflow(s)
-    tiles = predictions(fixed_labels(), scores_for(fixed_labels(), tile_signal))
-    root = (
-        Path(s.mlflow_artifact_location).parent
-        / "runs"
-        / f"{s.registered_model_name}-{tile_signal}-{film_signal}"
-    )
+    """A version evaluated (and signed) like the evaluate stage does: tile predictions of a
+    real model on the held-out split, plus film predictions when ``film_signal`` is given."""
+    root = s.data_dir / "runs" / f"{s.registered_model_name}-{tile_signal}-{film_signal}"
     root.mkdir(parents=True, exist_ok=True)
-    values, digest, path = log_evidence(tiles, THRESHOLD, root)
-    with mlflow.start_run() as run:
-        mlflow.log_metrics(values)
-        mlflow.set_tags({"synthetic": "true", "weights_source": "none",
-                         "test_manifest_sha256": "t" * 64,
-                         "test_predictions_sha256": digest})  # fmt: skip
-        mlflow.log_artifact(str(path), "evaluation")
-        if film_signal is not None:
-            films = film_predictions(film_signal)
-            film_path = root / "film_predictions.csv"
-            film_digest = films.write(film_path)
-            mlflow.log_artifact(str(film_path), "evaluation")
-            mlflow.log_metrics({"film_threshold": 0.7, "film_roc_auc": 0.9})
-            mlflow.set_tags({"film_predictions_sha256": film_digest, "film_set_sha256": FILM_SET,
-                             "film_threshold_method": "film_validation"})  # fmt: skip
-        mlflow.pyfunc.log_model(name="model", python_model=_Echo(), pip_requirements=["mlflow"])
-    return registry.register_run(s, run.info.run_id).version
+    film: dict = {}
+    if film_signal is not None:
+        films = film_predictions(film_signal)
+        film_path = root / f"film_predictions-{next(_names)}" / "film_predictions.csv"
+        film_path.parent.mkdir()
+        film = {
+            "evaluation_artifacts": (film_path,),
+            "evaluation_metrics": {"film_threshold": 0.7, "film_roc_auc": 0.9},
+            "evaluation_tags": {"film_predictions_sha256": films.write(film_path),
+                                "film_set_sha256": FILM_SET,
+                                "film_threshold_method": "film_validation"},
+        }  # fmt: skip
+    labels = fixed_labels()
+    run_id = evaluated_run(
+        s,
+        labels,
+        scores_for(labels, tile_signal),
+        THRESHOLD,
+        tags={"synthetic": "true", "weights_source": "none"},
+        **film,
+    )
+    return registry.register_run(s, run_id).version
 
 
 def fresh(store: Settings) -> Settings:

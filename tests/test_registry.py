@@ -31,13 +31,12 @@ from mammo_pipeline.registry.identity import Identity  # noqa: E402
 from mammo_pipeline.registry.report_html import render_html  # noqa: E402
 from mammo_pipeline.registry.store import read_aliases  # noqa: E402
 from tests.evidence_helpers import (  # noqa: E402
-    TEST_DIGEST,
     fixed_labels,
-    log_evidence,
     predictions,
     scores_for,
     sensitivity_walk,
 )
+from tests.signed_versions import evaluated_run  # noqa: E402
 
 DATA_DIGEST = "d" * 64
 THRESHOLD = 0.5
@@ -61,13 +60,6 @@ def tiny_png(width: int = 4, height: int = 3) -> bytes:
     )
 
 
-class _Echo(mlflow.pyfunc.PythonModel):
-    """A trivial model: the registry must not care about the flavour."""
-
-    def predict(self, model_input: list[str], params: dict | None = None) -> list[str]:
-        return model_input
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("mlflow")
@@ -75,6 +67,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         mlflow_tracking_uri=f"sqlite:///{root}/mlflow.db",
         mlflow_artifact_location=str(root / "art"),
         mlflow_experiment="mammo-test",
+        data_dir=root / "data",  # its keys/ sign evaluations and decisions (embedded default)
     )
     (root / "plots").mkdir()
     for name in ("confusion_matrix.png", "roc_pr_curves.png", "training_curves.png"):
@@ -83,8 +76,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 def model_settings(store: Settings, **kw) -> Settings:
-    """The shared store under a fresh registered model name."""
-    return store.model_copy(update={"registered_model_name": f"m{next(_names)}", **kw})
+    """The shared store under a fresh registered model name, with its own held-out test
+    folder (the gate re-scores on it; :func:`tests.signed_versions.ensure_test_split`)."""
+    name = f"m{next(_names)}"
+    return store.model_copy(
+        update={"registered_model_name": name, "test_dir": store.data_dir / "tests" / name, **kw}
+    )
 
 
 def make_run(
@@ -92,54 +89,42 @@ def make_run(
     signal: float = 3.0,
     *,
     seed: int = 0,
-    test_digest: str | None = TEST_DIGEST,
     relog: dict | None = None,
     log_model: bool = True,
     with_predictions: bool = True,
     labelled_scores: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> str:
-    """A finished training run shaped like the train and evaluate stages' (metrics recomputed
-    from per-tile test predictions, the predictions CSV and its digest, plots, model).
-    ``relog`` logs other values over the metrics afterwards (a forged run)."""
-    from mammo_pipeline.common.mlflow_access import configure_mlflow
-
-    configure_mlflow(s)
-    if labelled_scores is None:
-        preds = predictions(fixed_labels(), scores_for(fixed_labels(), signal, seed))
-    else:  # made to order (labels, scores)
-        preds = predictions(*labelled_scores)
+    """A finished training run shaped like the train and evaluate stages' (a real Keras model
+    whose held-out scores are ``scores_for(signal, seed)`` or ``labelled_scores``, evaluated
+    and signed by the evaluation's code on the settings' test split, plots). ``relog`` logs
+    other values over the metrics afterwards (a forged run)."""
+    labels, scores = (
+        labelled_scores
+        if labelled_scores is not None
+        else (fixed_labels(), scores_for(fixed_labels(), signal, seed))
+    )
     root = Path(s.mlflow_tracking_uri.removeprefix("sqlite:///")).parent
-    out = root / "runs" / f"{s.registered_model_name}-{signal}-{seed}-{next(_names)}"
-    out.mkdir(parents=True, exist_ok=True)
-    values, digest, path = log_evidence(preds, THRESHOLD, out)
-    values["val_roc_auc"] = 0.91
-    tags = {
-        "data_manifest_sha256": DATA_DIGEST,
-        "git_commit": "abc123",
-        "weights_source": "none",
-        "synthetic": "true",
-    }
-    if test_digest:
-        tags["test_manifest_sha256"] = test_digest
     plots = root / "plots"
-    with mlflow.start_run() as run:
-        mlflow.log_metrics(values)
-        mlflow.set_tags(tags)
-        if with_predictions:
-            mlflow.log_artifact(str(path), "evaluation")
-            mlflow.set_tag("test_predictions_sha256", digest)
-        for png in sorted(plots.iterdir()):
-            mlflow.log_artifact(str(png), "evaluation" if "training" not in png.name else None)
-        if relog:
-            mlflow.log_metrics(relog)
-        if log_model:
-            mlflow.pyfunc.log_model(
-                name="model",
-                python_model=_Echo(),
-                pip_requirements=["mlflow"],
-                metadata={"decision_threshold": THRESHOLD, "image_size": 64},
-            )
-    return run.info.run_id
+    return evaluated_run(
+        s,
+        labels,
+        scores,
+        THRESHOLD,
+        tags={
+            "data_manifest_sha256": DATA_DIGEST,
+            "git_commit": "abc123",
+            "weights_source": "none",
+            "synthetic": "true",
+        },
+        metrics={"val_roc_auc": 0.91},
+        artifacts=tuple(
+            (png, "evaluation" if "training" not in png.name else None)
+            for png in sorted(plots.iterdir())
+        ),
+        with_predictions=with_predictions,
+        log_model=log_model,
+        relog=relog,
+    )
 
 
 def new_version(s: Settings, signal: float = 3.0, **kw) -> str:
@@ -618,6 +603,8 @@ def _mammo(s: Settings, *args: str, **extra: str) -> subprocess.CompletedProcess
         MAMMO_MLFLOW_ARTIFACT_LOCATION=s.mlflow_artifact_location,
         MAMMO_REGISTERED_MODEL_NAME=s.registered_model_name,
         **extra,
+        MAMMO_DATA_DIR=str(s.data_dir),  # its signing key and the test split the gate re-scores
+        MAMMO_TEST_DIR=str(s.test_split),
     )
     return subprocess.run(
         [sys.executable, "-m", "mammo_pipeline.cli.main", "registry", *args],
@@ -638,6 +625,8 @@ def _mammo_in_process(s: Settings, monkeypatch: pytest.MonkeyPatch, *args: str) 
 
     monkeypatch.setenv("MAMMO_MLFLOW_TRACKING_URI", s.mlflow_tracking_uri)
     monkeypatch.setenv("MAMMO_REGISTERED_MODEL_NAME", s.registered_model_name)
+    monkeypatch.setenv("MAMMO_DATA_DIR", str(s.data_dir))
+    monkeypatch.setenv("MAMMO_TEST_DIR", str(s.test_split))
     get_settings.cache_clear()
     result = CliRunner().invoke(app, ["registry", *args])
     get_settings.cache_clear()

@@ -76,6 +76,7 @@ def register_model(
     import mlflow
 
     from mammo_pipeline.common.mlflow_access import configure_mlflow
+    from tests.signed_versions import sign_as_gate
 
     configure_mlflow(settings)
     model = tiny_model(seed, channels)
@@ -96,6 +97,7 @@ def register_model(
     name = settings.registered_model_name
     client.set_model_version_tag(name, mv.version, "decision_threshold", str(threshold))
     client.set_model_version_tag(name, mv.version, "gate", "passed")  # vetted, as after training
+    sign_as_gate(settings, str(mv.version))  # and signed, as the gate signs its decisions
     for alias in aliases:
         client.set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
@@ -168,6 +170,7 @@ def test_model_endpoint_reports_served_version(server: dict[str, Any]) -> None:
     assert info["threshold"] == 0.5 and info["image_size"] == 32
     assert info["metrics"]["test_recall"] == pytest.approx(0.9)
     assert info["trained_at"] and info["bento_tag"] == f"mammo-vgg16:v{server['version']}"
+    assert len(info["model_sha256"]) == 64 and len(info["signed_by"]) == 16  # verified at load
 
 
 @pytest.mark.parametrize("kind", ["png", "jpeg", "png16", "tiff16", "pgm", "npy", "npy_float"])

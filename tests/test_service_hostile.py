@@ -276,6 +276,7 @@ def _register_nan_model(settings: Settings) -> str:
     import mlflow
 
     from mammo_pipeline.common.mlflow_access import configure_mlflow
+    from tests.signed_versions import sign_as_gate
     from tests.test_service import model_requirements, tiny_model
 
     model = tiny_model(7)
@@ -298,6 +299,7 @@ def _register_nan_model(settings: Settings) -> str:
     name = settings.registered_model_name
     client.set_model_version_tag(name, mv.version, "decision_threshold", "0.5")
     client.set_model_version_tag(name, mv.version, "gate", "passed")
+    sign_as_gate(settings, str(mv.version))  # vetted means signed, as the gate signs
     client.set_registered_model_alias(name, "champion", mv.version)
     return str(mv.version)
 

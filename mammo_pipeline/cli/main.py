@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from mammo_pipeline.cli import data as data_cli
+from mammo_pipeline.cli import keys as keys_cli
 from mammo_pipeline.cli import registry, serve, status, train, validate
 from mammo_pipeline.cli.help import MammoGroup
 from mammo_pipeline.cli.quiet import quiet_tensorflow_env
@@ -26,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cli.app, name="data")
+app.add_typer(keys_cli.app, name="keys")  # mammo keys init
 validate.register(app)  # mammo validate
 train.register(app)  # mammo train, mammo evaluate
 registry.register(app)  # mammo registry ...

@@ -28,8 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _text(value: object) -> str:
-    if isinstance(value, tuple | list):
-        return json.dumps(list(value))
+    if isinstance(value, tuple | list):  # paths inside (trusted keys) made absolute too
+        return json.dumps([_text(v) if isinstance(v, Path) else v for v in value])
     if isinstance(value, Path):
         return str(value.expanduser().resolve())
     return str(value)

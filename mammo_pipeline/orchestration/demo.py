@@ -41,7 +41,7 @@ from mammo_pipeline.common.processes import start, stop_all
 from mammo_pipeline.config import CONFIG_FILE_ENV, Settings
 from mammo_pipeline.orchestration.airflow_cli import airflow, follow, trigger, wait_for_dags
 from mammo_pipeline.orchestration.airflow_env import airflow_env
-from mammo_pipeline.orchestration.demo_access import api_key, shell_usage, write_private
+from mammo_pipeline.orchestration.demo_access import api_key, key_pair, shell_usage, write_private
 from mammo_pipeline.orchestration.demo_status import say_health_and_memory
 
 DEMO_DIR = REPO_ROOT / ".demo"
@@ -96,18 +96,18 @@ def write_config() -> Settings:
     """``.demo/mammo.toml`` (the demo's settings) and ``.demo/env`` (for ``source``)."""
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     lines = ["# Settings of `make demo` (read by every `mammo` command via MAMMO_CONFIG_FILE)."]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in DEMO_SETTINGS.items()]
+    settings = {**DEMO_SETTINGS, **key_pair(DEMO_DIR / "keys")}  # signs what it gates
+    lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
     CONFIG_FILE.write_text("\n".join(lines) + "\n")
     key = api_key(KEY_FILE)
-    bin_dir = Path(sys.executable).parent
     write_private(
         ENV_FILE,
         "# source this file to use the demo's registry, data and service from `mammo`\n"
         f"export {CONFIG_FILE_ENV}={CONFIG_FILE}\n"
         f"export MAMMO_API_KEY={key}\n"
-        f'export PATH="{bin_dir}:$PATH"\n',
+        f'export PATH="{BIN}:$PATH"\n',
     )
-    return Settings(**DEMO_SETTINGS, api_key=key)
+    return Settings(**settings, api_key=key)
 
 
 def demo_env(settings: Settings) -> dict[str, str]:

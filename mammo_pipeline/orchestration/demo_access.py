@@ -1,6 +1,7 @@
 """How a person reaches the demo's service: its API key (made once, kept private under
 ``.demo/``) and the shell lines that use it (``make demo``'s closing instructions;
-:mod:`.demo` writes the files and prints the lines)."""
+:mod:`.demo` writes the files and prints the lines); and the demo's signing pair under
+``.demo/keys`` (:func:`key_pair`)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ def api_key(key_file: Path) -> str:
         key = secrets.token_urlsafe(32)  # URL-safe: no quoting needed in a shell or a header
         write_private(key_file, key + "\n")
     return key
+
+
+def key_pair(directory: Path) -> dict[str, str]:
+    """The demo's signing settings, its pair made once in ``directory`` (as `mammo keys init
+    --out` does): the Airflow tasks sign evaluations, gate decisions and approvals with the
+    private key; the service and the deployer trust the public one."""
+    from mammo_pipeline.common.signing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, write_key_pair
+
+    if not (directory / PRIVATE_KEY_FILE).is_file():
+        write_key_pair(directory)
+    return {
+        "signing_key": str(directory / PRIVATE_KEY_FILE),
+        "trusted_keys": str(directory / PUBLIC_KEY_FILE),
+    }
 
 
 def _shown(path: Path) -> str:

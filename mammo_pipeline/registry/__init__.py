@@ -9,7 +9,9 @@ Modules: :mod:`.names` (alias and metric names), :mod:`.gate` (the decision, pur
 :mod:`.store` (MLflow plumbing), :mod:`.register`, :mod:`.promotion` (gate + aliases),
 :mod:`.review` (approve / reject), :mod:`.rollbacks`, :mod:`.listing` and :mod:`.report`
 (+ :mod:`.report_html`) for people; :mod:`.journal` makes each action's writes crash-consistent
-(:mod:`.faults` kills a process between two of them, for the fault tests).
+(:mod:`.faults` kills a process between two of them, for the fault tests); :mod:`.attestation`
+(signed evaluations, decisions and approvals; what is verified before serving) and
+:mod:`.rescore` (the gate re-scores the registered model itself).
 
 May import: config, errors, common, data, training (the run's model name). Never serving,
 orchestration or cli. The public API is re-exported here, lazily (importing

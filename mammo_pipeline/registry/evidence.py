@@ -24,6 +24,7 @@ from mammo_pipeline.training.predictions import (
     parse_predictions,
     sha256_of,
 )
+from mammo_pipeline.training.signed_evaluation import EVALUATION_SIGNATURE_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -52,6 +53,12 @@ class Evidence:
     #: on films, e.g. an older run)
     film_predictions: FilmPredictions | None = None
     film_set_sha256: str | None = None
+    film_predictions_sha256: str | None = None
+    #: the run's signed evaluation record (tag ``signed_evaluation``), as stored
+    signed_evaluation: str | None = None
+    #: what the gate found checking the evidence itself (:mod:`.attestation`): the signed
+    #: evaluation's key and digests, the re-scoring (:mod:`.rescore`)
+    attested: dict[str, Any] | None = None
 
     @property
     def usable(self) -> bool:
@@ -73,6 +80,7 @@ def load_evidence(client: MlflowClient, name: str, version: str) -> Evidence:
         tags = run.data.tags
         ev.test_manifest_sha256 = tags.get("test_manifest_sha256") or None
         ev.synthetic = tags.get("synthetic") == "true"
+        ev.signed_evaluation = tags.get(EVALUATION_SIGNATURE_TAG) or None
         ev.threshold = finite_or_none(ev.metrics.get("decision_threshold"))
         if ev.threshold is None:
             ev.threshold = finite_or_none(run.data.params.get("decision_threshold"))
@@ -111,7 +119,9 @@ def _load_film_evidence(client: MlflowClient, ev: Evidence, tags: dict[str, str]
     if not expected or ev.run_id is None:
         return
     artifact = f"evaluation/{FILM_PREDICTIONS_FILE}"
-    data, _ = _verified_artifact(client, ev, artifact, expected, "film evidence")
+    data, ev.film_predictions_sha256 = _verified_artifact(
+        client, ev, artifact, expected, "film evidence"
+    )
     if data is None:
         return
     ev.film_predictions = parse_film_predictions(data, f"run {ev.run_id}: {artifact}")

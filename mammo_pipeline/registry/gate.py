@@ -6,7 +6,10 @@ per-tile test predictions of the runs (:mod:`.evidence`), not from metrics that 
 re-logged:
 
 1. **evidence_intact**: the candidate's predictions artifact exists, matches the digest
-   recorded at evaluation and holds a finite score for every test tile;
+   recorded at evaluation and holds a finite score for every test tile; on the gate's path
+   (:func:`.promotion.gate_version`) also: the signed evaluation vouches for exactly these
+   digests, and the registered model re-scores a random subset of the held-out tiles to
+   the logged scores (:mod:`.attestation`, :mod:`.rescore`, kept in ``statistics.evidence``);
 2. **logged_metrics_match_predictions**: precision, recall and ROC AUC recomputed from the
    predictions at the run's decision threshold equal the metrics logged on the run (a metric
    re-logged by hand fails here);
@@ -291,8 +294,11 @@ def evaluate_gate(
             stats["n"] = len(candidate.predictions)
             stats["positives"] = int(candidate.predictions.positive.sum())
             stats["synthetic"] = candidate.synthetic
+            if candidate.attested:  # checked by the gate itself (signature, re-scoring)
+                stats["evidence"] = candidate.attested
             checks.append(Check(CHECK_EVIDENCE, _short(candidate.predictions_sha256),
-                                "recorded digest", "==", True))  # fmt: skip
+                                "recorded digest", "==", True,
+                                (candidate.attested or {}).get("summary", "")))  # fmt: skip
             checks.append(_metrics_match(candidate))
             checks.extend(_absolute(candidate, policy, stats))
             if candidate.film_predictions is not None:

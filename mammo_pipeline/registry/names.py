@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Final
 
 from mammo_pipeline.registry.decision import TEST_METRICS
+from mammo_pipeline.training.signed_evaluation import EVALUATION_SIGNATURE_TAG
 
 #: The served version.
 CHAMPION: Final = "champion"
@@ -17,6 +18,12 @@ CHALLENGER: Final = "challenger"
 #: automatically) or one a person pinned (`mammo registry pin V --reason`).
 BASELINE: Final = "baseline"
 ALIASES: Final = (CHAMPION, PREVIOUS, CHALLENGER, BASELINE)
+
+#: Signed records (:mod:`.attestation`): the run's signed evaluation, copied onto the version
+#: at registration (written by training, which cannot import the registry, hence defined
+#: there); the signed gate decision or approval that the deployer and the service verify.
+SIGNED_EVALUATION: Final = EVALUATION_SIGNATURE_TAG
+SIGNED_DECISION: Final = "signed_decision"
 
 #: Metrics of ``mammo registry list`` (a subset of the gate's test metrics, plus the threshold).
 LIST_METRICS: Final[tuple[str, ...]] = (

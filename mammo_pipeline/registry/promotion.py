@@ -16,12 +16,23 @@ from typing import Any
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
+from mammo_pipeline.registry.attestation import (
+    attest_candidate,
+    attest_reference,
+    decision_record,
+)
 from mammo_pipeline.registry.baseline import DELTAS_TAG, baseline_deltas, update_baseline
 from mammo_pipeline.registry.evidence import load_evidence
 from mammo_pipeline.registry.gate import REGRESSION_METRICS, GateDecision, evaluate_gate
 from mammo_pipeline.registry.journal import Plan
 from mammo_pipeline.registry.lock import registry_lock, repairs
-from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, PREVIOUS
+from mammo_pipeline.registry.names import (
+    BASELINE,
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    SIGNED_DECISION,
+)
 from mammo_pipeline.registry.policy import GatePolicy, tightened
 from mammo_pipeline.registry.report import write_report_safely
 from mammo_pipeline.registry.store import (
@@ -74,6 +85,7 @@ def gate_version(
     mv = get_version(client, name, version)
     failures: list[tuple[str, str]] = []
     candidate = load_evidence(client, name, version)
+    attest_candidate(s, name, candidate)  # signed evaluation + re-scoring (evidence_intact)
     champion = baseline = None
     try:
         if mv.status != "READY":
@@ -100,6 +112,8 @@ def gate_version(
                 if champion is not None and champion.version == aliases[BASELINE]
                 else load_evidence(client, name, aliases[BASELINE])
             )
+        for reference in {id(r): r for r in (champion, baseline) if r is not None}.values():
+            attest_reference(s, reference)
     except Exception as exc:  # fail closed, keep the text
         failures.append(("gate_error", f"{type(exc).__name__}: {exc}"))
     return evaluate_gate(
@@ -217,6 +231,10 @@ def apply_decision(
             except MammoError as exc:
                 passed = False
                 reasons.append(f"decision made under a looser policy: {exc}")
+        attested = (d.statistics or {}).get("evidence") or {}
+        if passed and not (attested.get("model_sha256") and attested.get("rescore")):
+            passed = False
+            reasons.append("the decision carries no signed, re-scored evidence: re-run the gate")
         verdict = "passed" if passed else "failed"
         awaiting = passed and policy.require_approval and current != version
         run = client.get_run(mv.run_id) if mv.run_id else None
@@ -244,6 +262,11 @@ def apply_decision(
         if passed and not awaiting and current is not None and current != version:
             tags["replaced_champion"] = current
         tags.update(extra_tags or {})
+        tags[SIGNED_DECISION] = decision_record(  # the authority; the tags above are labels
+            s, name=name, version=version, run_id=mv.run_id, verdict=verdict,
+            awaiting_approval=awaiting, policy=policy, champion=d.champion_version,
+            baseline=d.baseline_version, evidence=attested,
+        )  # fmt: skip
         plan = Plan.start(
             client, name, f"gate verdict on v{version} ({verdict})", version, aliases,
             {version: mv.tags or {}},

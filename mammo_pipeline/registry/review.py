@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
+from mammo_pipeline.registry.attestation import approval_record
 from mammo_pipeline.registry.decision import utc_now
 from mammo_pipeline.registry.identity import Identity, acting
 from mammo_pipeline.registry.journal import Plan
@@ -25,6 +26,7 @@ from mammo_pipeline.registry.names import (
     CHAMPION,
     MAX_TAG_VALUE,
     PREVIOUS,
+    SIGNED_DECISION,
 )
 from mammo_pipeline.registry.policy import GatePolicy
 from mammo_pipeline.registry.promotion import promote_aliases
@@ -200,6 +202,10 @@ def approve(
         )
         if before is not None:
             tags["replaced_champion"] = before
+        tags[SIGNED_DECISION] = approval_record(
+            s, client, name, mv, who=person, at=at, reason=reason,
+            gate=str(tags["gate_auto"] or "pending"),
+        )  # fmt: skip
         plan = Plan.start(
             client, name, f"approval of v{version} by {person}", version, aliases,
             {version: old_tags},
@@ -267,6 +273,10 @@ def _approve_gated(
         if result.verdict != "passed":
             message += ": " + "; ".join(result.reasons)
     else:
+        mv = client.get_model_version(name, version)
+        record[SIGNED_DECISION] = approval_record(
+            s, client, name, mv, who=person, at=at, reason=reason, gate="passed"
+        )
         plan = Plan.start(
             client, name, f"approval of v{version} by {person}", version, aliases,
             {version: tags},

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.decision import RUN_TAGS_COPIED, TEST_METRICS
-from mammo_pipeline.registry.names import MAX_TAG_VALUE
+from mammo_pipeline.registry.names import MAX_TAG_VALUE, SIGNED_EVALUATION
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -112,6 +112,8 @@ def run_facts(run: Run, airflow_run_id: str | None = None) -> dict[str, Any]:
             facts[key] = metrics[key]
     if tags.get("film_threshold_method"):
         facts["film_threshold_method"] = tags["film_threshold_method"]
+    if tags.get(SIGNED_EVALUATION):  # the record itself; its signature is the authority
+        facts[SIGNED_EVALUATION] = tags[SIGNED_EVALUATION]
     if airflow_run_id:
         facts["airflow_run_id"] = airflow_run_id
     return facts

@@ -183,12 +183,12 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
 
 def require_vetted(settings: Settings, version: str) -> None:
     """Raise :class:`DeployError` unless ``version`` may be served (gate=passed, or an
-    approved gate=manual): a rejected or never-gated version is never deployed."""
+    approved gate=manual, with a decision signed by a trusted key and the model files it
+    signed): a rejected, never-gated, hand-tagged or swapped version is never deployed."""
     from mammo_pipeline.common.mlflow_access import mlflow_client
-    from mammo_pipeline.registry.vetting import vetting_problem
+    from mammo_pipeline.registry.attestation import servable_problem
 
-    mv = mlflow_client(settings).get_model_version(settings.registered_model_name, version)
-    problem = vetting_problem(version, mv.tags or {})
+    problem = servable_problem(settings, mlflow_client(settings), version)
     if problem:
         raise DeployError(f"refusing to deploy: {problem}")
 

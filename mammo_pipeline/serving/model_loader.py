@@ -8,6 +8,10 @@ which every service process gets from :func:`mammo_pipeline.common.environment.s
 is idempotent: a store entry whose ``mlflow_run_id`` label matches is reused, one from another
 registry with the same version number is replaced.
 
+Before serving, the version's signed decision must verify against the trusted keys
+(:func:`mammo_pipeline.registry.attestation.verified_decision`) and the files loaded from the
+BentoML store must have the digest it signed (:func:`require_signed_files`).
+
 Operating points: ``decision_threshold`` is the tile threshold (``/predict``);
 ``film_threshold`` is the whole-film threshold of ``/analyze`` with its method
 (``film_validation`` or ``window_corrected``, see
@@ -17,6 +21,7 @@ has none: it falls back to the tile threshold, flagged ``tile_fallback``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import shutil
@@ -28,6 +33,7 @@ from mammo_pipeline.common.jsonsafe import finite_or_none
 from mammo_pipeline.common.mlflow_access import mlflow_client, use_store
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import ConfigError, MammoError
+from mammo_pipeline.registry.attestation import verified_decision
 from mammo_pipeline.registry.names import CHAMPION
 from mammo_pipeline.registry.vetting import vetting_problem
 
@@ -55,6 +61,9 @@ class ModelInfo:
     #: the threshold /analyze applies to the film score, and how it was chosen
     film_threshold: float | None = None
     film_threshold_method: str = TILE_FALLBACK
+    #: the model files' digest the signed decision vouches for, and the key that signed it
+    model_sha256: str | None = None
+    signed_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +105,9 @@ def describe_version(settings: Settings, version: str) -> ModelInfo:
     problem = vetting_problem(str(mv.version), mv.tags or {})
     if problem:  # a hand-moved alias is not enough to be served
         raise ConfigError(f"refusing to serve {name}: {problem}")
+    signed = verified_decision(settings, name, str(mv.version), mv.run_id, mv.tags or {})
+    if isinstance(signed, str):  # nor a hand-written tag: the signature is the authority
+        raise ConfigError(f"refusing to serve {name}: {signed}")
     run = client.get_run(mv.run_id) if mv.run_id else None
     run_metrics = dict(run.data.metrics) if run else {}
     tags = dict(mv.tags or {})
@@ -144,6 +156,8 @@ def describe_version(settings: Settings, version: str) -> ModelInfo:
         trained_at=trained_at,
         film_threshold=film_threshold,
         film_threshold_method=method,
+        model_sha256=str(signed.payload["model_sha256"]),
+        signed_by=signed.key_id,
     )
 
 
@@ -192,6 +206,25 @@ def import_version(settings: Settings, info: ModelInfo) -> BentoModel:
     return bentoml.models.get(tag)
 
 
+def require_signed_files(bento_model: BentoModel, info: ModelInfo) -> None:
+    """The files about to be loaded must have the digest the signed decision vouches for; a
+    store entry that does not is removed (the next start imports it afresh) and refused."""
+    import bentoml
+
+    from mammo_pipeline.common.signing import directory_sha256
+
+    digest = directory_sha256(Path(bento_model.path) / MLFLOW_SUBDIR)
+    if info.model_sha256 is None or digest == info.model_sha256:
+        return
+    with contextlib.suppress(Exception):
+        bentoml.models.delete(bento_model.tag)
+    raise ConfigError(
+        f"refusing to serve {info.name} v{info.version}: the model files (sha256 "
+        f"{digest[:12]}) are not the signed ones ({info.model_sha256[:12]}): the artifact was "
+        "swapped after it was gated"
+    )
+
+
 def load_keras(bento_model: BentoModel):
     """The Keras model stored in a BentoML model entry."""
     import mlflow
@@ -212,6 +245,7 @@ def load_served_model(settings: Settings, version: str | None = None) -> tuple[A
     resolved = resolve_version(settings, version)
     info = describe_version(settings, resolved)
     bm = import_version(settings, info)
+    require_signed_files(bm, info)
     model = load_keras(bm)
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:

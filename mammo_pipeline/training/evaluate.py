@@ -14,7 +14,9 @@ reaches ``target_recall`` (ties: the higher threshold); a tile is positive when
   against all negatives, with ``test_positives_calcification`` / ``test_positives_mass``
   (the public held-out set is half calcification, half mass cases);
 - tag ``test_manifest_sha256``: the digest of the test split files; tag
-  ``test_predictions_sha256``: the digest of the per-tile predictions.
+  ``test_predictions_sha256``: the digest of the per-tile predictions; tag
+  ``signed_evaluation``: those digests, the metrics and the model files' digest, signed
+  (:mod:`.signed_evaluation`).
 
 Artifacts under ``evaluation/``: ``confusion_matrix.png``, ``roc_pr_curves.png``,
 ``metrics.json`` and ``test_predictions.csv`` (:mod:`.predictions`, what the gate reads).
@@ -260,12 +262,22 @@ def evaluate_model(
 
 
 def log_evaluation(
-    settings: Settings, run_id: str, evaluation: Evaluation, model_id: str | None = None
+    settings: Settings,
+    run_id: str,
+    evaluation: Evaluation,
+    model_id: str | None = None,
+    *,
+    model_uri: str | None = None,
+    model_sha256: str | None = None,
 ) -> None:
-    """Log metrics, the test manifest tag and the artifacts on an existing run."""
+    """Log metrics, the test manifest tag and the artifacts on an existing run, then sign
+    the evaluation (:mod:`.signed_evaluation`) over the evaluated model's files (``model_uri``,
+    default ``models:/<model_id>`` or the run's ``model_uri`` tag; ``model_sha256`` when the
+    caller already has their digest)."""
     import mlflow
 
     from mammo_pipeline.common.mlflow_access import mlflow_client, use_store
+    from mammo_pipeline.training.signed_evaluation import sign_evaluation
 
     client = mlflow_client(settings)
     use_store(settings)  # mlflow.log_metrics links the metrics to the LoggedModel too
@@ -277,6 +289,11 @@ def log_evaluation(
         client.set_tag(run_id, key, value)
     for path in evaluation.artifacts:
         client.log_artifact(run_id, str(path), ARTIFACT_DIR)
+    if model_uri is None:
+        model_uri = f"models:/{model_id}" if model_id else None
+    if model_uri is None:
+        model_uri = client.get_run(run_id).data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
+    sign_evaluation(settings, run_id, evaluation, model_uri, model_sha256)
 
 
 def _run_threshold(run) -> float:
@@ -303,15 +320,24 @@ def evaluate_run(settings: Settings | None = None, run_id: str = "") -> dict[str
         run = mlflow_client(s).get_run(run_id)
     except MlflowException as exc:
         raise MammoError(f"no MLflow run {run_id!r} at {s.mlflow_tracking_uri}") from exc
+    from mammo_pipeline.common.mlflow_access import quiet_artifact_downloads
+    from mammo_pipeline.common.signing import directory_sha256
+
     model_uri = run.data.tags.get(MODEL_URI_TAG, f"runs:/{run_id}/model")
-    model = mlflow.keras.load_model(model_uri)
     synthetic = run.data.tags.get("synthetic") == "true"
     weights = run.data.tags.get("weights_source", "")
     with tempfile.TemporaryDirectory(prefix="mammo-eval-") as tmp:
+        with quiet_artifact_downloads():  # the files evaluated are the files digested
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=str(Path(tmp) / "model")
+            )
+        model = mlflow.keras.load_model(local)
         evaluation = evaluate_model(
-            model, s, _run_threshold(run), Path(tmp), synthetic=synthetic, weights=weights
-        )
-        log_evaluation(s, run_id, evaluation, run.data.tags.get("model_id"))
+            model, s, _run_threshold(run), Path(tmp) / "out", synthetic=synthetic,
+            weights=weights,
+        )  # fmt: skip
+        log_evaluation(s, run_id, evaluation, run.data.tags.get("model_id"),
+                       model_uri=model_uri, model_sha256=directory_sha256(local))  # fmt: skip
     # NaN (e.g. the recall of a lesion type absent from the test set) is not JSON: None
     return clean(
         {**evaluation.metrics, "decision_threshold": evaluation.threshold}, non_finite="none"
