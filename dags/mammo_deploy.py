@@ -51,20 +51,37 @@ champion by the approval of the user who triggered this run (recorded as the rev
 `reason`); a run that names no triggering user is refused (use `mammo registry approve`).
 `action=rollback` moves `champion` back to `previous` (itself vetted) and deploys it. Every
 action is recorded as tags on the model version (who, when, why).
+
+Tasks: `prepare` (the registry's side: rollback or approval, on a worker that may write to
+the registry), `redeploy` (queue `serving`: on the prediction service's host), `record_deploy`
+(the `deploy=live|failed` record and, after a failure, the champion moved back: on a writer,
+since the serving host's MLflow user may only read).
 """,
 )
 def mammo_deploy():
-    @task(queue=SERVING_QUEUE)
-    def redeploy(params: dict | None = None, dag_run: Any = None) -> dict:
-        from mammo_pipeline.orchestration.tasks import manual_deploy
+    @task
+    def prepare(params: dict | None = None, dag_run: Any = None) -> dict:
+        from mammo_pipeline.orchestration.tasks import prepare_manual_deploy
 
-        return manual_deploy(
+        return prepare_manual_deploy(
             params or {},
             triggered_by=getattr(dag_run, "triggering_user_name", None),
             run_id=getattr(dag_run, "run_id", None),
         )
 
-    redeploy()
+    @task(queue=SERVING_QUEUE)
+    def redeploy(prepared: dict) -> dict:
+        from mammo_pipeline.orchestration.tasks import deploy_champion
+
+        return deploy_champion(prepared)
+
+    @task
+    def record_deploy(deployed: dict) -> dict:
+        from mammo_pipeline.orchestration.tasks import record_deploy as record
+
+        return record(deployed)
+
+    record_deploy(redeploy(prepare()))
 
 
 mammo_deploy()

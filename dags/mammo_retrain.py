@@ -100,8 +100,10 @@ deployment's policy: a looser value fails the run at `check_policy`, before trai
    `review=rejected` with who and why. No answer within `MAMMO_APPROVAL_TIMEOUT_HOURS` is a
    Reject.
 8. `promote`: alias `champion` (the former one becomes `previous`), then `deploy` (queue
-   `serving`: it runs on the host of the prediction service; a failed deploy fails the task
-   and the live service keeps serving).
+   `serving`: it runs on the host of the prediction service; a failed deploy fails the run
+   and the live service keeps serving), then `record_deploy` (a writer records
+   `deploy=live|failed` and, after a failure, moves the champion back: the serving host's
+   MLflow user may only read).
 """,
 )
 def mammo_retrain():
@@ -195,6 +197,12 @@ def mammo_retrain():
 
         return deploy_champion(promoted)
 
+    @task
+    def record_deploy(deployed: dict) -> dict:
+        from mammo_pipeline.orchestration.tasks import record_deploy as record
+
+        return record(deployed)
+
     policy = check_policy()
     manifest = snapshot()
     policy >> manifest
@@ -204,7 +212,7 @@ def mammo_retrain():
     promoted = promote(decision)  # re-checks the decision and skips, saying why, if it failed
     [approval, no_approval] >> promoted
     approval >> record_rejection(decision)
-    deploy(promoted)
+    record_deploy(deploy(promoted))
 
 
 mammo_retrain()

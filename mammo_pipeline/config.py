@@ -195,6 +195,12 @@ class Settings(BaseSettings):
     serve_max_latency_ms: float = Field(5.0, ge=0.0, le=10_000.0)
     serve_side_port: int = Field(3001, ge=0, le=65535, description="green port; 0 = any")
     serve_ready_timeout_s: float = Field(180.0, gt=0.0)
+    deploy_records_registry: bool = Field(
+        True,
+        description="the deployer writes the deploy=live|failed tags and moves the champion "
+        "back after a failed deploy; false on a serving host whose MLflow user is read-only "
+        "(compose): the DAGs' record_deploy task on a writer's queue records them",
+    )
     smoke_tolerance: float = Field(1e-5, gt=0.0)
 
     # --- orchestration -----------------------------------------------------------------

@@ -545,6 +545,9 @@ def test_each_mlflow_client_has_its_own_user():
             "service_completed_successfully"
         )
         assert services[name]["environment"]["MAMMO_MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # the read-only serving host leaves its deploy records to a writer (record_deploy)
+    assert services["bentoml"]["environment"]["MAMMO_DEPLOY_RECORDS_REGISTRY"] == "false"
+    assert "MAMMO_DEPLOY_RECORDS_REGISTRY" not in services["airflow-worker"]["environment"]
 
 
 def test_auth_init_grants_and_refuses_placeholders():

@@ -46,7 +46,7 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 #: Airflow users of the api-server (simple auth manager); alice and bob are the approvers.
 USERS = {"alice": "alice-pw-1", "bob": "bob-pw-22", "mallory": "mallory-pw-333"}
-APPROVERS = ["alice", "bob"]
+APPROVERS = ["alice", "bob", "dag_test"]  # dag_test: `airflow dags test`'s user (manual deploy)
 
 
 def _free_port() -> int:

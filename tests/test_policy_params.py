@@ -238,7 +238,7 @@ def test_manual_deploy_refuses_an_unvetted_version(deployment, tags, message):
     version = _version(deployment, tags)
     conf = {"action": "deploy", "version": int(version), "reason": "try it"}
     with pytest.raises(AirflowFailException, match=re.escape(message.format(v=version))):
-        tasks.manual_deploy(conf, triggered_by="carol", run_id="manual__1")
+        tasks.prepare_manual_deploy(conf, triggered_by="carol", run_id="manual__1")
     tags_after, aliases = _state(deployment, version)
     assert "champion" not in aliases and tags_after.get("review_by") == tags.get("review_by")
 
@@ -247,7 +247,7 @@ def test_manual_deploy_of_a_vetted_version_needs_a_named_user(deployment):
     version = _version(deployment, {"gate": "passed"})
     conf = {"action": "deploy", "version": int(version), "reason": "audit"}
     with pytest.raises(AirflowFailException, match=f"mammo registry approve {version}"):
-        tasks.manual_deploy(conf, triggered_by=None, run_id="scheduled__1")
+        tasks.prepare_manual_deploy(conf, triggered_by=None, run_id="scheduled__1")
     assert "champion" not in _state(deployment, version)[1]
 
 
@@ -266,3 +266,25 @@ def test_an_airflow_approval_promotes_a_waiting_version_under_the_approvers_name
         "report reviewed",
     )
     assert after["gate"] == "passed" and "awaiting_approval" not in after
+
+
+def test_a_writer_records_what_a_read_only_serving_host_could_not(deployment):
+    """Issue #22, item 1 (compose): the serving host's MLflow user may only read, so its
+    deploy task leaves the records to ``record_deploy`` on a writer's queue: a live deploy is
+    tagged ``deploy=live``; a failed one ``deploy=failed``, the champion moved back to the
+    version that kept serving, and the run fails with the reason."""
+    v1 = _version(deployment, {"gate": "passed"}, alias="previous")
+    v2 = _version(deployment, {"gate": "passed", "replaced_champion": v1}, alias="champion")
+    # the embedded deployer already recorded: nothing to do, nothing written
+    assert tasks.record_deploy({"version": v2, "ok": True})["recorded_by"] == "the deployer"
+    assert "deploy" not in _state(deployment, v2)[0]
+    failed = {"version": v2, "ok": False, "record_pending": True, "restore_to": v1,
+              "message": "smoke test: |diff| 0.4"}  # fmt: skip
+    with pytest.raises(AirflowFailException, match=rf"deploy of version {v2} failed: smoke "
+                       rf"test: \|diff\| 0.4; champion moved back to v{v1}"):  # fmt: skip
+        tasks.record_deploy(failed)
+    tags, aliases = _state(deployment, v2)
+    assert tags["deploy"] == "failed" and "smoke test" in tags["deploy_reason"]
+    assert aliases["champion"] == v1
+    out = tasks.record_deploy({"version": v1, "ok": True, "record_pending": True})
+    assert out["deploy"] == "live" and _state(deployment, v1)[0]["deploy"] == "live"

@@ -662,19 +662,7 @@ def test_cli_gate_list_approve_rollback(store, monkeypatch, capsys):
     assert "vs champion v1 (paired, same tiles" in out.stdout and "\u0394ROC AUC" in out.stdout
     assert "verdict: FAILED" in out.stdout and "challenger -> v2" in out.stdout
     assert "Traceback" not in out.stderr and "Downloading" not in out.stderr
-    # Issue #18, scenario 5: a free-text name is not an identity; a failed gate is not
-    # approved by accident; MAMMO_APPROVERS is a plain name and is enforced on the CLI.
-    me = getpass.getuser()
-    out = _mammo(s, "approve", v2, "--reason", "r", "--who", "chief-radiologist")
-    assert out.returncode == 2 and "--who" in out.stderr, out.stderr
 
-    assert out.returncode == 1 and "--override-gate" in out.stderr, out.stderr
-    out = _mammo(s, "approve", v2, "--reason", "ok", "--override-gate", MAMMO_APPROVERS="alice")
-    assert out.returncode == 1, out.stderr
-    assert f"{me} (os user) may not approve a version" in out.stderr and "alice" in out.stderr
-    assert _mammo(s, "list", MAMMO_APPROVERS="alice").returncode == 0  # no pydantic crash
-    out = _mammo(s, "approve", v2, "--reason", "precision ok for screening", "--override-gate",
-                 MAMMO_APPROVERS=f"alice,{me}")  # fmt: skip
     out = _mammo(s, "gate", "--version", v2, "--min-recall", "0.1")
     assert out.returncode == 1 and "would loosen the deployment's gate policy" in out.stderr
 
@@ -685,7 +673,19 @@ def test_cli_gate_list_approve_rollback(store, monkeypatch, capsys):
     assert lines[3].split()[:3] == ["2", "challenger", "failed"]
     assert lines[4].split()[:3] == ["1", "baseline,champion", "passed"]
 
+    # Issue #18, scenario 5: a free-text name is not an identity; a failed gate is not
+    # approved by accident; MAMMO_APPROVERS is a plain name and is enforced on the CLI.
+    me = getpass.getuser()
+    out = _mammo(s, "approve", v2, "--reason", "r", "--who", "chief-radiologist")
+    assert out.returncode == 2 and "--who" in out.stderr, out.stderr
     out = _mammo(s, "approve", v2, "--reason", "precision ok for screening")
+    assert out.returncode == 1 and "--override-gate" in out.stderr, out.stderr
+    out = _mammo(s, "approve", v2, "--reason", "ok", "--override-gate", MAMMO_APPROVERS="alice")
+    assert out.returncode == 1, out.stderr
+    assert f"{me} (os user) may not approve a version" in out.stderr and "alice" in out.stderr
+    assert _mammo(s, "list", MAMMO_APPROVERS="alice").returncode == 0  # no pydantic crash
+    out = _mammo(s, "approve", v2, "--reason", "precision ok for screening", "--override-gate",
+                 MAMMO_APPROVERS=f"alice,{me}")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "v2 is now the champion" in out.stdout and f"by {me}" in out.stdout
     t = tags(s, v2)

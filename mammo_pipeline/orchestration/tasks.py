@@ -322,50 +322,69 @@ def record_rejection(
 
 
 def deploy_champion(promoted: dict[str, Any]) -> dict[str, Any]:
-    """Blue/green deploy of the promoted version; a failed deploy fails the task (the
-    service that was live keeps serving)."""
+    """Blue/green deploy of the promoted version (queue ``serving``). A failed deploy fails
+    this task, the service that was live keeps serving; when the registry records are left
+    to a writer (``deploy_records_registry`` false), :func:`record_deploy` fails instead,
+    after recording the failure and moving the champion back."""
     from mammo_pipeline.serving.deploy import deploy_version
 
-    result = deploy_version(get_settings(), promoted["version"])
+    version = promoted.get("version")
+    result = deploy_version(get_settings(), None if version is None else str(version))
     print("\n".join(result.steps))
-    if not result.ok:
-        _fail(f"deploy of version {promoted['version']} failed: {result.message}")
+    if not result.ok and not result.record_pending:
+        _fail(f"deploy of version {result.version or version} failed: {result.message}")
     return result.to_dict()
 
 
+def record_deploy(deployed: dict[str, Any]) -> dict[str, Any]:
+    """On a writer's queue, after the deploy: the registry records the serving host could not
+    write (``deploy=live|failed``, the champion moved back after a failure); a failed deploy
+    fails this task, with the reason."""
+    from mammo_pipeline.registry.deployments import record_outcome
+
+    version, ok = str(deployed.get("version")), bool(deployed.get("ok"))
+    if not deployed.get("record_pending"):
+        return {"version": version, "recorded_by": "the deployer"}
+    try:
+        moved = record_outcome(get_settings(), version, ok, str(deployed.get("message") or ""),
+                               deployed.get("restore_to"))  # fmt: skip
+    except MammoError as exc:
+        _fail(str(exc))
+    if not ok:
+        back = f"; champion moved back to v{moved}" if moved else ""
+        _fail(f"deploy of version {version} failed: {deployed.get('message')}{back}")
+    print(f"recorded: v{version} deploy=live")
+    return {"version": version, "recorded_by": "record_deploy", "deploy": "live"}
+
+
 # ------------------------------------------------------------------ mammo_deploy
-def manual_deploy(
+def prepare_manual_deploy(
     params: dict[str, Any], triggered_by: str | None = None, run_id: str | None = None
 ) -> dict[str, Any]:
-    """``action=rollback``: champion back to ``previous`` (a vetted version), deployed.
-    ``action=deploy``: deploy the champion, or ``version``, which must be vetted (gate=passed
-    or an approved gate=manual); a vetted version that is not the champion is promoted by
-    the triggering user's recorded approval, and refused when the run names no user."""
+    """The registry side of ``mammo_deploy`` (a writer's queue). ``action=rollback``:
+    champion back to ``previous`` (a vetted version). ``action=deploy``: the champion, or
+    ``version``, which must be vetted (gate=passed or an approved gate=manual); a vetted
+    version that is not the champion is promoted by the triggering user's recorded approval,
+    and refused when the run names no user. Returns what :func:`deploy_champion` deploys."""
     from mammo_pipeline.registry import rollback
-    from mammo_pipeline.serving.deploy import deploy_version
 
     s = get_settings()
     reason = str(params.get("reason") or "manual redeploy").strip()
     via = f"mammo_deploy run {run_id}" if run_id else "mammo_deploy"
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"version": None}
     version = params.get("version")
     try:
         if params.get("action") == "rollback":
             who = triggered_by or f"unknown Airflow user ({via})"
             out["rollback"] = rollback(s, reason=reason, who=Identity(who, "airflow")).to_dict()
-            version = None
         elif version is not None:
-            version = str(version)
-            approval = _champion_for_manual_deploy(s, version, triggered_by, f"{reason} ({via})")
+            out["version"] = str(version)
+            approval = _champion_for_manual_deploy(s, str(version), triggered_by,
+                                                   f"{reason} ({via})")  # fmt: skip
             if approval is not None:
                 out["approval"] = approval
     except MammoError as exc:
         _fail(str(exc))
-    result = deploy_version(s, version)
-    print("\n".join(result.steps))
-    if not result.ok:
-        _fail(f"deploy failed: {result.message}")
-    out["deploy"] = result.to_dict()
     return out
 
 

@@ -73,3 +73,31 @@ def undo_failed_deploy(
             {"deploy_rolled_back_to": restore_to},
         )
     return restore_to
+
+
+def record_outcome(
+    settings: Settings, version: str, ok: bool, message: str, restore_to: str | None
+) -> str | None:
+    """Record a deploy made by a deployer that could not write to the registry (a serving
+    host with a read-only MLflow user, ``deploy_records_registry`` false): ``deploy=live``,
+    or ``deploy=failed`` and the champion moved back to ``restore_to`` when it still points
+    at ``version``. Runs on a writer (the DAGs' ``record_deploy`` task). Unlike the deployer's
+    own best-effort records, a write that fails raises: the task shows it."""
+    from mammo_pipeline.errors import MammoError
+
+    stamp = {"deploy": "live" if ok else "failed", "deploy_at": dt.datetime.now(dt.UTC).isoformat()}
+    if not ok:
+        stamp["deploy_reason"] = message[:4000]
+    try:
+        set_tags(mlflow_client(settings), settings.registered_model_name, version, stamp)
+    except Exception as exc:  # noqa: BLE001 - reported to the task, with what failed
+        raise MammoError(f"could not record the deploy of v{version}: {exc}") from exc
+    if ok:
+        return None
+    moved = undo_failed_deploy(settings, version, restore_to, message)
+    if moved is None and alias_version(settings, CHAMPION) == version and restore_to:
+        raise MammoError(
+            f"v{version} failed to deploy and is still the champion: moving it back to "
+            f"v{restore_to} failed; run `mammo registry rollback --reason ...`"
+        )
+    return moved

@@ -79,6 +79,11 @@ class DeployResult:
     expected_probability: float | None = None
     smoke_abs_diff: float | None = None
     alias_rolled_back_to: str | None = None
+    #: The registry records are left to a writer (``deploy_records_registry`` false):
+    #: :func:`~mammo_pipeline.registry.deployments.record_outcome` makes them, moving the
+    #: champion back to ``restore_to`` after a failure.
+    record_pending: bool = False
+    restore_to: str | None = None
     message: str = ""
     duration_s: float = 0.0
     log: str | None = None
@@ -162,10 +167,13 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
                         state_path(settings).unlink(missing_ok=True)
             stop_process(green_pid)
             if result.version is not None:
-                restore = blue_version or alias_version(settings, PREVIOUS)
-                result.alias_rolled_back_to = undo_failed_deploy(
-                    settings, result.version, restore, reason
-                )
+                result.restore_to = blue_version or alias_version(settings, PREVIOUS)
+                if settings.deploy_records_registry:
+                    result.alias_rolled_back_to = undo_failed_deploy(
+                        settings, result.version, result.restore_to, reason
+                    )
+                else:
+                    result.record_pending = True
             result.steps.append("failed: green stopped, blue kept" if blue_live else "failed")
             result.duration_s = round(time.monotonic() - started, 2)
             return result
@@ -174,7 +182,10 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
             time.sleep(1.0)  # let requests already on blue's connections finish
             stop_process(blue.get("pid"))
             result.steps.append(f"stopped blue pid {blue.get('pid')}")
-        mark_deploy(settings, target, "live")
+        if settings.deploy_records_registry:
+            mark_deploy(settings, target, "live")
+        else:
+            result.record_pending = True
         result.ok = True
         result.message = f"serving version {target} at {result.url}"
         result.duration_s = round(time.monotonic() - started, 2)

@@ -64,6 +64,14 @@ def test_unvetted_versions_are_never_deployed(tmp_path: Path, monkeypatch) -> No
         assert words in result.message and result.backend_pid is None  # nothing was started
         with pytest.raises(ConfigError, match="refusing to serve"):
             describe_version(settings, version)  # the service itself refuses too
+    # a serving host with a read-only registry user writes nothing and leaves the record
+    # (deploy=failed, the champion moved back) to a writer's record_deploy task
+    read_only = settings.model_copy(update={"deploy_records_registry": False})
+    fresh = register_model(settings, seed=5, aliases=())
+    _tag(settings, fresh, gate="pending")
+    result = deploy.deploy_version(read_only, fresh)
+    assert not result.ok and result.record_pending and result.version == fresh
+    assert "deploy" not in mlflow_client(settings).get_model_version(name, fresh).tags
     out = _cli(monkeypatch, settings, "deploy", "--version", v4)  # the public CLI refuses too
     said = out.output + str(out.exception or "")  # main() prints a MammoError as one line
     assert out.exit_code != 0 and "awaits a person's approval" in said, said
