@@ -230,7 +230,9 @@ def _anchors(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def _as_batch(images: np.ndarray) -> np.ndarray:
+def as_tile_batch(images: np.ndarray) -> np.ndarray:
+    """One tile or a stack ((299, 299), (N, 299, 299) or (N, 299, 299, 1)) as (N, 299, 299)
+    uint8; anything else is a ValueError."""
     a = np.asarray(images)
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
@@ -244,7 +246,7 @@ def _as_batch(images: np.ndarray) -> np.ndarray:
 def perceptual_hashes(images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
     """Hashes of uint8 tiles ((N, 299, 299), (N, 299, 299, 1) or one (299, 299)) ->
     (N, ANCHORS, 2) uint64: each tile's anchor hashes, canonical and sorted."""
-    a = _as_batch(images)
+    a = as_tile_batch(images)
     out = np.zeros((a.shape[0], ANCHORS, HASH_WORDS), dtype=np.uint64)
     for start in range(0, a.shape[0], batch_size):
         chunk = np.ascontiguousarray(a[start : start + batch_size])

@@ -45,6 +45,7 @@ from functools import cache
 import numpy as np
 from scipy import sparse
 
+from mammo_pipeline.data.near_duplicates import as_tile_batch
 from mammo_pipeline.data.schema import SOURCE_SIZE
 
 S = SOURCE_SIZE
@@ -113,22 +114,11 @@ def _sampling(first: int, count: int) -> sparse.csr_matrix:
     return matrix
 
 
-def _as_batch(images: np.ndarray) -> np.ndarray:
-    a = np.asarray(images)
-    if a.ndim == 4 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:
-        a = a[None]
-    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[1:] != (S, S):
-        raise ValueError(f"expected uint8 tiles of {S}x{S}, got {a.dtype} {a.shape}")
-    return a
-
-
 def ring_spectra(images: np.ndarray, *, index: bool = False, batch_size: int = 64) -> np.ndarray:
     """Ring spectra of uint8 tiles ((N, 299, 299), (N, 299, 299, 1) or one tile) ->
     (N, RINGS, HARMONICS) complex64, or with ``index=True`` the wider
     (N, RINGS + 2 * SCALE_STEPS, HARMONICS) a held-out index keeps for the scale search."""
-    a = _as_batch(images)
+    a = as_tile_batch(images)
     first, count = (-SCALE_STEPS, RINGS + 2 * SCALE_STEPS) if index else (0, RINGS)
     matrix = _sampling(first, count)
     out = np.empty((a.shape[0], count, HARMONICS), dtype=np.complex64)
