@@ -218,25 +218,15 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("approvers", mode="before")
+    @field_validator("approvers", "trusted_keys", mode="before")
     @classmethod
-    def _name_list(cls, value: object) -> object:
-        """``MAMMO_APPROVERS=alice`` or ``alice,bob`` (or a JSON list) -> a tuple of names."""
+    def _comma_list(cls, value: object) -> object:
+        """``MAMMO_APPROVERS=alice,bob`` / ``MAMMO_TRUSTED_KEYS=a.pub,b.pub`` (or a JSON list)
+        -> a tuple of stripped, non-empty items (a plain name is a list of one)."""
         if isinstance(value, str):
             text = value.strip()
-            names = json.loads(text) if text.startswith("[") else text.split(",")
-            return tuple(str(n).strip() for n in names if str(n).strip())
-        return value
-
-    @field_validator("trusted_keys", mode="before")
-    @classmethod
-    def _key_list(cls, value: object) -> object:
-        """``MAMMO_TRUSTED_KEYS=a.pub,b.pub`` (or a JSON list) -> a tuple of paths."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return tuple(json.loads(text))
-            return tuple(p.strip() for p in text.split(",") if p.strip())
+            items = json.loads(text) if text.startswith("[") else text.split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
         return value
 
     @model_validator(mode="after")
