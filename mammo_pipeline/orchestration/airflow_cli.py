@@ -100,7 +100,8 @@ def _started_after(run: dict, after: float) -> bool:
 
 
 def follow(env: dict[str, str], dag_id: str, timeout: float, after: float) -> dict:
-    """Wait for the first run of ``dag_id`` that started after ``after``; print task states."""
+    """Wait for the first run of ``dag_id`` that started after ``after``; print task states.
+    Returns the run (Airflow's JSON) with ``task_states`` (task id -> final state)."""
     deadline = time.time() + timeout
     shown: dict[str, str] = {}
     t0 = time.time()
@@ -114,6 +115,6 @@ def follow(env: dict[str, str], dag_id: str, timeout: float, after: float) -> di
                     say(f"  [{time.time() - t0:6.0f}s] {dag_id}.{task}: {state}")
                     shown[task] = state
             if run["state"] in ("success", "failed"):
-                return run
+                return {**run, "task_states": states}
         time.sleep(8)
     raise RuntimeError(f"{dag_id} did not finish within {timeout:.0f}s")

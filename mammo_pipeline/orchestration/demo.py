@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +40,7 @@ from mammo_pipeline.config import CONFIG_FILE_ENV, Settings
 from mammo_pipeline.orchestration.airflow_cli import airflow, follow, trigger, wait_for_dags
 from mammo_pipeline.orchestration.airflow_env import airflow_env
 from mammo_pipeline.orchestration.demo_access import api_key, key_pair, shell_usage, write_private
+from mammo_pipeline.orchestration.demo_data import make_round
 from mammo_pipeline.orchestration.demo_status import say_health_and_memory
 
 DEMO_DIR = REPO_ROOT / ".demo"
@@ -176,25 +175,6 @@ def start_services(settings: Settings, env: dict[str, str]) -> None:
     say(f"• Airflow starting (logs in {logs}) …")
     if not wait_http(f"http://127.0.0.1:{AIRFLOW_PORT}/api/v2/monitor/health", 240):
         raise RuntimeError(f"Airflow api-server did not come up; see {logs}")
-
-
-def make_data(settings: Settings, n: int, test_n: int) -> None:
-    from mammo_pipeline.data.synthetic import generate
-
-    staging = DEMO_DIR / "staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    say(f"• Generating SYNTHETIC data: {n} training tiles in 3 files + {test_n} test tiles")
-    ds = generate(staging, n, files=3, positive_fraction=0.25, seed=2026, test_n=test_n,
-                  films=DEMO_FILMS, films_dir=settings.film_test_split)  # fmt: skip
-    say(f"• SYNTHETIC film set for film-level evaluation: {DEMO_FILMS} films in "
-        f"{settings.film_test_split}")  # fmt: skip
-    settings.test_split.mkdir(parents=True, exist_ok=True)
-    for p in (ds.test_data, ds.test_labels):
-        os.replace(p, settings.test_split / Path(p).name)
-    settings.landing.mkdir(parents=True, exist_ok=True)
-    for f in ds.train_files:  # atomic: the validator never sees a half-written file
-        os.replace(f, settings.landing / Path(f).name)
-    say(f"• Dropped {len(ds.train_files)} SYNTHETIC tfrecord files into {settings.landing}")
 
 
 def report(settings: Settings) -> bool:
@@ -334,14 +314,18 @@ def run(n: int, test_n: int) -> int:
         d.mkdir(parents=True, exist_ok=True)
     start_services(settings, env)
     wait_for_dags(env, ["mammo_validate_incoming", "mammo_retrain", "mammo_deploy"])
-    make_data(settings, n, test_n)
+    make_round(settings, DEMO_DIR, n, test_n, DEMO_FILMS, say=say)
     t_drop = time.time()
     trigger(env, "mammo_validate_incoming")
     say(
         "• Triggered mammo_validate_incoming (its schedule checks the landing directory every "
         f"{settings.validate_every_minutes} min) …"
     )
-    follow(env, "mammo_validate_incoming", 600, t_drop)
+    validation = follow(env, "mammo_validate_incoming", 600, t_drop)
+    if validation["task_states"].get("publish_validated") == "skipped":
+        say("Nothing new passed validation, so mammo_retrain was not triggered: see the "
+            f"validation report in the Airflow UI or {settings.reports}.")  # fmt: skip
+        return 1
     say("• Waiting for mammo_retrain (triggered by the validated-data Asset) …")
     run_info = follow(env, "mammo_retrain", 1800, t_drop)
     say(
