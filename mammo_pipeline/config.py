@@ -206,6 +206,19 @@ class Settings(BaseSettings):
     # --- orchestration -----------------------------------------------------------------
     airflow_home: Path = Path(".airflow")
 
+    # --- monitoring (docs/monitoring.md; unset store = SQLite under <data dir>/monitoring/) -----
+    monitor_store_uri: str | None = Field(None, description="postgresql://... or sqlite:///PATH")
+    monitor_queue_size: int = Field(10_000, ge=1, description="service log queue; then drops")
+    monitor_window_hours: float = Field(24.0, gt=0.0, le=24 * 90)
+    monitor_since_days: float = Field(7.0, gt=0.0, le=3650, description="default report period")
+    monitor_min_window_size: int = Field(100, ge=10, description="tiles to judge a window")
+    monitor_psi_threshold: float = Field(0.2, gt=0.0, description="drift: PSI above AND p below")
+    monitor_p_value: float = Field(0.01, gt=0.0, lt=0.5, description="KS and rate tests")
+    monitor_consecutive_windows: int = Field(2, ge=1, le=100, description="drifting: alert")
+    monitor_retention_days: float = Field(180.0, gt=0.0, description="older records deleted")
+    monitor_every_minutes: int = Field(60, ge=1, le=24 * 60, description="mammo_monitor DAG")
+    retrain_on_alert: bool = Field(False, description="mammo_retrain also on the alert Asset")
+
     @field_validator("weights")
     @classmethod
     def _weights_known(cls, value: str) -> str:

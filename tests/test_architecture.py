@@ -20,6 +20,7 @@ STAGES = (
     "analysis",
     "training",
     "registry",
+    "monitoring",
     "serving",
     "orchestration",
     "cli",
@@ -29,11 +30,15 @@ FORBIDDEN: dict[str, set[str]] = {
     "common": set(STAGES) - {"common"},
     "stats": set(STAGES) - {"stats"},
     "imaging": set(STAGES) - {"imaging", "common"},
-    "data": {"validation", "analysis", "training", "registry", "serving", "orchestration", "cli"},
-    "analysis": {"validation", "training", "registry", "serving", "orchestration", "cli"},
-    "validation": {"training", "registry", "serving", "orchestration", "cli"},
-    "training": {"validation", "registry", "serving", "orchestration", "cli"},
-    "registry": {"serving", "orchestration", "cli"},
+    "data": {"validation", "analysis", "training", "registry", "serving", "orchestration", "cli"}
+    | {"monitoring"},
+    "analysis": {"validation", "training", "registry", "monitoring", "serving", "orchestration"}
+    | {"cli"},
+    "validation": {"training", "registry", "monitoring", "serving", "orchestration", "cli"},
+    "training": {"validation", "registry", "monitoring", "serving", "orchestration", "cli"},
+    "registry": {"monitoring", "serving", "orchestration", "cli"},
+    # the service logs predictions through monitoring: monitoring never imports serving
+    "monitoring": {"analysis", "serving", "orchestration", "cli"},
     "serving": {"orchestration", "cli"},
     "orchestration": {"cli"},
 }

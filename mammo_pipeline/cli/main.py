@@ -12,6 +12,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageErro
 
 from mammo_pipeline.cli import data as data_cli
 from mammo_pipeline.cli import keys as keys_cli
+from mammo_pipeline.cli import monitor as monitor_cli
 from mammo_pipeline.cli import registry, serve, status, train, validate
 from mammo_pipeline.cli.help import MammoGroup
 from mammo_pipeline.cli.quiet import quiet_tensorflow_env
@@ -33,6 +34,7 @@ train.register(app)  # mammo train, mammo evaluate
 registry.register(app)  # mammo registry ...
 serve.register(app)  # mammo deploy, mammo serve, mammo predict
 status.register(app)  # mammo status
+monitor_cli.register(app)  # mammo monitor report|status|feedback
 
 
 def main() -> None:
