@@ -23,13 +23,25 @@ def register(app: typer.Typer) -> None:
         version: str | None = typer.Option(
             None, "--version", help="registry version (default: the 'champion' alias)"
         ),
+        reason: str = typer.Option(
+            "manual deploy (`mammo deploy --version`)",
+            "--reason",
+            help="recorded when --version is not the champion and becomes it by your approval",
+        ),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:
-        """Blue/green deploy: start beside the live service, smoke-test, switch."""
+        """Blue/green deploy: start beside the live service, smoke-test, switch. A vetted
+        --version that is not the champion becomes the champion first, by your recorded
+        approval (the same rule as a manual mammo_deploy run in Airflow)."""
         settings = existing_store_settings()  # before the lock file or a store is created
         require_auth_configured(settings)  # no key and MAMMO_AUTH=key: nothing starts
+        from mammo_pipeline.registry.approvals import champion_for_deploy
         from mammo_pipeline.serving.deploy import deploy_version
 
+        if version is not None:
+            approval = champion_for_deploy(settings, str(version), reason, None)
+            if approval is not None and not as_json:
+                typer.echo(approval.message)
         result = deploy_version(settings, version)
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))

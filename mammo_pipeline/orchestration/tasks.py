@@ -6,8 +6,10 @@ the run. The DAG files only wire these together.
 The promotion policy belongs to the deployment (``MAMMO_*`` settings): a run's parameters may
 only tighten it (``check_policy`` refuses a looser one before anything is trained, and the
 gate receives them as ``requested`` values), a person's approval in Airflow goes through the
-registry's re-check (``approve``) with the Airflow user recorded as the reviewer, and a manual
-deploy serves only vetted versions.
+registry's re-check (:mod:`mammo_pipeline.registry.approvals`, shared with the CLI) with the
+Airflow user recorded as the reviewer, and a manual deploy serves only vetted versions. The
+registry's rules live in ``registry/``; these functions only translate results and errors into
+task outcomes.
 
 Heavy libraries are imported inside the functions so that DAG parsing stays cheap.
 """
@@ -241,30 +243,13 @@ def _review_reason(review: Mapping[str, Any], default: str) -> str:
     return text or default
 
 
-def _no_longer_awaiting(version: str, tags: Mapping[str, str]) -> str | None:
-    """Why an approval given in Airflow may not promote ``version`` now (None: it may)."""
-    if tags.get("review") == "rejected":
-        return (
-            f"v{version} was rejected by {tags.get('review_by', '?')} "
-            f"({tags.get('review_reason', '')}) since the gate ran"
-        )
-    if tags.get("gate") != "passed" or tags.get("awaiting_approval") != "true":
-        return (
-            f"v{version} no longer awaits approval (gate={tags.get('gate', 'none')}, "
-            f"awaiting_approval={tags.get('awaiting_approval', 'false')})"
-        )
-    return None
-
-
 def promote_candidate(
     decision: dict[str, Any], review: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Make the candidate champion. Without a required approval the gate already did; with
     one, the Airflow approver's answer goes through the registry's ``approve`` (which
     re-gates when the champion or baseline changed since), recorded under their name."""
-    from mammo_pipeline.common.mlflow_access import mlflow_client
-    from mammo_pipeline.registry import approve, registry_lock
-    from mammo_pipeline.registry.store import get_version, mlflow_errors
+    from mammo_pipeline.registry.approvals import approve_awaiting
 
     version = str(decision.get("version"))
     if not decision.get("passed"):
@@ -277,14 +262,8 @@ def promote_candidate(
     if who is None:
         _fail(f"the approval of version {version} names no Airflow user; nothing promoted")
     reason = _review_reason(review, "approved in Airflow")
-    s = get_settings()
     try:
-        with registry_lock(s), mlflow_errors(f"approving version {version}"):
-            mv = get_version(mlflow_client(s), s.registered_model_name, version)
-            problem = _no_longer_awaiting(version, mv.tags or {})
-            if problem:
-                raise MammoError(f"{who}'s approval in Airflow cannot promote it: {problem}")
-            result = approve(s, version, reason=reason, who=Identity(who, "airflow"))
+        result = approve_awaiting(get_settings(), version, reason, Identity(who, "airflow"))
     except MammoError as exc:
         _fail(f"version {version} not promoted: {exc}")
     print(result.message)
@@ -367,6 +346,7 @@ def prepare_manual_deploy(
     version that is not the champion is promoted by the triggering user's recorded approval,
     and refused when the run names no user. Returns what :func:`deploy_champion` deploys."""
     from mammo_pipeline.registry import rollback
+    from mammo_pipeline.registry.approvals import champion_for_deploy
 
     s = get_settings()
     reason = str(params.get("reason") or "manual redeploy").strip()
@@ -379,41 +359,17 @@ def prepare_manual_deploy(
             out["rollback"] = rollback(s, reason=reason, who=Identity(who, "airflow")).to_dict()
         elif version is not None:
             out["version"] = str(version)
-            approval = _champion_for_manual_deploy(s, str(version), triggered_by,
-                                                   f"{reason} ({via})")  # fmt: skip
+            actor = Identity(triggered_by, "airflow") if triggered_by else None
+            approval = champion_for_deploy(
+                s,
+                str(version),
+                f"{reason} ({via})",
+                actor,
+                need_named="this run names no triggering user",
+            )
             if approval is not None:
-                out["approval"] = approval
+                print(approval.message)
+                out["approval"] = approval.to_dict()
     except MammoError as exc:
         _fail(str(exc))
     return out
-
-
-def _champion_for_manual_deploy(
-    s: Settings, version: str, who: str | None, reason: str
-) -> dict[str, Any] | None:
-    """Make the vetted ``version`` the champion by ``who``'s recorded approval (None when it
-    already is); raise :class:`MammoError` for an unvetted version or an unknown user."""
-    from mammo_pipeline.common.mlflow_access import mlflow_client
-    from mammo_pipeline.registry import CHAMPION, approve, registry_lock, vetting_problem
-    from mammo_pipeline.registry.store import get_version, mlflow_errors, read_aliases
-
-    name = s.registered_model_name
-    client = mlflow_client(s)
-    with registry_lock(s), mlflow_errors(f"deploying {name!r} v{version}"):
-        mv = get_version(client, name, version)
-        problem = vetting_problem(version, mv.tags or {})
-        if problem:
-            raise MammoError(f"refusing to deploy: {problem}")
-        if read_aliases(client, name).get(CHAMPION) == version:
-            return None
-        if not who:
-            raise MammoError(
-                f"v{version} is not the champion and this run names no triggering user to "
-                f"record an approval: run `mammo registry approve {version} --reason TEXT`, "
-                "then trigger mammo_deploy without a version"
-            )
-        result = approve(s, version, reason=reason, who=Identity(who, "airflow"))
-    print(result.message)
-    if result.champion_after != version:
-        raise MammoError(f"v{version} was not promoted: {result.message}")
-    return result.to_dict()
