@@ -177,6 +177,21 @@ def start_services(settings: Settings, env: dict[str, str]) -> None:
         raise RuntimeError(f"Airflow api-server did not come up; see {logs}")
 
 
+def serve_champion_if_stopped(settings: Settings, env: dict[str, str]) -> None:
+    """After ``make stop``, deploy the champion through ``mammo_deploy``: this round's
+    candidate may fail the gate, and then nothing else would start the service."""
+    from mammo_pipeline.registry import CHAMPION
+    from mammo_pipeline.registry.deployments import alias_version
+
+    champion = alias_version(settings, CHAMPION)
+    if champion is None or wait_http(f"http://127.0.0.1:{settings.serve_port}/readyz", 2):
+        return
+    say(f"• The champion v{champion} is not served (`make stop`): triggering mammo_deploy …")
+    started = time.time()
+    trigger(env, "mammo_deploy")
+    follow(env, "mammo_deploy", 600, started)
+
+
 def report(settings: Settings) -> bool:
     """Print the gate decision, the served version and a prediction; True if one was served."""
     import urllib.request
@@ -314,6 +329,7 @@ def run(n: int, test_n: int) -> int:
         d.mkdir(parents=True, exist_ok=True)
     start_services(settings, env)
     wait_for_dags(env, ["mammo_validate_incoming", "mammo_retrain", "mammo_deploy"])
+    serve_champion_if_stopped(settings, env)
     make_round(settings, DEMO_DIR, n, test_n, DEMO_FILMS, say=say)
     t_drop = time.time()
     trigger(env, "mammo_validate_incoming")
