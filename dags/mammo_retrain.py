@@ -23,6 +23,7 @@ from airflow.sdk import (
 )
 
 from mammo_pipeline.config import get_settings
+from mammo_pipeline.monitoring.policy import MONITOR_ALERT_ASSET
 from mammo_pipeline.orchestration.params import (
     APPROVAL_TASK,
     APPROVE,
@@ -68,7 +69,10 @@ class ReviewOperator(HITLBranchOperator):
     dag_id="mammo_retrain",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable(RETRAIN_CRON, timezone="UTC"),
-        assets=[Asset(VALIDATED_DATA_ASSET)],
+        # MAMMO_RETRAIN_ON_ALERT: also on a monitoring alert (the candidate is gated as usual)
+        assets=Asset(VALIDATED_DATA_ASSET) | Asset(MONITOR_ALERT_ASSET)
+        if SETTINGS.retrain_on_alert
+        else [Asset(VALIDATED_DATA_ASSET)],
     ),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
