@@ -9,9 +9,15 @@
    switch (the aim is 0) and how long the switch took.
 4. Peak RSS of the serving processes (backend, its workers, the proxy), sampled every 0.2 s.
 
+``--hostile`` instead runs the hostile mode (``benchmarks/hostile.py``): concurrent maximal
+bodies (with and without Content-Length) and films against one service with the default
+limits, reporting the peak RSS of the serving process tree above rest and the status counts
+per case, in one run.
+
 Every loop is bounded in count and time and stops by itself; traffic goes only to 127.0.0.1.
 
     python benchmarks/load.py [--duration 30] [--quick] [--json OUT]
+    python benchmarks/load.py --hostile [--quick] [--json OUT]
 """
 
 from __future__ import annotations
@@ -101,7 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per level")
     parser.add_argument("--quick", action="store_true", help="5 s per level")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--hostile", action="store_true", help="the hostile mode (bounds)")
     args = parser.parse_args(argv)
+    if args.hostile:
+        from benchmarks import hostile
+
+        found = hostile.run(quick=args.quick)
+        hostile.report(found)
+        if args.json:
+            args.json.write_text(json.dumps(found, indent=2))
+        return 0
     seconds = 5.0 if args.quick else args.duration
 
     from mammo_pipeline.common.net import free_port

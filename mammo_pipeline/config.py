@@ -187,6 +187,44 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1024, description="decompression-bomb guard: width*height cap"
     )
+    # Memory bounds of the service (docs/serving-bounds.md): a busy service answers 503 with
+    # Retry-After before it buffers or decodes; a request that can never fit answers 413.
+    serve_inflight_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=64 * 1024,
+        description="request bytes all concurrent requests may hold buffered (one body's "
+        "limit too: min(max parts x max_upload_bytes, this))",
+    )
+    serve_pixel_budget: int = Field(
+        60_000_000,
+        ge=1024,
+        description="decoded pixels all concurrent requests may hold (a film counts the larger "
+        "of its decoded and resampled sizes)",
+    )
+    serve_max_analyses: int = Field(
+        1, ge=1, le=64, description="whole-film analyses admitted at once; one more is a 503"
+    )
+    serve_busy_wait_s: float = Field(
+        2.0, ge=0.0, le=30.0, description="longest wait for a share of a budget before a 503"
+    )
+    serve_retry_after_s: int = Field(
+        5, ge=1, le=3600, description="the Retry-After (seconds) a 503 'busy' answer carries"
+    )
+    analysis_max_pixels: int = Field(
+        40_000_000,
+        ge=1024,
+        description="largest film /analyze resamples, in pixels at the training scale (0.1 "
+        "mm/px), checked from the header and the spacing before decoding",
+    )
+    analysis_max_windows: int = Field(
+        2000, ge=1, description="most windows /analyze lays over one film (grid, any coverage)"
+    )
+    analysis_time_budget_s: float = Field(
+        40.0,
+        gt=0.0,
+        le=3600.0,
+        description="longest scoring of one film; over it /analyze answers 422 naming it",
+    )
     serve_version: str | None = Field(
         None, description="registry version to serve; unset = the 'champion' alias"
     )

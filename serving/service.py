@@ -42,20 +42,29 @@ model service composed with ``bentoml.depends``) was built and measured against 
 slower and failed requests under concurrency: the numbers are in :class:`AdaptiveBatcher`.
 A non-finite score fails its own request (500), never becomes a label, and is counted.
 
-Memory is bounded: the request body (buffered by the guard, never beyond its limit, with or
-without Content-Length), the pixels one request may decode and the pixels all concurrent
-requests hold decoded (:class:`mammo_pipeline.serving.limits.PixelBudget`, counted from the
-image headers before decoding: 413 early, 503 when busy), and one analysis at a time.
+Memory is bounded by design (docs/serving-bounds.md): the guard streams each body through
+the form checks (a file part over ``MAMMO_MAX_UPLOAD_BYTES`` is a 413 as soon as it passes
+it) and buffers at most min(files x that limit, ``MAMMO_SERVE_INFLIGHT_BYTES``), inside one
+budget of bytes in flight shared by all requests (reserved from Content-Length before
+reading, chunk by chunk otherwise); decoded pixels share ``MAMMO_SERVE_PIXEL_BUDGET``,
+counted from the image headers before decoding; ``MAMMO_SERVE_MAX_ANALYSES`` films are
+analysed at once, and one more is refused before its body is read. A request with no room
+waits at most ``MAMMO_SERVE_BUSY_WAIT_S``, then gets 503 with ``Retry-After`` and our
+message, answered by us (never BentoML's "unexpected error" or a logged traceback); one that
+can never fit gets 413. ``/analyze`` checks the film's resampled size and window count from
+its header before decoding and stops scoring at ``MAMMO_ANALYSIS_TIME_BUDGET_S``. Freed
+buffers go back to the system (:mod:`mammo_pipeline.serving.memory`).
 
 Guarding (:class:`RequestGuard`, an ASGI middleware): the API key (``MAMMO_API_KEY``, sent as
 ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) is required on everything but the probes
 and ``/metrics``; request bodies over the size limit get 413 before anything is parsed;
 ``GET /model`` is answered there (BentoML API routes are POST-only); 4xx bodies are always
-``{"error": message}``. Upload bodies are checked and their client file names replaced before
-BentoML parses them (:mod:`mammo_pipeline.serving.upload_form`: wrong field, too many parts,
-long or path-like names); BentoML's multipart parsing is hardened too (no URL fetching for
-file fields, malformed bodies are 400s: :mod:`mammo_pipeline.common.compat`). No pixel data
-and no DICOM patient identifier is logged or answered.
+``{"error": message}``. Upload bodies are checked and their client file names replaced
+while they stream, before BentoML parses them (:mod:`mammo_pipeline.serving.upload_form`:
+wrong field, too many parts, long or path-like names); BentoML's multipart parsing is
+hardened too (no URL fetching for file fields, malformed bodies are 400s:
+:mod:`mammo_pipeline.common.compat`). No pixel data and no DICOM patient identifier is
+logged or answered.
 
 Authentication fails closed: with ``MAMMO_AUTH=key`` (the default) and no key, ``bentoml
 serve`` refuses to start (a deployment hook, before any worker: one line naming
@@ -89,23 +98,32 @@ from mammo_pipeline.common.auth import (
 from mammo_pipeline.common.compat import harden_bentoml_multipart
 from mammo_pipeline.config import Settings, describe_validation_error, get_settings
 from mammo_pipeline.data.schema import SOURCE_SIZE, TILE_MM_PER_PX
+from mammo_pipeline.serving import memory
 from mammo_pipeline.serving.image_io import (
-    DecodedUpload,
     InputError,
     decode_upload,
     is_whole_film,
-    peek_size,
     read_upload,
     tile_side_limit,
     to_model_input,
 )
-from mammo_pipeline.serving.limits import PixelBudget
-from mammo_pipeline.serving.upload_form import FormSpec, sanitize_form
+from mammo_pipeline.serving.limits import (
+    MULTIPART_OVERHEAD,
+    Admission,
+    BusyError,
+    ByteBudget,
+    PixelBudget,
+    body_limit,
+)
+from mammo_pipeline.serving.upload_form import FormSpec, FormStream
+from mammo_pipeline.serving.upload_header import UploadHeader, peek_upload
 
 logger = logging.getLogger("bentoml.mammo")  # under BentoML's configured logger
 
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
-MULTIPART_OVERHEAD = 64 * 1024
+__all__ = ["MULTIPART_OVERHEAD", "MammoClassifier"]
+#: A request that held at least this many bytes or pixels returns free memory when it ends.
+TRIM_AFTER = 4 * 1024 * 1024
 ANALYZE_FIELDS = frozenset({"pixel_spacing_mm", "stride_fraction", "top_k", "heatmap", "synthetic"})
 #: Relative difference above which a form spacing contradicts the DICOM's.
 SPACING_CONFLICT = 0.02
@@ -217,24 +235,27 @@ class AdaptiveBatcher:
 
 # --------------------------------------------------------------------------------------
 class RequestGuard:
-    """ASGI middleware: API key, body-size limit, upload form checks and ``GET /model``,
-    before BentoML parses anything."""
+    """ASGI middleware: API key, body limits and the byte budget while streaming, upload form
+    checks, film admission and ``GET /model``, before BentoML parses anything."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         s = get_settings()
         self.api_key = s.api_key or None
         self.open = s.auth == "none"  # only an explicit MAMMO_AUTH=none serves without a key
-        single = s.max_upload_bytes + MULTIPART_OVERHEAD
-        batch = s.max_upload_bytes * s.serve_max_batch_size + MULTIPART_OVERHEAD
-        self.forms: dict[str, tuple[FormSpec, int]] = {
-            "/predict": (FormSpec("image"), single),
-            "/predict_batch": (
-                FormSpec("images", many=True, max_parts=s.serve_max_batch_size),
-                batch,
-            ),
-            "/analyze": (FormSpec("image", text_fields=ANALYZE_FIELDS), single),
-        }
+        self.retry_after = s.serve_retry_after_s
+        self.max_file = s.max_upload_bytes
+        self.bytes = ByteBudget(s.serve_inflight_bytes, s.serve_busy_wait_s, self.retry_after)
+        self.analyses = Admission(s.serve_max_analyses, "film analyses", self.retry_after)
+        budget = s.serve_inflight_bytes
+        analyze = FormSpec("image", text_fields=ANALYZE_FIELDS)
+        batch = FormSpec("images", many=True, max_parts=s.serve_max_batch_size)
+        files = {"/predict": 1, "/predict_batch": batch.max_parts, "/analyze": 1}
+        self.forms: dict[str, tuple[FormSpec, int, int]] = {
+            path: (spec, body_limit(files[path], s.max_upload_bytes, budget), files[path])
+            for path, spec in (("/predict", FormSpec("image")), ("/predict_batch", batch),
+                               ("/analyze", analyze))
+        }  # fmt: skip
 
     @staticmethod
     async def _send_json(send: Any, status: int, body: Any, headers: dict[str, str] | None = None):
@@ -246,6 +267,9 @@ class RequestGuard:
         raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": payload})
+
+    async def _refuse(self, send: Any, exc: InputError) -> None:
+        await self._send_json(send, exc.status, {"error": str(exc)}, _error_headers(exc))
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         if self.open:
@@ -275,49 +299,87 @@ class RequestGuard:
         if service is None or not service.__is_ready__():
             # answered here: BentoML replaces the message of any 5xx it answers itself
             why = service.not_ready_reason if service is not None else "model not loaded yet"
-            return await self._send_json(send, 503, {"error": f"model not ready: {why}"})
-        spec, limit = self.forms[path]
+            exc = BusyError(f"model not ready: {why}", self.retry_after)
+            return await self._refuse(send, exc)
+        admission = self.analyses if path == "/analyze" else None
+        try:
+            if admission is not None:
+                admission.enter()  # before a byte of the body is read
+        except BusyError as exc:
+            return await self._refuse(send, exc)
+        held = [0]
+        try:
+            return await self._guarded(scope, receive, send, path, headers, held)
+        finally:
+            if admission is not None:
+                admission.leave()
+            if held[0]:
+                self.bytes.release(held[0])
+            if held[0] >= TRIM_AFTER and self.bytes.in_use == 0:
+                memory.trim()
+
+    async def _guarded(
+        self, scope: Any, receive: Any, send: Any, path: str, headers: Any, held: list[int]
+    ) -> None:
+        spec, limit, files = self.forms[path]
+        too_large = (
+            f"over the limit of {limit} bytes for {path} ({files} file(s) x "
+            "MAMMO_MAX_UPLOAD_BYTES + form overhead, at most MAMMO_SERVE_INFLIGHT_BYTES)"
+        )
         length = headers.get(b"content-length")
+        declared = None
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
                 return await self._send_json(send, 400, {"error": "bad Content-Length"})
             if declared > limit:
-                return await self._send_json(
-                    send,
-                    413,
-                    {"error": f"request body of {declared} bytes is over the limit of {limit}"},
-                )
-        # Read the body (with or without Content-Length), never holding more than the limit.
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            body += message.get("body", b"")
-            if len(body) > limit:
-                return await self._send_json(
-                    send, 413, {"error": f"request body over the limit of {limit} bytes"}
-                )
-            if not message.get("more_body", False):
-                break
+                msg = f"request body of {declared} bytes is {too_large}"
+                return await self._send_json(send, 413, {"error": msg})
         content_type = headers.get(b"content-type", b"").decode("latin-1")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.bytes.wait_s
         try:
-            clean = sanitize_form(body, content_type, spec)
+            stream = FormStream(content_type, spec, self.max_file)
+            if declared is not None:  # the whole body's share before reading any of it
+                await self.bytes.acquire(declared)
+                held[0] = declared
+            chunks: list[bytes] = []
+            received = 0
+            while True:  # stream: every check fires as soon as its bytes arrive
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                chunk, more = message.get("body", b""), message.get("more_body", False)
+                received += len(chunk)
+                if received > limit:
+                    msg = f"request body is {too_large}"
+                    return await self._send_json(send, 413, {"error": msg})
+                if declared is None and chunk:  # chunked: reserve as it arrives
+                    await self.bytes.acquire(len(chunk), max(0.0, deadline - loop.time()))
+                    held[0] += len(chunk)
+                chunks += stream.feed(chunk)
+                del chunk, message
+                if not more:
+                    break
+            stream.finish()
         except InputError as exc:
-            return await self._send_json(send, exc.status, {"error": str(exc)})
-        del body
+            return await self._refuse(send, exc)
         scope = dict(scope)
         scope["headers"] = [
             (k, v)
             for k, v in scope.get("headers", [])
             if k.lower() not in (b"content-length", b"transfer-encoding")
-        ] + [(b"content-length", str(len(clean)).encode())]
-        replay = [{"type": "http.request", "body": clean, "more_body": False}]
+        ] + [(b"content-length", str(sum(len(c) for c in chunks)).encode())]
+        chunks.reverse()  # replayed in order, each dropped once handed on
+        replayed = [False]
 
         async def replay_receive() -> Any:
-            return replay.pop() if replay else await receive()
+            if chunks or not replayed[0]:
+                replayed[0] = True
+                body = chunks.pop() if chunks else b""
+                return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+            return await receive()
 
         return await self.app(scope, replay_receive, _unwrap_errors(send))
 
@@ -357,10 +419,16 @@ def _unwrap_errors(send: Any) -> Any:
 _current: MammoClassifier | None = None
 
 
-def _http_error(exc: InputError) -> BentoMLException:
-    if exc.status == 400:
-        return BadInput(str(exc))
-    return BentoMLException(str(exc), error_code=HTTPStatus(exc.status))
+def _error_headers(exc: InputError) -> dict[str, str]:
+    return {"retry-after": str(exc.retry_after)} if isinstance(exc, BusyError) else {}
+
+
+def _error_response(exc: InputError) -> Any:
+    """Our answer to a refused request, returned (not raised) by an API: BentoML would log
+    a traceback at ERROR and replace the message of a 5xx ("An unexpected error ...")."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=_error_headers(exc))
 
 
 def _stop_arbiter() -> None:
@@ -424,11 +492,16 @@ class MammoClassifier:
         self.threshold = float(self.info.decision_threshold)
         self.weights = self._weights_note()
         self._limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self._analysis_limiter = anyio.CapacityLimiter(1)  # one whole film at a time
+        # the guard admits at most serve_max_analyses films (503 beyond), so this never queues
+        self._analysis_limiter = anyio.CapacityLimiter(self.settings.serve_max_analyses)
         s = self.settings
         self.pixel_budget = PixelBudget(
-            total=max(s.max_image_pixels, 60_000_000), per_request=s.max_image_pixels
+            total=s.serve_pixel_budget,
+            per_request=s.max_image_pixels,
+            wait_s=s.serve_busy_wait_s,
+            retry_after=s.serve_retry_after_s,
         )
+        memory.configure()  # large buffers go back to the system when freed (serving/memory.py)
         self.batcher = AdaptiveBatcher(
             self._infer,
             self.settings.serve_max_batch_size,
@@ -532,13 +605,17 @@ class MammoClassifier:
                 error_code=HTTPStatus.SERVICE_UNAVAILABLE,
             )
 
-    def _prepare(self, data: bytes, dicom: bool) -> np.ndarray:
+    def _prepare(self, path: Path, dicom: bool) -> np.ndarray:
         s = self.settings
         try:
+            data = read_upload(path, s.max_upload_bytes)
             decoded = decode_upload(
                 data, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels, dicom=dicom
             )
-            self._check_tile_sized(decoded)
+            del data
+            h, w = decoded.shape
+            self._check_tile_sized(w, h, decoded.pixel_spacing_mm)
+            assert decoded.gray is not None  # a tile
             return to_model_input(decoded.gray, self.image_size)
         except InputError:
             raise
@@ -546,71 +623,71 @@ class MammoClassifier:
             raise InputError(f"cannot use this image: {type(exc).__name__}") from None
 
     @staticmethod
-    def _check_tile_sized(decoded: DecodedUpload) -> None:
+    def _check_tile_sized(w: int, h: int, spacing_mm: float | None) -> None:
         """422 for a whole mammogram sent to /predict (longer side > 2 tiles at its scale)."""
-        h, w = decoded.shape
-        if is_whole_film(w, h, decoded.pixel_spacing_mm):
-            spacing = decoded.pixel_spacing_mm or TILE_MM_PER_PX
+        if is_whole_film(w, h, spacing_mm):
+            spacing = spacing_mm or TILE_MM_PER_PX
             raise InputError(
                 f"image of {w}x{h} px is larger than a tile (limit "
-                f"{tile_side_limit(decoded.pixel_spacing_mm):.0f} px on the longer side at "
+                f"{tile_side_limit(spacing_mm):.0f} px on the longer side at "
                 f"{spacing:g} mm/px): /predict scores one {SOURCE_SIZE}-px tile; send whole "
                 "mammograms to POST /analyze",
                 status=422,
             )
 
-    def _read(self, path: Path) -> tuple[bytes, bool, int]:
-        """(bytes, DICOM hint, pixels from the header) of an uploaded file."""
+    def _peek(self, path: Path) -> UploadHeader:
+        """The header of an uploaded file (format, size, DICOM spacing); nothing decoded."""
         s = self.settings
-        data = read_upload(path, s.max_upload_bytes)
         dicom = path.name.endswith(".dcm")
-        w, h = peek_size(data, max_pixels=s.max_image_pixels, dicom=dicom)
-        return data, dicom, w * h
+        return peek_upload(path, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels,
+                           dicom=dicom)  # fmt: skip
 
     async def _prepare_many(self, paths: list[Path]) -> list[np.ndarray]:
-        """Decode + preprocess in a few worker threads (bounded: memory of large images, TF
-        contention, the pixel budget); the batcher knows how many are coming."""
-        self.batcher.preparing += len(paths)
+        """Headers first (sizes, tile check: nothing decoded), the pixel budget, then decode
+        + preprocess one file at a time in worker threads; the batcher knows how many are
+        coming."""
+        n = len(paths)
+        heads = []
+        for i, path in enumerate(paths):
+            try:
+                head = await anyio.to_thread.run_sync(self._peek, path)
+                self._check_tile_sized(head.width, head.height, head.pixel_spacing_mm)
+            except InputError as exc:
+                raise _numbered(exc, i, n) from None
+            heads.append(head)
+        total = sum(h.pixels for h in heads)
+        self.pixel_budget.check_request(total)
+        self.batcher.preparing += n
         done = 0
         try:
-            uploads = []
-            for i, path in enumerate(paths):
-                try:
-                    uploads.append(await anyio.to_thread.run_sync(self._read, path))
-                except InputError as exc:
-                    raise _http_error(_numbered(exc, i, len(paths))) from None
-            total = sum(n for _, _, n in uploads)
-            try:
-                self.pixel_budget.check_request(total)
-            except InputError as exc:
-                raise _http_error(exc) from None
             out = []
-            try:
-                async with self.pixel_budget.hold(total):
-                    for i, (data, dicom, _) in enumerate(uploads):
-                        try:
-                            out.append(
-                                await anyio.to_thread.run_sync(
-                                    self._prepare, data, dicom, limiter=self._limiter
-                                )
-                            )
-                        except InputError as exc:
-                            raise _numbered(exc, i, len(paths)) from None
-                        finally:
-                            done += 1
-                            self.batcher.preparing -= 1
-                            uploads[i] = (b"", False, 0)  # free the bytes early
-            except InputError as exc:
-                raise _http_error(exc) from None
+            async with self.pixel_budget.hold(total):
+                for i, path in enumerate(paths):
+                    dicom = path.name.endswith(".dcm")
+                    try:
+                        x = await anyio.to_thread.run_sync(
+                            self._prepare, path, dicom, limiter=self._limiter
+                        )
+                    except InputError as exc:
+                        raise _numbered(exc, i, n) from None
+                    finally:
+                        done += 1
+                        self.batcher.preparing -= 1
+                    out.append(x)
             return out
         finally:
-            self.batcher.preparing -= len(paths) - done
+            self.batcher.preparing -= n - done
+            if total >= TRIM_AFTER and self.pixel_budget.in_use == 0:
+                memory.trim()
 
     @bentoml.api(route="/predict")
     async def predict(self, image: Path) -> dict[str, Any]:
         """One tile -> probability and label from the served version."""
         self._check_ready()
-        x = await self._prepare_many([image])
+        try:
+            x = await self._prepare_many([image])
+        except InputError as exc:
+            return _error_response(exc)
         (p,) = await self.batcher.submit(x)
         return self._answer(p)
 
@@ -625,7 +702,10 @@ class MammoClassifier:
                 f"{len(images)} images is over the batch limit of "
                 f"{self.settings.serve_max_batch_size}"
             )
-        xs = await self._prepare_many(images)
+        try:
+            xs = await self._prepare_many(images)
+        except InputError as exc:
+            return _error_response(exc)
         probs = await self.batcher.submit(xs)
         return [self._answer(p, "predict_batch") for p in probs]
 
@@ -646,12 +726,15 @@ class MammoClassifier:
         if not (1 <= top_k <= 50):
             raise BadInput(f"top_k must be within 1..50, got {top_k}")
         try:
-            data, dicom, pixels = await anyio.to_thread.run_sync(self._read, image)
-            async with self.pixel_budget.hold(pixels):
+            head = await anyio.to_thread.run_sync(self._peek, image)
+            spacing, source = _choose_spacing(head.pixel_spacing_mm, pixel_spacing_mm)
+            weight = self._film_weight(head, spacing, source, stride_fraction)
+            cap = max(self.settings.max_image_pixels, self.settings.analysis_max_pixels)
+            async with self.pixel_budget.hold(weight, cap):
                 return await anyio.to_thread.run_sync(
                     self._analyze_sync,
-                    data,
-                    dicom,
+                    image,
+                    head.fmt == "dicom",
                     pixel_spacing_mm,
                     stride_fraction,
                     top_k,
@@ -660,14 +743,41 @@ class MammoClassifier:
                     limiter=self._analysis_limiter,
                 )
         except InputError as exc:
-            raise _http_error(exc) from None
+            return _error_response(exc)
+        finally:
+            if self.pixel_budget.in_use == 0:
+                memory.trim()
+
+    def _film_weight(
+        self, head: UploadHeader, spacing: float | None, source: str | None, stride: float
+    ) -> int:
+        """Pixels the analysis holds (the larger of the decoded and the resampled film), after
+        the analysis bounds, checked from the header before anything is decoded."""
+        from mammo_pipeline.analysis import AnalysisError, check_film_bounds
+        from mammo_pipeline.analysis.analyze import resolve_spacing
+
+        s = self.settings
+        try:
+            mm, src = resolve_spacing(spacing, source)  # type: ignore[arg-type]
+            rows, cols, _ = check_film_bounds(
+                head.width,
+                head.height,
+                mm,
+                stride,
+                max_pixels=s.analysis_max_pixels,
+                max_windows=s.analysis_max_windows,
+                spacing_source=src,
+            )
+        except AnalysisError as exc:
+            raise InputError(str(exc), status=exc.status) from None
+        return max(head.pixels, rows * cols)
 
     def _predict_tiles(self, batch: np.ndarray) -> np.ndarray:
         return self._predict_array(batch)
 
     def _analyze_sync(
         self,
-        data: bytes,
+        path: Path,
         dicom: bool,
         form_spacing: float | None,
         stride_fraction: float,
@@ -678,6 +788,7 @@ class MammoClassifier:
         from mammo_pipeline.analysis import AnalysisError, NonFiniteScoreError, analyze
 
         s = self.settings
+        data = read_upload(path, s.max_upload_bytes)
         try:
             decoded = decode_upload(
                 data,
@@ -706,6 +817,9 @@ class MammoClassifier:
                 stride_fraction=stride_fraction,
                 top_k=top_k,
                 batch_size=s.serve_max_batch_size,
+                max_pixels=s.analysis_max_pixels,
+                max_windows=s.analysis_max_windows,
+                time_budget_s=s.analysis_time_budget_s,
             )
         except NonFiniteScoreError as exc:
             NONFINITE.labels(endpoint="analyze").inc()

@@ -6,10 +6,19 @@ oversize bodies with and without Content-Length, chunked bodies, truncated and z
 files, wrong fields, JSON bodies, long and path-like file names, 16-bit and 3-channel
 images (valid: 200), too many parts, a batch over the per-request pixel budget, bad DICOMs.
 The test prints its figures (cases, 2xx/4xx/5xx counts, peak RSS of the server tree).
+
+The bounds (docs/serving-bounds.md), with budgets scaled down so that tiny bodies reach
+them: a file part over the per-file limit refused while it streams, a body over the in-flight
+byte budget refused from its Content-Length, a busy service answering 503 with Retry-After
+and our message before reading a body (bytes held by a slow upload; a film analysis in
+progress), four concurrent films (one analysed, the others 503, no traceback logged), and
+/analyze's bounds checked from the header before decoding (resampled size, window count).
+Raw sockets send these bodies, so an answer given before the body ends is seen as it comes.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -32,6 +41,12 @@ MAX_UPLOAD = 256 * 1024
 MAX_PIXELS = 1_000_000
 MAX_BATCH = 4
 RSS_BOUND = int(2.5 * 1024**3)
+INFLIGHT = 768 * 1024  # in-flight byte budget: under MAX_BATCH x MAX_UPLOAD
+RETRY_AFTER = 3
+MAX_FILM_PIXELS = 8_000_000  # at 0.1 mm/px
+MAX_WINDOWS = 400
+#: The aim of docs/serving-bounds.md: concurrent hostile requests add at most this to rest.
+ABOVE_REST_BOUND = 512 * 2**20
 
 
 def _start(settings: Settings, root: Path):
@@ -92,13 +107,21 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         max_upload_bytes=MAX_UPLOAD,
         max_image_pixels=MAX_PIXELS,
         serve_max_batch_size=MAX_BATCH,
+        serve_inflight_bytes=INFLIGHT,
+        serve_pixel_budget=2 * MAX_PIXELS,
+        serve_busy_wait_s=1.0,
+        serve_retry_after_s=RETRY_AFTER,
+        analysis_max_pixels=MAX_FILM_PIXELS,
+        analysis_max_windows=MAX_WINDOWS,
     )
     version = register_model(settings, seed=5)
     pid, url, log = _start(settings, root)
     try:
         backend.wait_ready(url, pid, 180, log)
         client = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=60)
-        yield {"url": url, "client": client, "pid": pid, "log": log, "version": version}
+        port = int(url.rsplit(":", 1)[1])
+        yield {"url": url, "client": client, "pid": pid, "log": log, "version": version,
+               "port": port}  # fmt: skip
         client.close()
     finally:
         backend.stop_process(pid)
@@ -264,6 +287,225 @@ def test_hostile_corpus_gets_4xx_never_5xx_and_bounded_memory(server: dict[str, 
     assert "transfer syntax" in by_name["dicom unsupported transfer syntax"]
     assert "per-request budget" in by_name["batch over the per-request pixel budget"]
     assert SECRET_PATIENT_ID not in server["log"].read_text(errors="replace")
+
+
+# --- bounds: streaming limits, budgets, busy answers, /analyze bounds ---------------------
+BOUNDARY = "xyzzy"
+MP = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+class RawUpload:
+    """One POST over a raw socket: headers, then body pieces on demand; the server's answer
+    is read whenever it comes (before the body ends, too)."""
+
+    def __init__(self, port: int, route: str, length: int | None, timeout: float = 15.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.length = length
+        self.sent = 0
+        head = [f"POST {route} HTTP/1.1", "Host: 127.0.0.1", f"X-API-Key: {API_KEY}",
+                f"Content-Type: {MP}"]  # fmt: skip
+        head.append(
+            f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+        )
+        self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+
+    def answered(self) -> bool:
+        import select
+
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def send(self, data: bytes) -> None:
+        frame = data if self.length is not None else b"%x\r\n%b\r\n" % (len(data), data)
+        self.sock.sendall(frame)
+        self.sent += len(data)
+
+    def send_until_answered(self, pieces: Any) -> None:
+        try:
+            for piece in pieces:
+                if self.answered():
+                    return
+                self.send(piece)
+        except OSError:
+            return  # closed by the server while sending: its answer is there to read
+
+    def answer(self) -> tuple[int, dict[str, str], dict[str, Any]]:
+        """(status, headers, JSON body); status 0 when nothing came within the timeout."""
+        import json
+
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                got = self.sock.recv(65536)
+                if not got:
+                    break
+                data += got
+            head, _, body = data.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = dict(ln.lower().split(": ", 1) for ln in lines[1:] if ": " in ln)
+            need = int(headers.get("content-length", "0"))
+            while len(body) < need:
+                got = self.sock.recv(65536)
+                if not got:
+                    break
+                body += got
+            return int(lines[0].split()[1]), headers, json.loads(body or b"{}")
+        except (OSError, ValueError, IndexError):
+            return 0, {}, {}
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _file_part_head(field: str, filename: str = "a.npy") -> bytes:
+    disp = f'form-data; name="{field}"; filename="{filename}"'
+    return f"--{BOUNDARY}\r\nContent-Disposition: {disp}\r\n\r\n".encode()
+
+
+def _assert_busy(status: int, headers: dict[str, str], body: dict[str, Any]) -> None:
+    assert status == 503, (status, body)
+    assert headers.get("retry-after") == str(RETRY_AFTER), headers
+    assert "server busy" in body.get("error", ""), body
+    assert "unexpected error" not in body["error"]
+
+
+def test_a_file_part_over_its_limit_is_refused_while_it_streams(server: dict[str, Any]) -> None:
+    """A chunked /predict_batch whose first file would be 64 MiB: 413 naming the per-file limit
+    once that part passes it, long before the body's own limit (old code: buffered to the
+    body limit, then a generic 'request body over the limit')."""
+    up = RawUpload(server["port"], "/predict_batch", None)
+    try:
+        pieces = [_file_part_head("images")] + [b"\0" * 16384] * 4096
+        up.send_until_answered(pieces)
+        status, _, body = up.answer()
+    finally:
+        up.close()
+    assert status == 413, (status, body)
+    assert f"over the limit of {MAX_UPLOAD} bytes (MAMMO_MAX_UPLOAD_BYTES)" in body["error"]
+    assert "field 'images' (part 1)" in body["error"]
+    assert up.sent < 16 * 2**20  # cut off early (socket buffers hold a few MiB), not at 64 MiB
+
+
+def test_a_body_over_the_inflight_budget_is_refused_from_its_length(
+    server: dict[str, Any],
+) -> None:
+    """4 files of 200 KiB each are within the per-file and part limits, but the body is over
+    the in-flight budget: 413 from the Content-Length alone, no byte of the body read."""
+    length = MAX_BATCH * 200 * 1024 + 2000
+    up = RawUpload(server["port"], "/predict_batch", length)
+    try:
+        status, _, body = up.answer()
+    finally:
+        up.close()
+    assert status == 413, (status, body)
+    assert "MAMMO_SERVE_INFLIGHT_BYTES" in body["error"] and str(INFLIGHT) in body["error"]
+
+
+def test_no_room_for_bytes_is_a_503_with_retry_after_before_buffering(
+    server: dict[str, Any],
+) -> None:
+    """A slow upload holds most of the byte budget; another body that does not fit gets 503
+    with Retry-After and our message within the busy wait, without its body being read."""
+    logged = len(server["log"].read_text(errors="replace"))
+    slow = RawUpload(server["port"], "/predict_batch", INFLIGHT - 100 * 1024)
+    try:
+        slow.send(_file_part_head("images"))
+        time.sleep(0.3)  # the guard has reserved the slow body's share
+        other = RawUpload(server["port"], "/predict", 200 * 1024)
+        try:
+            _assert_busy(*other.answer())
+        finally:
+            other.close()
+        chunked = RawUpload(server["port"], "/predict", None)  # chunked: refused as it comes
+        try:
+            chunked.send_until_answered([_file_part_head("image")] + [b"\0" * 16384] * 15)
+            _assert_busy(*chunked.answer())
+        finally:
+            chunked.close()
+    finally:
+        slow.close()
+    time.sleep(0.3)
+    assert httpx.get(f"{server['url']}/readyz").status_code == 200
+    assert "Traceback" not in server["log"].read_text(errors="replace")[logged:]
+
+
+def test_a_second_film_while_one_is_analysed_is_a_503_before_its_body(
+    server: dict[str, Any],
+) -> None:
+    slow = RawUpload(server["port"], "/analyze", 300 * 1024)
+    try:
+        slow.send(_file_part_head("image", "film.png"))
+        time.sleep(0.3)
+        other = RawUpload(server["port"], "/analyze", 200 * 1024)  # headers only
+        try:
+            status, headers, body = other.answer()
+        finally:
+            other.close()
+        _assert_busy(status, headers, body)
+        assert "film analyses already in progress (limit 1)" in body["error"]
+    finally:
+        slow.close()
+
+
+def _film_png(height: int, width: int, seed: int) -> bytes:
+    from mammo_pipeline.data.synthetic_film import make_film
+
+    return encode(make_film(height, width, lesion="mass", seed=seed).pixels, "PNG")
+
+
+def test_four_concurrent_films_one_analysed_the_others_busy(server: dict[str, Any]) -> None:
+    """Four films at once: each answer is 200 or our 503 (Retry-After, 'server busy'), never
+    BentoML's 'An unexpected error', nothing logged as a traceback; memory stays within the
+    bound above rest."""
+    film = _film_png(700, 500, seed=4)  # 0.35 megapixels, SYNTHETIC, under MAX_UPLOAD
+    answers: list[httpx.Response] = []
+    start = threading.Barrier(4)
+
+    def one() -> None:
+        with httpx.Client(base_url=server["url"], headers={"X-API-Key": API_KEY}) as c:
+            start.wait()
+            answers.append(c.post("/analyze", files={"image": ("f.png", film)}, timeout=60))
+
+    rest = RssSampler(server["pid"])._sample()
+    logged = len(server["log"].read_text(errors="replace"))
+    with RssSampler(server["pid"]) as rss:
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    statuses = sorted(r.status_code for r in answers)
+    print(f"\nfour concurrent films: {statuses}; peak {(rss.peak - rest) / 2**20:.0f} MiB above "
+          f"rest {rest / 2**20:.0f} MiB (tiny model, SYNTHETIC films)")  # fmt: skip
+    assert len(answers) == 4 and 200 in statuses, [(r.status_code, r.text[:200]) for r in answers]
+    for r in answers:
+        if r.status_code != 200:
+            _assert_busy(r.status_code, dict(r.headers), r.json())
+    text = server["log"].read_text(errors="replace")[logged:]
+    assert "Traceback" not in text and "Exception on /analyze" not in text
+    assert rss.peak - rest < ABOVE_REST_BOUND
+
+
+def test_analyze_bounds_are_checked_from_the_header_before_decoding(
+    server: dict[str, Any],
+) -> None:
+    """A 1 x 30000 PNG at 2.0 mm/px would be 20 x 600000 px at 0.1 mm/px (12 M px, over the
+    8 M limit): 413 before resampling. A 900 x 900 film at 0.3 mm/px with stride_fraction
+    0.05 would lay 26,244 windows: 422 naming the cap and the stride."""
+    client: httpx.Client = server["client"]
+    line = encode(np.full((1, 30000), 200, np.uint8), "PNG")
+    resp = client.post("/analyze", files={"image": ("l.png", line)},
+                       data={"pixel_spacing_mm": "2.0"})  # fmt: skip
+    assert resp.status_code == 413, resp.text
+    assert "MAMMO_ANALYSIS_MAX_PIXELS" in resp.json()["error"]
+    assert f"over the limit of {MAX_FILM_PIXELS} px" in resp.json()["error"]
+    film = encode(np.zeros((900, 900), np.uint8), "PNG")  # refused from its header alone
+    resp = client.post("/analyze", files={"image": ("f.png", film)},
+                       data={"pixel_spacing_mm": "0.3", "stride_fraction": "0.05"})  # fmt: skip
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert "stride_fraction 0.05 (15 px)" in error and "26244 windows" in error
+    assert f"limit of {MAX_WINDOWS} windows per film (MAMMO_ANALYSIS_MAX_WINDOWS)" in error
+    assert "stride_fraction 0.43 or more fits" in error
 
 
 def test_the_service_logs_whether_auth_is_on(server: dict[str, Any]) -> None:

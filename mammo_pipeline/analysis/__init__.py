@@ -17,12 +17,16 @@ from mammo_pipeline.analysis.analyze import (
     TileGrid,
     analyze,
 )
+from mammo_pipeline.analysis.bounds import check_film_bounds
 from mammo_pipeline.analysis.errors import (
     AnalysisError,
     AnalysisInputError,
+    AnalysisTimeError,
+    FilmTooLargeError,
     ModelOutputError,
     NoBreastTissueError,
     NonFiniteScoreError,
+    TooManyWindowsError,
 )
 from mammo_pipeline.analysis.heatmap import probability_map, render_heatmap
 from mammo_pipeline.imaging.preprocess import Box
@@ -33,13 +37,17 @@ __all__ = [
     "AnalysisError",
     "AnalysisInputError",
     "AnalysisResult",
+    "AnalysisTimeError",
     "Box",
+    "FilmTooLargeError",
     "ModelOutputError",
     "NoBreastTissueError",
     "NonFiniteScoreError",
     "Region",
     "TileGrid",
+    "TooManyWindowsError",
     "analyze",
+    "check_film_bounds",
     "probability_map",
     "render_heatmap",
 ]

@@ -19,6 +19,7 @@ the caller's business; the answer records where the spacing came from.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,8 +27,10 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from mammo_pipeline.analysis.bounds import check_film_bounds
 from mammo_pipeline.analysis.errors import (
     AnalysisInputError,
+    AnalysisTimeError,
     ModelOutputError,
     NoBreastTissueError,
     NonFiniteScoreError,
@@ -35,6 +38,7 @@ from mammo_pipeline.analysis.errors import (
 from mammo_pipeline.analysis.tiling import TilePlan, iter_tile_batches, plan_tiles
 from mammo_pipeline.data.preprocess import prepare_image
 from mammo_pipeline.imaging.preprocess import (
+    MAX_PREPARED_PIXELS,
     MIN_BREAST_FRACTION,
     TILE_MM_PER_PX,
     TILE_SIZE,
@@ -205,10 +209,16 @@ def _check_arguments(
         raise AnalysisInputError(f"nms_iou must be within [0, 1), got {nms_iou}")
 
 
-def _prepare(pixels: np.ndarray, spacing: float, source: str, target: float) -> PreparedFilm:
+def _prepare(
+    pixels: np.ndarray, spacing: float, source: str, target: float, max_pixels: int
+) -> PreparedFilm:
     try:
         return prepare_film(
-            np.asarray(pixels), spacing_mm=spacing, spacing_source=source, target_mm=target
+            np.asarray(pixels),
+            spacing_mm=spacing,
+            spacing_source=source,
+            target_mm=target,
+            max_pixels=max_pixels,
         )
     except ValueError as exc:
         raise AnalysisInputError(f"image cannot be analysed: {exc}") from exc
@@ -247,6 +257,16 @@ def check_probabilities(
     return probs
 
 
+def _check_time(started: float, budget_s: float | None, done: int, total: int, stride: int) -> None:
+    if budget_s is None or time.monotonic() - started <= budget_s:
+        return
+    raise AnalysisTimeError(
+        f"analysis stopped after {time.monotonic() - started:.1f} s, over its time budget of "
+        f"{budget_s:g} s (MAMMO_ANALYSIS_TIME_BUDGET_S), with {done} of {total} windows "
+        f"scored at a stride of {stride} px: use a larger stride_fraction or a smaller film"
+    )
+
+
 def top_regions(grid: TileGrid, top_k: int, nms_iou: float) -> tuple[Region, ...]:
     """The ``top_k`` highest-probability windows, greedily skipping any window whose IoU
     with an already chosen one exceeds ``nms_iou`` (so the regions are distinct places)."""
@@ -278,6 +298,9 @@ def analyze(
     nms_iou: float = 0.1,
     default_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM,
     progress: bool = False,
+    max_pixels: int = MAX_PREPARED_PIXELS,
+    max_windows: int | None = None,
+    time_budget_s: float | None = None,
 ) -> AnalysisResult:
     """Score a whole mammogram tile by tile.
 
@@ -288,10 +311,27 @@ def analyze(
     or "form"); None uses ``default_spacing_mm`` ("default").
     Raises :class:`AnalysisInputError`, :class:`NoBreastTissueError`,
     :class:`NonFiniteScoreError` or :class:`ModelOutputError` (all MammoError).
+    Bounds (:mod:`~mammo_pipeline.analysis.bounds`), checked before resampling: the film at
+    the training scale at most ``max_pixels`` (:class:`FilmTooLargeError`), at most
+    ``max_windows`` windows (:class:`TooManyWindowsError`); scoring stops between two
+    batches once ``time_budget_s`` has passed (:class:`AnalysisTimeError`).
     """
+    started = time.monotonic()
     _check_arguments(threshold, image_size, top_k, target_mm_per_px, nms_iou)
     spacing, source = resolve_spacing(pixel_spacing_mm, spacing_source, default_spacing_mm)
-    prepared = _prepare(pixels, spacing, source, target_mm_per_px)
+    arr = np.asarray(pixels)
+    if arr.ndim >= 2:
+        check_film_bounds(
+            int(arr.shape[1]),
+            int(arr.shape[0]),
+            spacing,
+            stride_fraction,
+            max_pixels=max_pixels,
+            max_windows=max_windows if max_windows is not None else 1 << 62,
+            spacing_source=source,
+            target_mm=target_mm_per_px,
+        )
+    prepared = _prepare(arr, spacing, source, target_mm_per_px, max_pixels)
     plan = plan_tiles(
         prepared,
         tile=TILE_SIZE,
@@ -310,6 +350,7 @@ def analyze(
         total=len(plan.kept), desc="analyze", unit="tile", disable=not progress, leave=False
     ) as bar:
         for cells, tiles in iter_tile_batches(plan, batch_size):
+            _check_time(started, time_budget_s, done, len(plan.kept), plan.stride)
             x = np.asarray(prepare_image(tiles, image_size), dtype=np.float32)
             probs = check_probabilities(predict_batch(x), cells, plan, done)
             for (r, c), p in zip(cells, probs, strict=True):

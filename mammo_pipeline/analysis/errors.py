@@ -34,3 +34,21 @@ class ModelOutputError(AnalysisError):
 
 class NonFiniteScoreError(ModelOutputError):
     """The model returned NaN or infinity for a tile: never read as a negative."""
+
+
+class FilmTooLargeError(AnalysisError):
+    """The film would be larger than the configured limit once resampled (checked before)."""
+
+    status = 413
+
+
+class TooManyWindowsError(AnalysisError):
+    """The window grid over the film is larger than the configured cap (stride too small)."""
+
+    status = 422
+
+
+class AnalysisTimeError(AnalysisError):
+    """Scoring the film took longer than its time budget; stopped between two batches."""
+
+    status = 422

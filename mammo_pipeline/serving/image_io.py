@@ -232,14 +232,28 @@ def _decode_dicom(data: bytes, max_pixels: int, whole_image: bool) -> DecodedUpl
     return DecodedUpload(gray[..., np.newaxis], "dicom", spacing)
 
 
-def _dicom_size(data: bytes) -> tuple[int, int]:
+def _dicom_size(data: bytes | Path) -> tuple[int, int]:
+    width, height, _ = _dicom_header(data)
+    return width, height
+
+
+def _dicom_header(data: bytes | Path) -> tuple[int, int, float | None]:
+    """(columns, rows, mean pixel spacing or None) from a DICOM's header, pixels unread;
+    (1, 1, None) when unreadable (the full reader gives the precise message)."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        return int(ds.Columns), int(ds.Rows)
+        src = data if isinstance(data, Path) else io.BytesIO(data)
+        ds = pydicom.dcmread(src, stop_before_pixels=True)
+        width, height = int(ds.Columns), int(ds.Rows)
     except Exception:  # noqa: BLE001 - the full reader gives the precise message
-        return 1, 1
+        return 1, 1, None
+    try:
+        row, col = (float(v) for v in ds.PixelSpacing)
+        spacing = (row + col) / 2.0 if row > 0 and col > 0 else None
+    except Exception:  # noqa: BLE001 - no usable spacing: the reader decides later
+        spacing = None
+    return width, height, spacing
 
 
 def peek_size(data: bytes, *, max_pixels: int, dicom: bool = False) -> tuple[int, int]:

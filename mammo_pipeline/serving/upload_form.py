@@ -1,12 +1,15 @@
 """Checking and neutralising a multipart/form-data request body before BentoML parses it.
 
-The service's request guard buffers an upload body (never more than its size limit) and
-passes it through :func:`sanitize_form`, which walks the multipart structure (RFC 7578: parts
-between ``--boundary`` delimiters, each with its own header block) and:
+The service's request guard passes an upload body, as it arrives, through
+:class:`FormStream` (:func:`sanitize_form` for a whole body), which walks the multipart
+structure (RFC 7578: parts between ``--boundary`` delimiters, each with its own header block)
+and:
 
 - refuses what is not ``multipart/form-data`` with a boundary, a body with no file in the
-  expected field (``expected a file in field 'image'``), unknown fields, and more parts than
-  ``max_parts``, each with one clear line (:class:`~mammo_pipeline.serving.image_io.InputError`);
+  expected field (``expected a file in field 'image'``), unknown fields, more parts than
+  ``max_parts`` and a file part over the per-file limit (413, as soon as its bytes exceed
+  it, before the rest of the body is read), each with one clear line
+  (:class:`~mammo_pipeline.serving.image_io.InputError`);
 - replaces every client file name by ``upload`` (``upload.dcm`` when the client said the
   file is DICOM, by a ``.dcm`` name or ``application/dicom``): BentoML writes an upload to a
   temporary file whose name ends with the client's file name, so a 250-character or
@@ -83,37 +86,124 @@ def _is_dicom_hint(filename: str, content_type: str) -> bool:
     )
 
 
-def sanitize_form(body: bytes | bytearray, content_type: str, spec: FormSpec) -> bytes:
-    """The same multipart body with safe file names, after checking fields and part count."""
-    boundary = boundary_of(content_type, spec)
-    delim = b"--" + boundary
-    view = memoryview(body)
-    out: list[bytes | memoryview] = []
-    pos = body.find(delim)
-    if pos < 0:
-        raise InputError(f"malformed multipart body: no part found; {spec.expected()}")
-    files = 0
-    parts = 0
-    while True:
-        after = pos + len(delim)
-        if body[after : after + 2] == b"--":  # closing delimiter
-            out.append(b"--" + boundary + b"--\r\n")
-            break
-        line_end = body.find(b"\r\n", after)
-        if line_end < 0:
-            raise InputError("malformed multipart body: truncated after a boundary")
-        header_end = body.find(b"\r\n\r\n", line_end)
-        if header_end < 0 or header_end - line_end > MAX_PART_HEADER_BYTES:
-            raise InputError("malformed multipart body: a part has no (or too long) headers")
-        nxt = body.find(b"\r\n" + delim, header_end + 4)
-        if nxt < 0:
+class FormStream:
+    """The incremental form of :func:`sanitize_form`: :meth:`feed` takes the body as it
+    arrives and returns the sanitized bytes that are final so far; :meth:`finish` checks the
+    end. Every check fires as soon as the bytes that break it have arrived: a file part over
+    ``max_file_bytes`` (413 naming the limit) after at most that many bytes of it, a part
+    count over ``max_parts``, a bad field name at its header. Held back between calls: at
+    most one header block or a boundary's length of part data."""
+
+    #: Largest text field value (pixel_spacing_mm, top_k, ...).
+    MAX_TEXT_BYTES = 1024
+    #: Largest preamble before the first boundary.
+    MAX_PREAMBLE_BYTES = 64 * 1024
+
+    def __init__(self, content_type: str, spec: FormSpec, max_file_bytes: int) -> None:
+        self.spec = spec
+        self.max_file_bytes = max_file_bytes
+        self.boundary = boundary_of(content_type, spec)
+        self.delim = b"--" + self.boundary
+        self._marker = b"\r\n" + self.delim
+        self._buf = bytearray()
+        self._state = "preamble"  # -> delim -> headers -> data -> ... -> end
+        self._seen = 0
+        self.files = 0
+        self.parts = 0
+        self._part_limit = 0
+        self._part_size = 0
+        self._part_what = ""
+        self._part_setting = ""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Sanitized bytes ready to pass on (possibly none); :class:`InputError` on a fault."""
+        self._buf += chunk
+        out: list[bytes] = []
+        while self._step(out):
+            pass
+        return out
+
+    def finish(self) -> None:
+        """The body ended: it must have closed its last part and held a file."""
+        if self._state != "end":
+            if self._state == "preamble":
+                raise InputError(f"malformed multipart body: no part found; {self.spec.expected()}")
             raise InputError("malformed multipart body: truncated (no closing boundary)")
-        parts += 1
-        if parts > spec.max_parts:
+        if self.files == 0:
+            raise InputError(f"{self.spec.expected()}; the body has no file in it")
+
+    def _step(self, out: list[bytes]) -> bool:
+        buf = self._buf
+        if self._state == "preamble":
+            pos = buf.find(self.delim)
+            if pos < 0:
+                if len(buf) > self.MAX_PREAMBLE_BYTES:
+                    raise InputError(
+                        f"malformed multipart body: no part found; {self.spec.expected()}"
+                    )
+                return False
+            del buf[:pos]
+            self._state = "delim"
+            return True
+        if self._state == "delim":  # buf starts with the delimiter
+            after = len(self.delim)
+            if len(buf) < after + 2:
+                return False
+            if buf[after : after + 2] == b"--":
+                out.append(self.delim + b"--\r\n")
+                buf.clear()
+                self._state = "end"
+                return False
+            self._state = "headers"
+            return True
+        if self._state == "headers":
+            line_end = buf.find(b"\r\n", len(self.delim))
+            header_end = buf.find(b"\r\n\r\n", max(line_end, 0)) if line_end >= 0 else -1
+            if header_end < 0 or header_end - line_end > MAX_PART_HEADER_BYTES:
+                if len(buf) > MAX_PART_HEADER_BYTES + len(self.delim) + 64 or header_end >= 0:
+                    raise InputError(
+                        "malformed multipart body: a part has no (or too long) headers"
+                    )
+                return False
+            out.append(self._part_header(bytes(buf[line_end + 2 : header_end])))
+            del buf[: header_end + 4]
+            self._state = "data"
+            return True
+        if self._state == "data":
+            nxt = buf.find(self._marker)
+            if nxt < 0:
+                keep = len(self._marker) - 1
+                if len(buf) > keep:
+                    self._emit(out, len(buf) - keep)
+                return False
+            self._emit(out, nxt)
+            out.append(b"\r\n")
+            del buf[:2]  # now at the delimiter
+            self._state = "delim"
+            return True
+        if self._state == "end":
+            buf.clear()  # the epilogue is dropped
+        return False
+
+    def _emit(self, out: list[bytes], n: int) -> None:
+        self._part_size += n
+        if self._part_size > self._part_limit:
+            raise InputError(
+                f"{self._part_what} is over the limit of {self._part_limit} bytes"
+                f"{self._part_setting}",
+                status=413,
+            )
+        out.append(bytes(self._buf[:n]))
+        del self._buf[:n]
+
+    def _part_header(self, block: bytes) -> bytes:
+        spec = self.spec
+        self.parts += 1
+        if self.parts > spec.max_parts:
             raise InputError(
                 f"too many parts in the multipart body: more than {spec.max_parts}", status=413
             )
-        headers = _parse_headers(bytes(body[line_end + 2 : header_end]))
+        headers = _parse_headers(block)
         disposition = headers.get("content-disposition", "")
         m = _NAME.search(disposition)
         if not disposition.lower().startswith("form-data") or m is None:
@@ -126,24 +216,36 @@ def sanitize_form(body: bytes | bytearray, content_type: str, spec: FormSpec) ->
                 raise InputError(
                     f"{spec.expected()}; field '{name}' is a text field, not a file upload"
                 )
-            files += 1
-            if files > 1 and not spec.many:
+            self.files += 1
+            if self.files > 1 and not spec.many:
                 raise InputError(f"send one file in field '{spec.file_field}', not several")
             safe = "upload.dcm" if _is_dicom_hint(fm.group(1), part_type) else "upload"
             new = f'Content-Disposition: form-data; name="{name}"; filename="{safe}"'
+            self._part_limit = self.max_file_bytes
+            self._part_what = f"the file in field '{name}' (part {self.parts})"
+            self._part_setting = " (MAMMO_MAX_UPLOAD_BYTES)"
         elif name in spec.text_fields:
             if fm is not None:
                 raise InputError(f"field '{name}' must be a text value, not a file")
             new = f'Content-Disposition: form-data; name="{name}"'
+            self._part_limit = self.MAX_TEXT_BYTES
+            self._part_what = f"text field '{name}'"
+            self._part_setting = ""
         else:
             raise InputError(f"{spec.expected()}; got an unexpected field {_shown(name)}")
-        block = new + "".join(
+        self._part_size = 0
+        block_out = new + "".join(
             f"\r\n{k.title()}: {v}" for k, v in headers.items() if k in _KEEP_HEADERS
         )
-        out += [delim, b"\r\n", block.encode("latin-1"), b"\r\n\r\n"]
-        out.append(view[header_end + 4 : nxt])
-        out.append(b"\r\n")
-        pos = nxt + 2
-    if files == 0:
-        raise InputError(f"{spec.expected()}; the body has no file in it")
+        return self.delim + b"\r\n" + block_out.encode("latin-1") + b"\r\n\r\n"
+
+
+def sanitize_form(
+    body: bytes | bytearray, content_type: str, spec: FormSpec, max_file_bytes: int = 1 << 62
+) -> bytes:
+    """The same multipart body with safe file names, after checking fields and part count
+    (:class:`FormStream` on a whole body)."""
+    stream = FormStream(content_type, spec, max_file_bytes)
+    out = stream.feed(bytes(body))
+    stream.finish()
     return b"".join(out)
