@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from mammo_pipeline.data.synthetic import generate
     from mammo_pipeline.orchestration import demo
     from mammo_pipeline.orchestration.airflow_cli import airflow, follow, trigger
-    from mammo_pipeline.orchestration.timeline import render, timeline
+    from mammo_pipeline.orchestration.timeline import render, spans, timeline
 
     if args.start and demo.run(900, 300) != 0:
         print("the demo did not end with a served model")
@@ -115,9 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         return json.loads(out[out.index("[") :])
 
     compute = training_compute_s(settings, ret_run["run_id"])
-    t = timeline(dropped, instances("mammo_validate_incoming", val_run),
-                 instances("mammo_retrain", ret_run), served_at, compute)  # fmt: skip
-    print("\n".join(render(t, args.n)))
+    retraining = instances("mammo_retrain", ret_run)
+    served = after not in (None, before)
+    if not served:  # the clock stops at the run's last task, not at the end of polling
+        served_at = max((s.end for s in spans(retraining)), default=served_at)
+    t = timeline(dropped, instances("mammo_validate_incoming", val_run), retraining,
+                 served_at, compute)  # fmt: skip
+    print(
+        "\n".join(render(t, args.n, until="served" if served else "gate decision (nothing served)"))
+    )
     validation_rate = args.n / t.stages["validation"] if t.stages["validation"] else 0.0
     extrapolated = t.overhead_s + t.stages["validation"] * (PUBLIC_TILES / args.n - 1)
     print(f"  validation: {validation_rate:.0f} records/s end to end in Airflow")
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  this process: CPU {time.process_time() - cpu0:.1f} s (Airflow's processes not "
           f"counted); load average {os.getloadavg()[0]:.2f}")  # fmt: skip
     shutil.rmtree(staging, ignore_errors=True)
-    if after in (None, before):
+    if not served:
         print(f"no new version was served: mammo_retrain {ret_run['state']} (a refused gate "
               "ends here; see `mammo registry list`)")  # fmt: skip
         return 2

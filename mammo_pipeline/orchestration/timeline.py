@@ -123,9 +123,10 @@ def timeline(
     return Timeline(total_s=total, stages=stages)
 
 
-def render(t: Timeline, records: int) -> list[str]:
-    """One line per stage with its seconds and share, then the overhead."""
-    lines = [f"landing -> served: {t.total_s:.1f} s for a file of {records} records"]
+def render(t: Timeline, records: int, until: str = "served") -> list[str]:
+    """One line per stage with its seconds and share, then the overhead. ``until``: where
+    the clock stopped (a refused gate stops it at the run's last task)."""
+    lines = [f"landing -> {until}: {t.total_s:.1f} s for a file of {records} records"]
     for stage in STAGES:
         lines.append(
             f"  {stage:<18} {t.stages.get(stage, 0.0):7.1f} s  {100 * t.share(stage):5.1f} %"
