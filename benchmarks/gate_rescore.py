@@ -2,7 +2,7 @@
 one run on SYNTHETIC data.
 
 A. The gate without re-scoring, which does not depend on the model: a real
-   ``gate_and_apply`` (SQLite store in a temp folder, the evidence of ``--tiles`` held-out
+   ``gate_and_promote`` (SQLite store in a temp folder, the evidence of ``--tiles`` held-out
    tiles read back and checked, the paired bootstrap against a champion that is also the
    baseline, the tags, the review report), on a lookup model (tests/signed_versions.py:
    Flatten -> Dense over one-hot tiles, so evaluating it costs nothing); its own re-scoring
@@ -66,8 +66,8 @@ def gate_without_rescoring(root: Path, n: int) -> tuple[float, float, float]:
     for signal in (3.0, 3.1):
         run_id = evaluated_run(s, labels, scores_for(labels, signal), tags={"synthetic": "true"})
         versions.append(registry.register_run(s, run_id).version)
-    registry.gate_and_apply(s, versions[0])  # the champion and baseline
-    seconds, (decision, _) = timed(registry.gate_and_apply, s, versions[1])
+    registry.gate_and_promote(s, versions[0])  # the champion and baseline
+    seconds, (decision, _) = timed(registry.gate_and_promote, s, versions[1])
     assert decision.passed, decision.reasons
     rescore = decision.statistics["evidence"]["rescore"]["seconds"]
     hashing, _ = timed(lambda: build_manifest(held_out_files(s.test_split)))

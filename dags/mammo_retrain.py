@@ -125,9 +125,9 @@ def mammo_retrain():
 
     @task(queue=GPU_QUEUE, pool=GPU_POOL, retries=1, retry_delay=timedelta(minutes=2))
     def train(manifest: dict, params: dict | None = None, run_id: str | None = None) -> dict:
-        from mammo_pipeline.orchestration.tasks import train_candidate
+        from mammo_pipeline.orchestration.tasks import airflow_run_tags, train_candidate
 
-        return train_candidate(manifest, params or {}, airflow_run_id=run_id)
+        return train_candidate(manifest, params or {}, airflow_run_tags("mammo_retrain", run_id))
 
     @task
     def evaluate(trained: dict) -> dict:
@@ -137,9 +137,9 @@ def mammo_retrain():
 
     @task(retries=2, retry_delay=timedelta(seconds=30))
     def register(evaluated: dict, run_id: str | None = None) -> dict:
-        from mammo_pipeline.orchestration.tasks import register_candidate
+        from mammo_pipeline.orchestration.tasks import airflow_run_tags, register_candidate
 
-        return register_candidate(evaluated, airflow_run_id=run_id)
+        return register_candidate(evaluated, airflow_run_tags("mammo_retrain", run_id))
 
     @task(task_id=GATE_TASK)
     def gate(registered: dict, params: dict | None = None) -> dict:

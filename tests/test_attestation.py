@@ -94,12 +94,12 @@ def evidence_reason(decision) -> str:
 def test_forged_evidence_of_a_near_random_model_is_refused(root, tmp_path):
     s = fresh(root)
     honest = version_of(s, 3.0)
-    assert registry.gate_and_apply(s, honest)[0].passed
+    assert registry.gate_and_promote(s, honest)[0].passed
     near_random = version_of(s, 0.0)  # ROC AUC about 0.5
     labels = fixed_labels()
     forge_evidence(s, near_random, (labels > 0).astype(float), tmp_path)  # ROC AUC 1.000
 
-    decision, result = registry.gate_and_apply(s, near_random)
+    decision, result = registry.gate_and_promote(s, near_random)
     assert not decision.passed and result.verdict == "failed"
     reason = evidence_reason(decision)
     assert "replaced after evaluation" in reason  # not the predictions the evaluator signed
@@ -144,7 +144,7 @@ def test_honest_version_passes_and_the_rescoring_is_recorded(root, capsys):
     s = fresh(root)
     v = version_of(s, 3.0)
     started = time.perf_counter()
-    decision, result = registry.gate_and_apply(s, v)
+    decision, result = registry.gate_and_promote(s, v)
     gate_seconds = time.perf_counter() - started
     assert decision.passed and result.champion == v, decision.reasons
     evidence = decision.statistics["evidence"]
@@ -210,9 +210,9 @@ def test_hand_written_gate_passed_and_a_moved_champion_are_not_served(root):
 def test_an_edited_or_copied_decision_is_refused(root):
     s = fresh(root)
     v1 = version_of(s, 3.0)
-    assert registry.gate_and_apply(s, v1)[0].passed
+    assert registry.gate_and_promote(s, v1)[0].passed
     v2 = version_of(s, 0.6)  # fails the gate: its signed verdict says so
-    assert not registry.gate_and_apply(s, v2)[0].passed
+    assert not registry.gate_and_promote(s, v2)[0].passed
     client = mlflow_client(s)
     name = s.registered_model_name
     record = json.loads(client.get_model_version(name, v2).tags["signed_decision"])
@@ -235,7 +235,7 @@ def test_an_edited_or_copied_decision_is_refused(root):
 def test_a_swapped_model_artifact_is_refused(root, tmp_path):
     s = fresh(root)
     v = version_of(s, 3.0)
-    assert registry.gate_and_apply(s, v)[0].passed
+    assert registry.gate_and_promote(s, v)[0].passed
     client = mlflow_client(s)
     mv = client.get_model_version(s.registered_model_name, v)
     other = tmp_path / "other"

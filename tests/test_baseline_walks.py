@@ -1,7 +1,7 @@
 """Property: over random walks of many promotions, no metric of any champion falls more than
 one tolerance below the first champion's (issue #18, item 1). Pure gate logic
 (:func:`evaluate_gate`) and the baseline rule (:func:`baseline_may_move`), as
-:func:`~mammo_pipeline.registry.promotion.apply_decision` applies them, on SYNTHETIC scores.
+:func:`~mammo_pipeline.registry.promotion.record_verdict` applies them, on SYNTHETIC scores.
 
 Each walk starts from one model; every candidate is the current champion's scores with a
 random perturbation: random tiles moved up or down, sometimes the positives near the

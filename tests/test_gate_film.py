@@ -96,7 +96,7 @@ def fresh(store: Settings) -> Settings:
 def test_better_on_tiles_worse_on_films_is_refused(store, tmp_path):
     s = fresh(store)
     champion = make_version(s, tile_signal=3.0, film_signal=2.0)
-    decision, result = registry.gate_and_apply(s, champion)
+    decision, result = registry.gate_and_promote(s, champion)
     assert decision.passed and result.champion == champion, decision.reasons
     tags = registry.review_context(s, champion).tags
     assert tags["film_threshold"] == "0.7" and tags["film_threshold_method"] == "film_validation"
@@ -128,7 +128,7 @@ def test_better_on_tiles_worse_on_films_is_refused(store, tmp_path):
 def test_same_films_pass_and_a_changed_film_file_fails(store):
     s = fresh(store)
     champion = make_version(s, 3.0, 2.0)
-    assert registry.gate_and_apply(s, champion)[0].passed
+    assert registry.gate_and_promote(s, champion)[0].passed
     same = make_version(s, 3.0, 2.0)
     decision = registry.gate_version(s, same)
     assert decision.passed, decision.reasons
@@ -155,7 +155,7 @@ def test_same_films_pass_and_a_changed_film_file_fails(store):
     # the skip is recorded; /analyze falls back to the tile threshold, flagged
     older = fresh(store)
     first = make_version(older, 3.0, None)
-    assert registry.gate_and_apply(older, first)[0].passed
+    assert registry.gate_and_promote(older, first)[0].passed
     decision = registry.gate_version(older, make_version(older, 3.0, 2.0))
     assert decision.passed and "films_vs_champion_skipped" in decision.statistics
     from mammo_pipeline.serving.model_loader import describe_version

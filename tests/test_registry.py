@@ -6,6 +6,7 @@ its own registered model name so that cases do not interfere.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import itertools
 import json
@@ -28,6 +29,7 @@ mlflow = pytest.importorskip("mlflow")
 
 from mammo_pipeline import registry  # noqa: E402
 from mammo_pipeline.registry.identity import Identity  # noqa: E402
+from mammo_pipeline.registry.promotion import record_verdict  # noqa: E402
 from mammo_pipeline.registry.report_html import render_html  # noqa: E402
 from mammo_pipeline.registry.store import read_aliases  # noqa: E402
 from tests.evidence_helpers import (  # noqa: E402
@@ -128,7 +130,9 @@ def make_run(
 
 
 def new_version(s: Settings, signal: float = 3.0, **kw) -> str:
-    return registry.register_run(s, make_run(s, signal, **kw), airflow_run_id="af-1").version
+    return registry.register_run(
+        s, make_run(s, signal, **kw), run_tags={"airflow_run_id": "af-1"}
+    ).version
 
 
 def client(s: Settings):
@@ -150,7 +154,7 @@ def tags(s: Settings, version: str) -> dict[str, str]:
 
 def champion_of(s: Settings, signal: float = 3.0, **kw) -> str:
     v = new_version(s, signal, **kw)
-    decision, result = registry.gate_and_apply(s, v)
+    decision, result = registry.gate_and_promote(s, v)
     assert decision.passed and result.champion == v, decision.reasons
     return v
 
@@ -162,7 +166,7 @@ def champion_of(s: Settings, signal: float = 3.0, **kw) -> str:
 def test_register_is_idempotent_and_uses_the_logged_model(store):
     s = model_settings(store)
     run_id = make_run(s)
-    first = registry.register_run(s, run_id, airflow_run_id="af-7")
+    first = registry.register_run(s, run_id, run_tags={"airflow_run_id": "af-7"})
     again = registry.register_run(s, run_id)  # a retried Airflow task
     assert first.created and not again.created
     assert first.version == again.version == "1"
@@ -212,7 +216,7 @@ def test_gate_case(store, signal, champion_signal, passed, reason):
         assert any(reason in r for r in decision.reasons), decision.reasons
     json.dumps(decision.to_dict(), allow_nan=False)
 
-    result = registry.apply_decision(s, v, decision.to_dict())  # as it comes back from XCom
+    result = record_verdict(s, v, decision)
     a, t = aliases(s), tags(s, v)
     assert t["gate"] == ("passed" if passed else "failed")
     assert (reason in t["gate_reasons"]) if reason else t["gate_reasons"] == "all checks passed"
@@ -260,7 +264,7 @@ def test_walk_down_is_refused(store):
     promoted = [first]
     for sig in signals:
         v = new_version(s, sig)
-        decision, result = registry.gate_and_apply(s, v)
+        decision, result = registry.gate_and_promote(s, v)
         if result.champion == v:
             promoted.append(v)
     auc = {sig: roc_auc(labels > 0, scores_for(labels, sig)) for sig in [2.2, *signals]}
@@ -288,7 +292,7 @@ def test_sensitivity_walk_down_is_refused_by_the_second_step(store):
     versions = []
     for scores in walk:
         v = new_version(s, labelled_scores=(labels, scores))
-        registry.gate_and_apply(s, v)
+        registry.gate_and_promote(s, v)
         versions.append(v)
     v1, v2, v3, v4 = versions
     t2 = tags(s, v2)
@@ -348,7 +352,7 @@ def test_review_report_shows_decision_statistics_and_plots(store, tmp_path):
     s = model_settings(store)
     champion_of(s)
     v = new_version(s, 1.6)
-    registry.gate_and_apply(s, v)
+    registry.gate_and_promote(s, v)
     run_id = client(s).get_model_version(s.registered_model_name, v).run_id
     local = client(s).download_artifacts(run_id, f"review/version-{v}.html", str(tmp_path))
     page = Path(local).read_text()
@@ -375,26 +379,24 @@ def test_forged_or_stale_pass_is_applied_as_fail(store):
     s = model_settings(store)
     champion_of(s)
     v = new_version(s, 0.6)
-    d = registry.gate_version(s, v).to_dict()
-    forged = {**d, "passed": True, "reasons": []}
-    r = registry.apply_decision(s, v, forged)
+    d = registry.gate_version(s, v)
+    forged = dataclasses.replace(d, passed=True, reasons=[])
+    r = record_verdict(s, v, forged)
     assert r.verdict == "failed" and aliases(s)["champion"] == "1"
     assert "checks do not support it" in tags(s, v)["gate_reasons"]
 
     good = new_version(s)
     decision = registry.gate_version(s, good)
     champion_of(s, 3.6)  # v4 becomes champion meanwhile
-    r = registry.apply_decision(s, good, decision)
+    r = record_verdict(s, good, decision)
     assert r.verdict == "failed" and "champion changed since the gate ran" in r.reasons[-1]
     assert aliases(s)["champion"] == "4" and aliases(s)["challenger"] == good
-    with pytest.raises(MammoError, match="about version"):
-        registry.apply_decision(s, "1", decision)
 
 
 def test_require_approval_parks_a_passing_version_as_challenger(store):
     s = model_settings(store, require_approval=True)
     v = new_version(s)
-    decision, result = registry.gate_and_apply(s, v)
+    decision, result = registry.gate_and_promote(s, v)
     assert decision.passed and result.awaiting_approval
     assert aliases(s) == {"challenger": v}
     assert tags(s, v)["gate"] == "passed" and tags(s, v)["awaiting_approval"] == "true"
@@ -407,12 +409,12 @@ def test_require_approval_parks_a_passing_version_as_challenger(store):
 def test_late_approval_after_a_champion_change_re_gates(store):
     s = model_settings(store, require_approval=True)
     v1 = new_version(s, 3.0)
-    registry.gate_and_apply(s, v1)
+    registry.gate_and_promote(s, v1)
     registry.approve(s, v1, "first model", who=Identity("carol", "airflow"))
     v2 = new_version(s, 3.0, seed=0)  # passes against v1, waits for approval
-    assert registry.gate_and_apply(s, v2)[1].awaiting_approval
+    assert registry.gate_and_promote(s, v2)[1].awaiting_approval
     v3 = new_version(s, 4.5)  # a much better model is approved meanwhile
-    registry.gate_and_apply(s, v3)
+    registry.gate_and_promote(s, v3)
     registry.approve(s, v3, "clearly better", who=Identity("carol", "airflow"))
     r = registry.approve(s, v2, "approved a week later", who=Identity("dan", "airflow"))
     assert "re-gated, failed" in r.message, r.message
@@ -424,7 +426,7 @@ def test_rejected_version_needs_an_explicit_override(store):
     s = model_settings(store)
     champion_of(s)
     v2 = new_version(s, 1.6)
-    registry.gate_and_apply(s, v2)
+    registry.gate_and_promote(s, v2)
     registry.reject(s, v2, "misses small calcifications", who=Identity("dora", "airflow"))
     with pytest.raises(MammoError, match="--override-rejection"):
         registry.approve(s, v2, "changed my mind", who=Identity("erin", "airflow"))
@@ -450,7 +452,7 @@ def test_concurrent_gates_serialise(store):
         champion_of(s, 2.6)
         v = {"a": new_version(s, 3.6), "b": new_version(s, 3.1)}
         if order is None:
-            threads = [threading.Thread(target=registry.gate_and_apply, args=(s, v[k]))
+            threads = [threading.Thread(target=registry.gate_and_promote, args=(s, v[k]))
                        for k in ("a", "b")]  # fmt: skip
             for th in threads:
                 th.start()
@@ -458,7 +460,7 @@ def test_concurrent_gates_serialise(store):
                 th.join()
         else:
             for k in order:
-                registry.gate_and_apply(s, v[k])
+                registry.gate_and_promote(s, v[k])
         a = aliases(s)
         return tuple(sorted(a.items())), tags(s, v["a"])["gate"], tags(s, v["b"])["gate"]
 
@@ -512,7 +514,7 @@ def test_approve_reject_rollback(store):
     s = model_settings(store)
     v1 = champion_of(s)
     v2 = new_version(s, 0.6)
-    assert not registry.gate_and_apply(s, v2)[0].passed
+    assert not registry.gate_and_promote(s, v2)[0].passed
     assert aliases(s) == {"champion": v1, "challenger": v2}
 
     with pytest.raises(MammoError, match="needs a reason"):
@@ -579,7 +581,7 @@ def test_list_and_show(store):
     s = model_settings(store)
     v1 = champion_of(s)
     v2 = new_version(s, 0.6)
-    registry.gate_and_apply(s, v2)
+    registry.gate_and_promote(s, v2)
     rows = registry.list_versions(s)
     assert [(r.version, r.aliases, r.gate) for r in rows] == [
         (v2, ["challenger"], "failed"),

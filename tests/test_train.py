@@ -57,7 +57,9 @@ def trained(synthetic_dir, tmp_path_factory):
 
     store = tmp_path_factory.mktemp("mlflow")
     settings = _settings(store, synthetic_dir)
-    result = train_model(settings, files=_files(synthetic_dir), airflow_run_id="manual__t1")
+    result = train_model(
+        settings, files=_files(synthetic_dir), run_tags={"airflow_run_id": "manual__t1"}
+    )
     return settings, result
 
 

@@ -67,7 +67,7 @@ def register_cmd(
     """Register the model of a training run (idempotent: a run is registered once)."""
     from mammo_pipeline.registry import register_run
 
-    ref = register_run(_settings(), run_id, airflow_run_id)
+    ref = register_run(_settings(), run_id, {"airflow_run_id": airflow_run_id or ""})
     if as_json:
         return _echo_result(ref.to_dict(), True)
     what = "registered as" if ref.created else "already registered as"
@@ -91,46 +91,28 @@ def gate_cmd(
 ) -> None:
     """Check a version against the policy, the champion and the baseline (paired statistics
     on the same test tiles), then promote it or not. Options may only tighten the policy."""
-    from mammo_pipeline.registry import gate_and_apply, gate_version
-    from mammo_pipeline.registry.report_html import statistics_lines
+    from mammo_pipeline.registry import Verdict, gate_and_promote, gate_summary, gate_version
 
     s = _settings()
     requested = {"min_precision": min_precision, "min_recall": min_recall}
     if dry_run:
         decision, result = gate_version(s, version, requested=requested), None
     else:
-        decision, result = gate_and_apply(s, version, requested=requested)
+        decision, result = gate_and_promote(s, version, requested=requested)
+    verdict = result.verdict if result else decision.verdict
     if as_json:
         _echo_result(
             {"decision": decision.to_dict(), "promotion": result.to_dict() if result else None},
             True,
         )
     else:
-        champ = f"v{decision.champion_version}" if decision.champion_version else "none"
-        typer.echo(
-            f"gate {s.registered_model_name} v{version} (champion: {champ}, "
-            f"tolerance {s.regression_tolerance})"
-        )
-        typer.echo(checks_table(decision.checks))
-        for line in statistics_lines(decision):
-            typer.echo(wrap(line, indent=2))
-        verdict = result.verdict if result else decision.verdict
-        colour = typer.colors.GREEN if verdict == "passed" else typer.colors.RED
-        typer.secho(f"verdict: {verdict.upper()}", fg=colour, bold=True)
-        for reason in result.reasons if result is not None else decision.reasons:
-            typer.echo(wrap(f"  - {reason}", indent=4))
-        if result is not None:
-            moves = ", ".join(f"{a} -> v{v}" for a, v in result.aliases_set.items()) or "none"
-            typer.echo(f"aliases moved: {moves}")
-            if result.awaiting_approval:
-                typer.echo(f"awaiting approval: mammo registry approve {version} --reason TEXT")
-            for note in result.notes:
-                typer.echo(f"note: {note}")
-            if result.report_artifact:
-                typer.echo(f"review report: run artifact {result.report_artifact}")
-        else:
-            typer.echo("dry run: no tag written, no alias moved")
-    failed = (result.verdict if result else decision.verdict) != "passed"
+        for line in gate_summary(s, version, decision, result):
+            if line.startswith("verdict: "):
+                colour = typer.colors.GREEN if verdict == Verdict.PASSED else typer.colors.RED
+                typer.secho(line, fg=colour, bold=True)
+            else:
+                typer.echo(line if "\n" in line else wrap(line, indent=4))
+    failed = verdict != Verdict.PASSED
     if strict and failed:
         raise typer.Exit(2)
 

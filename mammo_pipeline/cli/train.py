@@ -138,7 +138,8 @@ def register(app: typer.Typer) -> None:
         import_tensorflow_quietly()
         from mammo_pipeline.training.train import train_model
 
-        result = train_model(settings, files=files, airflow_run_id=airflow_run_id)
+        tags = {"airflow_run_id": airflow_run_id} if airflow_run_id else None
+        result = train_model(settings, files=files, run_tags=tags)
         if result.synthetic:
             typer.secho("Trained on SYNTHETIC data.", fg=typer.colors.YELLOW)
         if result.weights_source == "none":

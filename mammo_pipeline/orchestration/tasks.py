@@ -107,8 +107,13 @@ def snapshot_validated() -> dict[str, Any]:
     return {"manifest_path": str(path), **manifest.to_dict()}
 
 
+def airflow_run_tags(dag_id: str, run_id: str | None) -> dict[str, str]:
+    """The tags that say which Airflow run made a training run and its model version."""
+    return {"airflow_dag_id": dag_id, **({"airflow_run_id": run_id} if run_id else {})}
+
+
 def train_candidate(
-    manifest: dict[str, Any], params: dict[str, Any], airflow_run_id: str | None = None
+    manifest: dict[str, Any], params: dict[str, Any], run_tags: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     from mammo_pipeline.data.manifest import DataManifest
     from mammo_pipeline.training.train import train_model
@@ -118,7 +123,7 @@ def train_candidate(
         s,
         manifest=DataManifest.from_dict(manifest),
         overrides=training_overrides(params),
-        airflow_run_id=airflow_run_id,
+        run_tags=run_tags,
         evaluate=False,
     )
     _link_data_docs(s, result.run_id)
@@ -143,11 +148,16 @@ def evaluate_candidate(trained: dict[str, Any]) -> dict[str, Any]:
     return {**trained, "metrics": metrics}
 
 
-def register_candidate(evaluated: dict[str, Any], airflow_run_id: str | None = None) -> dict:
+def register_candidate(
+    evaluated: dict[str, Any], run_tags: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Register the evaluated run's model; ``run_tags`` (which Airflow run) go on the version
+    and travel on to the gate, which copies them again with the verdict."""
     from mammo_pipeline.registry import register_run
 
-    ref = register_run(get_settings(), evaluated["run_id"], airflow_run_id=airflow_run_id)
-    return {**ref.to_dict(), "metrics": evaluated.get("metrics", {})}
+    ref = register_run(get_settings(), evaluated["run_id"], run_tags=run_tags)
+    return {**ref.to_dict(), "metrics": evaluated.get("metrics", {}),
+            "run_tags": dict(run_tags or {})}  # fmt: skip
 
 
 def gate_candidate(registered: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -155,34 +165,20 @@ def gate_candidate(registered: dict[str, Any], params: dict[str, Any]) -> dict[s
     parameters, tag the verdict and move aliases (pass: champion, or challenger awaiting
     approval when a person must approve; fail: challenger). A failed gate is a result, not
     an error."""
-    from mammo_pipeline.registry import GatePolicy, gate_and_apply
-    from mammo_pipeline.registry.report_html import checks_text, statistics_lines
+    from mammo_pipeline.registry import GatePolicy, Verdict, gate_and_promote, gate_summary
 
     s = get_settings()
     version = str(registered["version"])
     try:
-        decision, promotion = gate_and_apply(
-            s,
-            version,
-            requested=policy_request(params),
-            airflow_run_id=registered.get("airflow_run_id"),
+        decision, promotion = gate_and_promote(
+            s, version, requested=policy_request(params), run_tags=registered.get("run_tags")
         )
     except MammoError as exc:
         _fail(f"gating version {version} failed: {exc}")
     policy = GatePolicy(**decision.policy) if decision.policy else GatePolicy.from_settings(s)
-    passed = promotion.verdict == "passed"
+    passed = promotion.verdict == Verdict.PASSED
     synthetic = (decision.statistics or {}).get("synthetic")
-    lines = [
-        f"{s.registered_model_name} version {version} ({_data_kind(synthetic)}): "
-        f"gate {'PASSED' if passed else 'FAILED'}",
-        f"policy: {policy.describe()}",
-        checks_text(decision.checks),
-        *statistics_lines(decision),
-    ]
-    lines += [f"- {reason}" for reason in promotion.reasons]
-    if promotion.awaiting_approval:
-        lines.append(f"version {version} is 'challenger' and awaits a person's approval")
-    summary = "\n".join(lines)
+    summary = "\n".join(gate_summary(s, version, decision, promotion))
     print(summary)
     return {
         "version": version,

@@ -10,33 +10,14 @@ same rules (``orchestration/`` holds none of them):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.identity import Identity
 from mammo_pipeline.registry.lock import registry_lock
-from mammo_pipeline.registry.names import CHAMPION
 from mammo_pipeline.registry.review import ReviewResult, approve
-from mammo_pipeline.registry.store import get_version, mlflow_errors, read_aliases
-from mammo_pipeline.registry.vetting import vetting_problem
-
-
-def no_longer_awaiting(version: str, tags: Mapping[str, str]) -> str | None:
-    """Why an answer to the approval request may not promote ``version`` now (None: it may):
-    it was rejected since, or it no longer is a passed version awaiting approval."""
-    if tags.get("review") == "rejected":
-        return (
-            f"v{version} was rejected by {tags.get('review_by', '?')} "
-            f"({tags.get('review_reason', '')}) since the gate ran"
-        )
-    if tags.get("gate") != "passed" or tags.get("awaiting_approval") != "true":
-        return (
-            f"v{version} no longer awaits approval (gate={tags.get('gate', 'none')}, "
-            f"awaiting_approval={tags.get('awaiting_approval', 'false')})"
-        )
-    return None
+from mammo_pipeline.registry.state import VersionState, version_state
+from mammo_pipeline.registry.store import get_version, mlflow_errors
 
 
 def approve_awaiting(settings: Settings, version: str, reason: str, who: Identity) -> ReviewResult:
@@ -46,7 +27,7 @@ def approve_awaiting(settings: Settings, version: str, reason: str, who: Identit
     name = settings.registered_model_name
     with registry_lock(settings), mlflow_errors(f"approving version {version}"):
         mv = get_version(mlflow_client(settings), name, version)
-        problem = no_longer_awaiting(version, mv.tags or {})
+        problem = VersionState.of(version, mv.tags or {}).awaiting_problem()
         if problem:
             raise MammoError(f"{who.name}'s approval cannot promote it: {problem}")
         return approve(settings, version, reason=reason, who=who)
@@ -68,11 +49,11 @@ def champion_for_deploy(
     name = settings.registered_model_name
     client = mlflow_client(settings)
     with registry_lock(settings), mlflow_errors(f"deploying {name!r} v{version}"):
-        mv = get_version(client, name, version)
-        problem = vetting_problem(version, mv.tags or {})
+        state = version_state(settings, client, version)
+        problem = state.vetting_problem()
         if problem:
             raise MammoError(f"refusing to deploy: {problem}")
-        if read_aliases(client, name).get(CHAMPION) == version:
+        if state.champion:
             return None
         if who is None and need_named:
             raise MammoError(

@@ -32,13 +32,13 @@ from mammo_pipeline.registry.decision import (
 from mammo_pipeline.registry.identity import Identity, acting
 from mammo_pipeline.registry.journal import Plan
 from mammo_pipeline.registry.lock import registry_lock
-from mammo_pipeline.registry.names import BASELINE, CHAMPION
+from mammo_pipeline.registry.names import BASELINE, CHAMPION, TRUE, Review, Tag
+from mammo_pipeline.registry.state import VersionState
 from mammo_pipeline.registry.store import (
     get_version,
     mlflow_errors,
     read_aliases,
 )
-from mammo_pipeline.registry.vetting import vetting_problem
 
 if TYPE_CHECKING:
     from mammo_pipeline.registry.review import ReviewResult
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 #: Version tag written by the gate: the point deltas vs the baseline (JSON), which an approval
 #: days later uses to decide whether the baseline moves.
-DELTAS_TAG = "gate_deltas_vs_baseline"
+DELTAS_TAG = Tag.GATE_DELTAS_VS_BASELINE
 
 
 def baseline_deltas(decision: GateDecision, baseline: str | None) -> dict[str, float] | None:
@@ -104,14 +104,14 @@ def update_baseline(
     if current == version:
         return {}
     if current is not None:
-        if plan.tags_of(current).get("baseline_pinned") == "true":
+        if VersionState.of(current, plan.tags_of(current)).pinned:
             return {}
         move, why = baseline_may_move(deltas)
         if not move:
             notes.append(f"baseline stays v{current} (v{version}: {why})")
             return {}
         notes.append(f"baseline v{current} -> v{version}: {why}")
-    plan.set_tags(version, {"baseline_since": utc_now()})
+    plan.set_tags(version, {Tag.BASELINE_SINCE: utc_now()})
     plan.set_alias(BASELINE, version)
     return {BASELINE: version}
 
@@ -133,7 +133,7 @@ def pin_baseline(
     client = mlflow_client(s)
     with registry_lock(s), mlflow_errors(f"pinning {name!r} v{version}"):
         mv = get_version(client, name, version)
-        problem = vetting_problem(version, mv.tags or {})
+        problem = VersionState.of(version, mv.tags or {}).vetting_problem()
         if problem:
             raise MammoError(f"cannot pin v{version} as the baseline: {problem}")
         aliases = read_aliases(client, name)
@@ -143,15 +143,15 @@ def pin_baseline(
             {version: mv.tags or {}},
         )  # fmt: skip
         if old is not None and old != version:
-            plan.delete_tag(old, "baseline_pinned")
+            plan.delete_tag(old, Tag.BASELINE_PINNED)
         plan.set_tags(
             version,
             {
-                "baseline_pinned": "true",
-                "baseline_pinned_by": person,
-                "baseline_pinned_at": at,
-                "baseline_pinned_reason": reason,
-                **review_tags(mv.tags or {}, "pinned_baseline", actor, at, reason),
+                Tag.BASELINE_PINNED: TRUE,
+                Tag.BASELINE_PINNED_BY: person,
+                Tag.BASELINE_PINNED_AT: at,
+                Tag.BASELINE_PINNED_REASON: reason,
+                **review_tags(mv.tags or {}, Review.PINNED_BASELINE, actor, at, reason),
             },
         )
         plan.set_alias(BASELINE, version)

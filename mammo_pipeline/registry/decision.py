@@ -30,6 +30,7 @@ RUN_TAGS_COPIED: tuple[str, ...] = (
     "test_manifest_sha256",
     "git_commit",
     "airflow_run_id",
+    "airflow_dag_id",
     "weights_source",
     "synthetic",
 )

@@ -21,8 +21,11 @@ from mammo_pipeline.registry.names import (
     MAX_EMBEDDED_IMAGE_BYTES,
     PLOT_ARTIFACTS,
     REVIEW_DIR,
+    Tag,
+    Verdict,
 )
 from mammo_pipeline.registry.report_html import ReviewContext
+from mammo_pipeline.registry.state import VersionState, state_of
 from mammo_pipeline.registry.store import (
     aliases_of,
     escape,
@@ -50,31 +53,14 @@ class VersionRow:
     metrics: dict[str, float | None]
     run_id: str | None
     created: str
+    #: May it be served (the tags' rule and the signed decision), and if not, why.
+    vetted: bool = False
+    not_vetted_because: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["metrics"] = clean(self.metrics)
         return d
-
-
-def gate_label(tags: Mapping[str, str]) -> str:
-    """The verdict as a reviewer should read it: an override or a wait says so."""
-    gate = tags.get("gate", "-")
-    if tags.get("gate_override") == "true":
-        return (f"{gate}: OVERRIDE of gate={tags.get('gate_auto', '?')} by "
-                f"{tags.get('gate_override_by', '?')}")  # fmt: skip
-    if tags.get("awaiting_approval") == "true":
-        return f"{gate}, awaiting approval"
-    return gate
-
-
-def review_label(tags: Mapping[str, str]) -> str:
-    """``approved by alice (airflow user)``; empty when nobody reviewed."""
-    review = tags.get("review", "")
-    if not review or not tags.get("review_by"):
-        return review
-    source = tags.get("review_by_source")
-    return f"{review} by {tags['review_by']}" + (f" ({source} user)" if source else "")
 
 
 def list_versions(settings: Settings | None = None) -> list[VersionRow]:
@@ -95,17 +81,19 @@ def list_versions(settings: Settings | None = None) -> list[VersionRow]:
                     metrics = metric_values(client.get_run(mv.run_id))
                 except Exception:
                     metrics = {}
-            tags = mv.tags or {}
+            state = state_of(s, mv, aliases_of(aliases, str(mv.version)), verify=True)
             created = datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, UTC)
             rows.append(
                 VersionRow(
                     version=str(mv.version),
-                    aliases=aliases_of(aliases, str(mv.version)),
-                    gate=gate_label(tags),
-                    review=review_label(tags),
+                    aliases=list(state.aliases),
+                    gate=state.gate_label,
+                    review=state.review_label,
                     metrics={m: metrics.get(m) for m in LIST_METRICS},
                     run_id=mv.run_id,
                     created=created.strftime("%Y-%m-%d %H:%M"),
+                    vetted=state.vetted,
+                    not_vetted_because=state.vetting_problem(),
                 )
             )
     return rows
@@ -113,25 +101,23 @@ def list_versions(settings: Settings | None = None) -> list[VersionRow]:
 
 def gate_decision_from_tags(tags: Mapping[str, str]) -> GateDecision | None:
     """The last automatic decision, rebuilt from the version's tags (also after approval)."""
-    manual = tags.get("gate") == "manual"
-    verdict = tags.get("gate_auto") if manual else tags.get("gate")
-    raw = tags.get("gate_checks")
-    if not raw or verdict not in {"passed", "failed"}:
+    state = VersionState.of("?", tags)
+    verdict = state.auto_verdict
+    raw = tags.get(Tag.GATE_CHECKS)
+    if not raw or verdict not in {Verdict.PASSED, Verdict.FAILED}:
         return None
     try:
         checks = json.loads(raw)
     except ValueError:
         return None
-    reasons = tags.get("gate_reasons_auto" if manual else "gate_reasons", "")
+    champion = tags.get(Tag.GATE_CHAMPION_VERSION)
     return GateDecision.from_dict(
         {
-            "passed": verdict == "passed",
+            "passed": verdict == Verdict.PASSED,
             "checks": checks,
-            "reasons": [] if verdict == "passed" else reasons.split("; "),
-            "champion_version": None
-            if tags.get("gate_champion_version") in {None, "none"}
-            else tags["gate_champion_version"],
-            "evaluated_at": tags.get("gate_at"),
+            "reasons": [] if verdict == Verdict.PASSED else state.auto_reasons.split("; "),
+            "champion_version": None if champion in {None, "none"} else champion,
+            "evaluated_at": state.gate_at,
         }
     )
 

@@ -8,6 +8,7 @@ crash-consistent action (:mod:`.journal`): tags first, aliases last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -15,15 +16,15 @@ from typing import Any
 
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
-from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.attestation import (
     attest_candidate,
     attest_reference,
     decision_record,
 )
-from mammo_pipeline.registry.baseline import DELTAS_TAG, baseline_deltas, update_baseline
+from mammo_pipeline.registry.baseline import baseline_deltas, update_baseline
+from mammo_pipeline.registry.decision import REGRESSION_METRICS, GateDecision
 from mammo_pipeline.registry.evidence import load_evidence
-from mammo_pipeline.registry.gate import REGRESSION_METRICS, GateDecision, evaluate_gate
+from mammo_pipeline.registry.gate import evaluate_gate
 from mammo_pipeline.registry.journal import Plan
 from mammo_pipeline.registry.lock import registry_lock, repairs
 from mammo_pipeline.registry.names import (
@@ -32,9 +33,13 @@ from mammo_pipeline.registry.names import (
     CHAMPION,
     PREVIOUS,
     SIGNED_DECISION,
+    TRUE,
+    Tag,
+    Verdict,
 )
 from mammo_pipeline.registry.policy import GatePolicy, tightened
 from mammo_pipeline.registry.report import write_report_safely
+from mammo_pipeline.registry.state import VersionState
 from mammo_pipeline.registry.store import (
     get_version,
     mlflow_errors,
@@ -45,7 +50,7 @@ from mammo_pipeline.registry.store import (
 
 @dataclass(frozen=True)
 class PromotionResult:
-    """What :func:`apply_decision` did: the verdict written and the alias moves."""
+    """What :func:`record_verdict` did: the verdict written and the alias moves."""
 
     name: str
     version: str
@@ -90,14 +95,10 @@ def gate_version(
     try:
         if mv.status != "READY":
             failures.append(("version_ready", f"version status is {mv.status}, not READY"))
-        tags = mv.tags or {}
-        if tags.get("review") == "rejected":
+        state = VersionState.of(version, mv.tags or {})
+        if state.rejected and state.review is not None:
             failures.append(
-                (
-                    "not_rejected",
-                    f"rejected by {tags.get('review_by', '?')}: "
-                    f"{tags.get('review_reason', '')}".strip(),
-                )
+                ("not_rejected", f"rejected by {state.review.by or '?'}: {state.review.reason}")
             )
         if candidate.run_status is not None and candidate.run_status != "FINISHED":
             failures.append(
@@ -173,30 +174,29 @@ def promote_aliases(plan: Plan, version: str) -> tuple[dict[str, str], list[str]
     return moved, removed
 
 
-def apply_decision(
+def record_verdict(
     settings: Settings | None,
     version: str | int,
-    decision: GateDecision | Mapping[str, Any],
-    airflow_run_id: str | None = None,
+    decision: GateDecision,
     *,
+    run_tags: Mapping[str, str] | None = None,
     extra_tags: Mapping[str, Any] | None = None,
 ) -> PromotionResult:
-    """Write the gate's verdict as tags, the review report on the run, then move aliases.
+    """Write the gate's verdict on ``version`` as tags, the review report on the run, then move
+    the aliases, under the registry lock: what :func:`gate_and_promote` and an approval's
+    re-gate do with the decision they just made under the same lock.
 
     Pass: ``champion`` (former champion -> ``previous``); with ``require_approval`` the version
     only becomes ``challenger`` with ``awaiting_approval=true``. Fail: ``challenger``.
-    A "pass" that its own checks do not support, or made against a champion that has changed
-    since, is applied as a fail. ``extra_tags`` (a reviewer's record) are written with the
-    verdict, in the same crash-consistent action.
+    A "pass" that its own checks do not support, made against references that are no longer
+    the champion or baseline, or without signed re-scored evidence, is written as a fail.
+    ``run_tags`` (e.g. the Airflow run and DAG ids) are copied onto the version with the run's
+    facts; ``extra_tags`` (a reviewer's record) are written in the same crash-consistent action.
     """
     s = settings or get_settings()
     name = s.registered_model_name
     version = str(version)
-    d = decision if isinstance(decision, GateDecision) else GateDecision.from_dict(decision)
-    if d.version is not None and d.version != version:
-        raise MammoError(f"the decision is about version {d.version}, not {version}")
-    if d.model_name is not None and d.model_name != name:
-        raise MammoError(f"the decision is about model {d.model_name!r}, not {name!r}")
+    d = decision
     client = mlflow_client(s)
     notes: list[str] = []
     with (
@@ -222,45 +222,36 @@ def apply_decision(
             passed = False
             reasons.append(f"baseline changed since the gate ran (now v{base}): re-run the gate")
         policy = GatePolicy(**d.policy) if d.policy else GatePolicy.from_settings(s)
-        if passed:
-            try:  # a decision made under a looser policy than the deployment's is not a pass
-                tightened(
-                    GatePolicy.from_settings(s),
-                    policy.to_dict() | {"confidence": None, "n_resamples": None, "seed": None},
-                )
-            except MammoError as exc:
-                passed = False
-                reasons.append(f"decision made under a looser policy: {exc}")
         attested = (d.statistics or {}).get("evidence") or {}
         if passed and not (attested.get("model_sha256") and attested.get("rescore")):
             passed = False
             reasons.append("the decision carries no signed, re-scored evidence: re-run the gate")
-        verdict = "passed" if passed else "failed"
+        verdict = Verdict.PASSED if passed else Verdict.FAILED
         awaiting = passed and policy.require_approval and current != version
         run = client.get_run(mv.run_id) if mv.run_id else None
-        tags: dict[str, Any] = run_facts(run, airflow_run_id) if run else {}
+        tags: dict[str, Any] = run_facts(run, run_tags) if run else {}
         tags.update(
             {
-                "gate": verdict,
-                "gate_reasons": "; ".join(reasons) if reasons else "all checks passed",
-                "gate_at": d.evaluated_at,
-                "gate_min_precision": d.min_precision,
-                "gate_min_recall": d.min_recall,
-                "gate_tolerance": d.tolerance,
-                "gate_champion_version": d.champion_version or "none",
-                "gate_baseline_version": d.baseline_version or "none",
-                "gate_policy": policy.to_json(),
-                "gate_checks": json.dumps([c.to_dict() for c in d.checks], separators=(",", ":")),
+                Tag.GATE: verdict,
+                Tag.GATE_REASONS: "; ".join(reasons) if reasons else "all checks passed",
+                Tag.GATE_AT: d.evaluated_at,
+                Tag.GATE_MIN_PRECISION: d.min_precision,
+                Tag.GATE_MIN_RECALL: d.min_recall,
+                Tag.GATE_TOLERANCE: d.tolerance,
+                Tag.GATE_CHAMPION_VERSION: d.champion_version or "none",
+                Tag.GATE_BASELINE_VERSION: d.baseline_version or "none",
+                Tag.GATE_POLICY: policy.to_json(),
+                Tag.GATE_CHECKS: json.dumps([c.to_dict() for c in d.checks], separators=(",", ":")),
                 **_statistics_tags(d),
             }
         )
         if awaiting:
-            tags["awaiting_approval"] = "true"
+            tags[Tag.AWAITING_APPROVAL] = TRUE
         deltas = baseline_deltas(d, base)
         if deltas is not None:  # for an approval days later: may the baseline move?
-            tags[DELTAS_TAG] = json.dumps(deltas, separators=(",", ":"))
+            tags[Tag.GATE_DELTAS_VS_BASELINE] = json.dumps(deltas, separators=(",", ":"))
         if passed and not awaiting and current is not None and current != version:
-            tags["replaced_champion"] = current
+            tags[Tag.REPLACED_CHAMPION] = current
         tags.update(extra_tags or {})
         tags[SIGNED_DECISION] = decision_record(  # the authority; the tags above are labels
             s, name=name, version=version, run_id=mv.run_id, verdict=verdict,
@@ -273,24 +264,11 @@ def apply_decision(
         )  # fmt: skip
         plan.set_tags(version, tags)
         if not awaiting:
-            plan.delete_tag(version, "awaiting_approval")
-        final = GateDecision(
-            passed=passed,
-            checks=d.checks,
-            reasons=reasons,
-            champion_version=d.champion_version,
-            version=version,
-            model_name=name,
-            run_id=mv.run_id,
-            min_precision=d.min_precision,
-            min_recall=d.min_recall,
-            tolerance=d.tolerance,
-            test_manifest_sha256=d.test_manifest_sha256,
-            evaluated_at=d.evaluated_at,
-            baseline_version=d.baseline_version,
-            policy=policy.to_dict(),
-            statistics=d.statistics,
-        )
+            plan.delete_tag(version, Tag.AWAITING_APPROVAL)
+        final = dataclasses.replace(
+            d, passed=passed, reasons=reasons, version=version, model_name=name,
+            run_id=mv.run_id, policy=policy.to_dict(),
+        )  # fmt: skip
         moved: dict[str, str] = {}
         removed: list[str] = []
         if passed and not awaiting:
@@ -329,17 +307,20 @@ def apply_decision(
     )
 
 
-def gate_and_apply(
+def gate_and_promote(
     settings: Settings | None,
     version: str | int,
     *,
     requested: Mapping[str, Any] | None = None,
-    airflow_run_id: str | None = None,
+    run_tags: Mapping[str, str] | None = None,
 ) -> tuple[GateDecision, PromotionResult]:
-    """Gate and promote atomically (what the DAG's gate task and ``mammo registry gate`` do):
-    under the registry-wide lock, read the champion and baseline, decide, apply. Concurrent
-    gates therefore serialise, each compared with the champion it would actually replace."""
+    """Gate and promote atomically (the DAG's gate task and ``mammo registry gate``): under
+    the registry-wide lock, read the champion and baseline, decide (:func:`gate_version`),
+    record the verdict and move the aliases (:func:`record_verdict`). Concurrent gates
+    therefore serialise, each compared with the champion it would actually replace.
+    ``run_tags`` (e.g. ``{"airflow_run_id": ..., "airflow_dag_id": ...}``) are copied onto
+    the version."""
     s = settings or get_settings()
     with registry_lock(s):
         decision = gate_version(s, version, requested=requested)
-        return decision, apply_decision(s, version, decision, airflow_run_id)
+        return decision, record_verdict(s, version, decision, run_tags=run_tags)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ from mammo_pipeline.common.compat import before_registering_logged_model
 from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
+from mammo_pipeline.registry.names import Tag, Verdict
 from mammo_pipeline.registry.store import escape, mlflow_errors, run_facts, set_tags, tag_value
 from mammo_pipeline.training.run_logging import MODEL_NAME_IN_RUN
 
@@ -79,9 +81,10 @@ def _versions_of_run(client: MlflowClient, name: str, run_id: str) -> list[Model
 
 
 def register_run(
-    settings: Settings | None, run_id: str, airflow_run_id: str | None = None
+    settings: Settings | None, run_id: str, run_tags: Mapping[str, str] | None = None
 ) -> ModelVersionRef:
-    """Register the model of training run ``run_id`` as a version of the registered model.
+    """Register the model of training run ``run_id`` as a version of the registered model,
+    with the run's facts and ``run_tags`` (what orchestrated it, e.g. the Airflow run id).
 
     Idempotent: when a version of this run already exists (a retried Airflow task), that
     version is returned (``created=False``) and its tags are refreshed; no second version.
@@ -122,8 +125,8 @@ def register_run(
             except MlflowException as exc:
                 if exc.error_code not in {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}:
                     raise
-            facts = run_facts(run, airflow_run_id)
-            facts["gate"] = "pending"
+            facts = run_facts(run, run_tags)
+            facts[Tag.GATE] = Verdict.PENDING
             mv = client.create_model_version(
                 name,
                 source=source,
@@ -138,9 +141,9 @@ def register_run(
                 client.delete_model_version(name, mv.version)
                 mv, created = again[0], False
         version = str(mv.version)
-        facts = run_facts(run, airflow_run_id)
+        facts = run_facts(run, run_tags)
         if "gate" not in (mv.tags or {}):
-            facts["gate"] = "pending"
+            facts[Tag.GATE] = Verdict.PENDING
         set_tags(client, name, version, facts)
         client.set_tag(run_id, "registered_model_version", f"{name}/{version}")
     return ModelVersionRef(name, version, run_id, model_id, source, created)

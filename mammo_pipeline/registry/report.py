@@ -12,7 +12,7 @@ from mammo_pipeline.common.mlflow_access import mlflow_client
 from mammo_pipeline.config import Settings, get_settings
 from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.decision import GateDecision
-from mammo_pipeline.registry.names import REVIEW_DIR
+from mammo_pipeline.registry.names import REVIEW_DIR, Tag, Verdict
 from mammo_pipeline.registry.report_html import render_html
 from mammo_pipeline.registry.store import mlflow_errors, tag_value
 
@@ -50,7 +50,7 @@ def write_review_report(
             js = Path(tmp) / f"gate_decision-{version}.json"
             js.write_text(ctx.decision.to_json(), encoding="utf-8")
             client.log_artifact(ctx.run_id, str(js), artifact_path=REVIEW_DIR)
-        client.set_tag(ctx.run_id, "gate", ctx.tags.get("gate", "pending"))
+        client.set_tag(ctx.run_id, Tag.GATE, ctx.state.gate or Verdict.PENDING)
         client.set_tag(ctx.run_id, "review_report", report_artifact_path(version))
     return report_artifact_path(version)
 

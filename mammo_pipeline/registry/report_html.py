@@ -27,6 +27,8 @@ from mammo_pipeline.registry.decision import (
     fmt_value,
     utc_now,
 )
+from mammo_pipeline.registry.names import Review, Tag, Verdict
+from mammo_pipeline.registry.state import VersionState
 
 #: Rows of the side-by-side metric table, in order.
 REPORT_METRICS: tuple[str, ...] = (
@@ -65,12 +67,16 @@ class ReviewContext:
     generated_at: str = field(default_factory=utc_now)
 
     @property
+    def state(self) -> VersionState:
+        return VersionState.of(self.version, self.tags, self.aliases)
+
+    @property
     def gate(self) -> str:
-        return self.tags.get("gate", "-")
+        return self.state.gate or "-"
 
     @property
     def synthetic(self) -> bool:
-        return self.tags.get("synthetic", "").lower() in {"1", "true", "yes"}
+        return self.tags.get(Tag.SYNTHETIC, "").lower() in {"1", "true", "yes"}
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,9 @@ def _e(value: Any) -> str:
 
 def render_html(ctx: ReviewContext) -> str:
     """The self-contained review report of one version (inline CSS, plots inlined)."""
-    gate = ctx.gate if ctx.gate in {"passed", "failed", "manual", "pending"} else "pending"
+    state = ctx.state
+    verdicts = {Verdict.PASSED, Verdict.FAILED, Verdict.MANUAL, Verdict.PENDING}
+    gate = state.gate if state.gate in verdicts else Verdict.PENDING
     dec = ctx.decision
     title = f"{ctx.model_name} v{ctx.version}: gate {gate.upper()}"
     out = [
@@ -221,9 +229,9 @@ def render_html(ctx: ReviewContext) -> str:
         + "</h1>",
         f"<p><span class='verdict {gate}'>gate: {gate.upper()}</span>"
         + (
-            f" <span class='verdict {_REVIEW_CLASS.get(ctx.tags['review'], 'pending')}'>"
-            f"review: {_e(ctx.tags['review'].upper())}</span>"
-            if ctx.tags.get("review")
+            f" <span class='verdict {_REVIEW_CLASS.get(state.review.action, 'pending')}'>"
+            f"review: {_e(state.review.action.upper())}</span>"
+            if state.review is not None
             else ""
         )
         + "</p>",
@@ -234,23 +242,24 @@ def render_html(ctx: ReviewContext) -> str:
         f"&middot; report generated {_e(ctx.generated_at)}",
         "</p>",
     ]
-    if ctx.tags.get("awaiting_approval") == "true":
+    if state.awaiting_approval:
         out.append(
             "<p><b>Passed the gate; waiting for a reviewer's approval "
             "(<code>mammo registry approve</code>).</b></p>"
         )
-    if (t := ctx.tags).get("gate_override") == "true":
-        who = f"{_e(t.get('gate_override_by'))} ({_e(t.get('review_by_source'))} user)"
+    if (o := state.override) is not None:
+        source = state.review.source if state.review is not None else None
+        who = f"{_e(o.by or '?')} ({_e(source or '?')} user)"
         out.append(f"<p class='override'><b>GATE OVERRIDDEN (automatic gate: "
-                   f"{_e(t.get('gate_auto'))}) by {who}, {_e(t.get('gate_override_at'))}: "
-                   f"{_e(t.get('gate_override_reason'))}. An override never becomes the "
+                   f"{_e(o.auto)}) by {who}, {_e(o.at or '?')}: "
+                   f"{_e(o.reason or '')}. An override never becomes the "
                    "baseline.</b></p>")  # fmt: skip
     # Decision summary: reasons or all clear.
     reasons = list(dec.reasons) if dec else []
-    if not reasons and ctx.tags.get("gate_reasons") and gate == "failed":
-        reasons = [ctx.tags["gate_reasons"]]
+    if not reasons and state.gate_reasons and gate == Verdict.FAILED:
+        reasons = [state.gate_reasons]
     if reasons:
-        heading = "Why the automatic gate failed" if gate == "manual" else "Why it failed"
+        heading = "Why the automatic gate failed" if gate == Verdict.MANUAL else "Why it failed"
         out.append(f"<h2>{heading}</h2><ul class='reasons'>")
         out.extend(f"<li>{html.escape(r)}</li>" for r in reasons)
         out.append("</ul>")
@@ -269,10 +278,10 @@ def render_html(ctx: ReviewContext) -> str:
             for h in history
         )
         out.append("</table>")
-    if gate == "manual" and ctx.tags.get("gate_auto"):
+    if gate == Verdict.MANUAL and ctx.tags.get(Tag.GATE_AUTO):
         out.append(
             f"<p class='meta'>automatic gate verdict before approval: "
-            f"<b>{_e(ctx.tags['gate_auto'])}</b></p>"
+            f"<b>{_e(state.auto_verdict)}</b></p>"
         )
     # Metric table.
     out.append(
@@ -330,13 +339,14 @@ def render_html(ctx: ReviewContext) -> str:
     return "\n".join(out)
 
 
-_REVIEW_CLASS = {"approved": "passed", "rejected": "failed", "rolled_back": "failed"}
+_REVIEW_CLASS = {Review.APPROVED: "passed", Review.REJECTED: "failed",
+                 Review.ROLLED_BACK: "failed"}  # fmt: skip
 
 
 def review_history(tags: Mapping[str, str]) -> list[dict[str, str]]:
     """The manual actions recorded on a version (``review_history`` tag, JSON), oldest first;
     falls back to the latest ``review*`` tags when the history is unreadable."""
-    raw = tags.get("review_history")
+    raw = tags.get(Tag.REVIEW_HISTORY)
     if raw:
         try:
             items = json.loads(raw)
@@ -344,17 +354,11 @@ def review_history(tags: Mapping[str, str]) -> list[dict[str, str]]:
                 return [{k: str(v) for k, v in i.items()} for i in items if isinstance(i, dict)]
         except ValueError:
             pass
-    if tags.get("review"):
-        return [
-            {
-                "action": tags["review"],
-                "by": tags.get("review_by", "-"),
-                "source": tags.get("review_by_source", "-"),
-                "at": tags.get("review_at", "-"),
-                "reason": tags.get("review_reason", "-"),
-            }
-        ]
-    return []
+    review = VersionState.of("?", tags).review
+    if review is None:
+        return []
+    return [{"action": review.action, "by": review.by or "-", "source": review.source or "-",
+             "at": review.at or "-", "reason": review.reason or "-"}]  # fmt: skip
 
 
 def aliases_after(ctx: ReviewContext) -> str:
@@ -366,17 +370,19 @@ def aliases_after(ctx: ReviewContext) -> str:
     ``evaluated_at`` or the review's ``review_at``) decides what changes."""
     aliases = list(ctx.aliases)
     tags, dec = ctx.tags, ctx.decision
-    review, review_at = tags.get("review") or "", tags.get("review_at") or ""
+    state = VersionState.of(ctx.version, tags)
+    review = state.review.action if state.review is not None else ""
+    review_at = (state.review.at if state.review is not None else None) or ""
     gate_at = dec.evaluated_at if dec is not None else ""
-    waiting = tags.get("awaiting_approval") == "true"
+    waiting = state.awaiting_approval
     add: list[str] = []
     drop: set[str] = set()
     if review and review_at >= (gate_at or ""):
-        if review == "rejected":
+        if review == Review.REJECTED:
             drop = {"challenger", "previous"}
-        elif review == "rolled_back":
+        elif review == Review.ROLLED_BACK:
             drop = {"champion"}
-        elif review == "approved" and not waiting:
+        elif review == Review.APPROVED and not waiting:
             add, drop = ["champion"], {"challenger"}
     elif dec is not None and "champion" not in aliases and not waiting:
         if dec.passed:

@@ -27,11 +27,17 @@ from mammo_pipeline.registry.names import (
     MAX_TAG_VALUE,
     PREVIOUS,
     SIGNED_DECISION,
+    TRUE,
+    Review,
+    Tag,
+    Verdict,
 )
 from mammo_pipeline.registry.policy import GatePolicy
 from mammo_pipeline.registry.promotion import promote_aliases
 from mammo_pipeline.registry.report import write_report_safely
+from mammo_pipeline.registry.state import VersionState
 from mammo_pipeline.registry.store import (
+    aliases_of,
     get_version,
     mlflow_errors,
     read_aliases,
@@ -94,7 +100,7 @@ def review_tags(
     every manual action on the version (oldest dropped first to fit a tag value)."""
     from mammo_pipeline.registry.report_html import review_history
 
-    history = review_history(old_tags) if old_tags.get("review_history") else []
+    history = review_history(old_tags) if old_tags.get(Tag.REVIEW_HISTORY) else []
     history.append({"action": action, "by": who.name, "source": who.source, "at": at,
                     "reason": reason})  # fmt: skip
     text = json.dumps(history, separators=(",", ":"))
@@ -102,12 +108,12 @@ def review_tags(
         history.pop(0)
         text = json.dumps(history, separators=(",", ":"))
     return {
-        "review": action,
-        "review_by": who.name,
-        "review_by_source": who.source,
-        "review_at": at,
-        "review_reason": reason,
-        "review_history": text,
+        Tag.REVIEW: action,
+        Tag.REVIEW_BY: who.name,
+        Tag.REVIEW_BY_SOURCE: who.source,
+        Tag.REVIEW_AT: at,
+        Tag.REVIEW_REASON: reason,
+        Tag.REVIEW_HISTORY: text,
     }
 
 
@@ -151,14 +157,15 @@ def approve(
         mv = get_version(client, name, version)
         aliases = read_aliases(client, name)
         before = aliases.get(CHAMPION)
-        old = mv.tags or {}
-        if old.get("review") == "rejected" and not override_rejection:
+        old_tags = mv.tags or {}
+        state = VersionState.of(version, old_tags, aliases_of(aliases, version))
+        if state.rejected and not override_rejection and state.review is not None:
             raise MammoError(
-                f"v{version} was rejected by {old.get('review_by', '?')} "
-                f"({old.get('review_reason', 'no reason recorded')}); approving it needs "
+                f"v{version} was rejected by {state.review.by or '?'} "
+                f"({state.review.reason or 'no reason recorded'}); approving it needs "
                 "--override-rejection and a reason"
             )
-        if old.get("gate") == "passed" and old.get("awaiting_approval") == "true":
+        if state.gate == Verdict.PASSED and state.awaiting_approval:
             return _approve_gated(s, client, version, reason, actor, at, aliases)
         if before == version:
             return ReviewResult.of(
@@ -173,45 +180,38 @@ def approve(
                 changed=False,
                 message=f"v{version} is already the champion; nothing changed",
             )
-        old_tags = mv.tags or {}
-        auto = (
-            old_tags.get("gate_auto") if old_tags.get("gate") == "manual" else old_tags.get("gate")
-        ) or "pending"
-        if auto != "passed" and not override_gate:
-            why = old_tags.get("gate_reasons_auto" if old_tags.get("gate") == "manual"
-                               else "gate_reasons") or "no reasons recorded"  # fmt: skip
+        auto = state.auto_verdict
+        if auto != Verdict.PASSED and not override_gate:
+            why = state.auto_reasons or "no reasons recorded"
             raise MammoError(
                 f"v{version} did not pass the gate (gate={auto}: {why[:300]}); making it the "
                 "champion anyway is an explicit override: --override-gate with a reason"
             )
         run = client.get_run(mv.run_id) if mv.run_id else None
         tags: dict[str, Any] = run_facts(run) if run else {}
-        if auto != "passed":  # recorded, listed and reported; never moves the baseline
-            tags.update({"gate_override": "true", "gate_override_by": person,
-                         "gate_override_at": at, "gate_override_reason": reason})  # fmt: skip
+        if auto != Verdict.PASSED:  # recorded, listed and reported; never moves the baseline
+            tags.update({Tag.GATE_OVERRIDE: TRUE, Tag.GATE_OVERRIDE_BY: person,
+                         Tag.GATE_OVERRIDE_AT: at, Tag.GATE_OVERRIDE_REASON: reason})  # fmt: skip
         tags.update(
             {
-                "gate_auto": auto,
-                "gate_reasons_auto": old_tags.get("gate_reasons_auto")
-                if old_tags.get("gate") == "manual"
-                else old_tags.get("gate_reasons"),
-                "gate": "manual",
-                "gate_reasons": f"approved by {person}: {reason}",
-                **review_tags(old_tags, "approved", actor, at, reason),
+                Tag.GATE_AUTO: auto,
+                Tag.GATE_REASONS_AUTO: state.auto_reasons or None,
+                Tag.GATE: Verdict.MANUAL,
+                Tag.GATE_REASONS: f"approved by {person}: {reason}",
+                **review_tags(old_tags, Review.APPROVED, actor, at, reason),
             }
         )
         if before is not None:
-            tags["replaced_champion"] = before
+            tags[Tag.REPLACED_CHAMPION] = before
         tags[SIGNED_DECISION] = approval_record(
-            s, client, name, mv, who=person, at=at, reason=reason,
-            gate=str(tags["gate_auto"] or "pending"),
-        )  # fmt: skip
+            s, client, name, mv, who=person, at=at, reason=reason, gate=auto
+        )
         plan = Plan.start(
             client, name, f"approval of v{version} by {person}", version, aliases,
             {version: old_tags},
         )  # fmt: skip
         plan.set_tags(version, tags)
-        plan.delete_tag(version, "awaiting_approval")
+        plan.delete_tag(version, Tag.AWAITING_APPROVAL)
         promote_aliases(plan, version)
         plan.commit(between=lambda: write_report_safely(client, s, version, None, []))
         after = read_aliases(client, name)
@@ -240,14 +240,14 @@ def _approve_gated(
     """Approval of a version that passed the gate and waited for a person: re-gate when the
     references changed, then promote (or record why not)."""
     from mammo_pipeline.registry.baseline import deltas_from_tag, update_baseline
-    from mammo_pipeline.registry.promotion import apply_decision, gate_version
+    from mammo_pipeline.registry.promotion import gate_version, record_verdict
 
     name = s.registered_model_name
     tags = client.get_model_version(name, version).tags or {}
     before = aliases.get(CHAMPION)
     gated_against = {
-        CHAMPION: tags.get("gate_champion_version", "none"),
-        BASELINE: tags.get("gate_baseline_version", "none"),
+        CHAMPION: tags.get(Tag.GATE_CHAMPION_VERSION, "none"),
+        BASELINE: tags.get(Tag.GATE_BASELINE_VERSION, "none"),
     }
     changed = [
         f"{alias} v{gated_against[alias]} -> v{aliases.get(alias)}"
@@ -258,33 +258,34 @@ def _approve_gated(
         and aliases.get(alias) not in {None, version}
     ]
     person = actor.name
-    record = review_tags(tags, "approved", actor, at, reason)
+    record = review_tags(tags, Review.APPROVED, actor, at, reason)
     message = f"v{version} approved by {person}"
     if changed:
-        policy = GatePolicy(**json.loads(tags["gate_policy"])) if tags.get("gate_policy") else None
+        raw = tags.get(Tag.GATE_POLICY)
+        policy = GatePolicy(**json.loads(raw)) if raw else None
         if policy is not None:
             policy = GatePolicy(**{**policy.to_dict(), "require_approval": False})
         decision = gate_version(s, version, policy)
-        result = apply_decision(s, version, decision, extra_tags=record)
+        result = record_verdict(s, version, decision, extra_tags=record)
         message += (
             f"; the references changed since the gate ran ({', '.join(changed)}): re-gated, "
             f"{result.verdict}"
         )
-        if result.verdict != "passed":
+        if result.verdict != Verdict.PASSED:
             message += ": " + "; ".join(result.reasons)
     else:
         mv = client.get_model_version(name, version)
         record[SIGNED_DECISION] = approval_record(
-            s, client, name, mv, who=person, at=at, reason=reason, gate="passed"
+            s, client, name, mv, who=person, at=at, reason=reason, gate=Verdict.PASSED
         )
         plan = Plan.start(
             client, name, f"approval of v{version} by {person}", version, aliases,
             {version: tags},
         )  # fmt: skip
         plan.set_tags(version, record)
-        plan.delete_tag(version, "awaiting_approval")
+        plan.delete_tag(version, Tag.AWAITING_APPROVAL)
         if before is not None and before != version:
-            plan.set_tags(version, {"replaced_champion": before})
+            plan.set_tags(version, {Tag.REPLACED_CHAMPION: before})
         promote_aliases(plan, version)
         notes: list[str] = []
         update_baseline(plan, version, deltas_from_tag(tags), notes)
@@ -334,8 +335,8 @@ def reject(
             client, name, f"rejection of v{version} by {person}", version, aliases,
             {version: mv.tags or {}},
         )  # fmt: skip
-        plan.set_tags(version, review_tags(mv.tags or {}, "rejected", actor, at, reason))
-        plan.delete_tag(version, "awaiting_approval")
+        plan.set_tags(version, review_tags(mv.tags or {}, Review.REJECTED, actor, at, reason))
+        plan.delete_tag(version, Tag.AWAITING_APPROVAL)
         for alias in (CHALLENGER, PREVIOUS):
             if aliases.get(alias) == version:
                 plan.delete_alias(alias)

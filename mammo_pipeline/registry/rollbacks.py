@@ -13,11 +13,11 @@ from mammo_pipeline.registry.decision import utc_now
 from mammo_pipeline.registry.identity import Identity, acting
 from mammo_pipeline.registry.journal import Plan
 from mammo_pipeline.registry.lock import registry_lock
-from mammo_pipeline.registry.names import CHAMPION, PREVIOUS
+from mammo_pipeline.registry.names import CHAMPION, PREVIOUS, Review, Tag
 from mammo_pipeline.registry.report import write_report_safely
 from mammo_pipeline.registry.review import ReviewResult, review_tags
-from mammo_pipeline.registry.store import get_version, mlflow_errors, read_aliases
-from mammo_pipeline.registry.vetting import vetting_problem
+from mammo_pipeline.registry.state import VersionState
+from mammo_pipeline.registry.store import get_version, is_not_found, mlflow_errors, read_aliases
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -46,21 +46,25 @@ def rollback(
                 f"{name!r} has no 'previous' version to roll back to (champion is v{current})"
             )
         target_mv = get_version(client, name, target)
-        if (target_mv.tags or {}).get("review") == "rejected":
+        target_state = VersionState.of(target, target_mv.tags or {})
+        if target_state.rejected:
             raise MammoError(f"previous version v{target} was rejected; approve another version")
-        problem = vetting_problem(target, target_mv.tags or {})
+        problem = target_state.vetting_problem()
         if problem:
             raise MammoError(f"cannot roll back to v{target}: {problem}")
         current_mv = get_version(client, name, current)
+        new_previous = _rollback_target_of(client, name, target_mv, exclude={current, target})
         plan = Plan.start(
             client, name, f"rollback v{current} -> v{target} by {person}", current, aliases,
             {current: current_mv.tags or {}, target: target_mv.tags or {}},
         )  # fmt: skip
-        plan.set_tags(current, review_tags(current_mv.tags or {}, "rolled_back", actor, at, reason))
         plan.set_tags(
-            target, {"reinstated_by": person, "reinstated_at": at, "reinstated_reason": reason}
+            current, review_tags(current_mv.tags or {}, Review.ROLLED_BACK, actor, at, reason)
         )
-        new_previous = _rollback_target_of(client, name, target_mv, exclude={current, target})
+        plan.set_tags(
+            target,
+            {Tag.REINSTATED_BY: person, Tag.REINSTATED_AT: at, Tag.REINSTATED_REASON: reason},
+        )
         # Aliases last (the journal's order): champion first, then previous.
         plan.set_alias(CHAMPION, target)
         if new_previous is not None:
@@ -85,13 +89,17 @@ def rollback(
 def _rollback_target_of(
     client: MlflowClient, name: str, mv: ModelVersion, exclude: set[str]
 ) -> str | None:
-    candidate = (mv.tags or {}).get("replaced_champion")
+    candidate = VersionState.of(str(mv.version), mv.tags or {}).replaced_champion
     if not candidate or candidate in exclude:
         return None
+    from mlflow.exceptions import MlflowException
+
     try:
         prior = client.get_model_version(name, candidate)
-    except Exception:
-        return None
-    if (prior.tags or {}).get("review") == "rejected":
+    except MlflowException as exc:  # a deleted version is no target; anything else is raised
+        if is_not_found(exc):
+            return None
+        raise
+    if VersionState.of(candidate, prior.tags or {}).rejected:
         return None
     return candidate

@@ -82,8 +82,21 @@ def set_tags(client: MlflowClient, name: str, version: str, tags: Mapping[str, A
 
 
 def delete_tag(client: MlflowClient, name: str, version: str, key: str) -> None:
-    with contextlib.suppress(Exception):
+    """Remove tag ``key`` from the version; a tag (or version) already gone is fine, any other
+    failure (a store that refuses the write, unreachable) raises :class:`MammoError` naming
+    what failed: an action that believes a tag is gone must not go on when it is not."""
+    from mlflow.exceptions import MlflowException
+
+    try:
         client.delete_model_version_tag(name, version, key)
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return
+        raise MammoError(f"could not delete tag {key!r} of {name!r} v{version}: {exc}") from exc
+    except Exception as exc:
+        raise MammoError(
+            f"could not delete tag {key!r} of {name!r} v{version}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def escape(value: str) -> str:
@@ -94,8 +107,9 @@ def escape(value: str) -> str:
 FILM_FACTS: tuple[str, ...] = ("film_threshold", "film_roc_auc", "film_froc_sens_at_1fp", "film_n")
 
 
-def run_facts(run: Run, airflow_run_id: str | None = None) -> dict[str, Any]:
-    """The tags every version carries that come from its training run."""
+def run_facts(run: Run, run_tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The tags every version carries that come from its training run, plus ``run_tags``
+    (what orchestrated it, e.g. ``{"airflow_run_id": ..., "airflow_dag_id": ...}``)."""
     metrics = run.data.metrics
     tags = run.data.tags
     facts: dict[str, Any] = {m: metrics[m] for m in TEST_METRICS if m in metrics}
@@ -114,8 +128,7 @@ def run_facts(run: Run, airflow_run_id: str | None = None) -> dict[str, Any]:
         facts["film_threshold_method"] = tags["film_threshold_method"]
     if tags.get(SIGNED_EVALUATION):  # the record itself; its signature is the authority
         facts[SIGNED_EVALUATION] = tags[SIGNED_EVALUATION]
-    if airflow_run_id:
-        facts["airflow_run_id"] = airflow_run_id
+    facts.update({k: v for k, v in (run_tags or {}).items() if v})
     return facts
 
 

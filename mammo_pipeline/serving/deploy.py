@@ -39,7 +39,7 @@ from mammo_pipeline.common.net import client_host, free_port
 from mammo_pipeline.common.processes import is_alive
 from mammo_pipeline.config import Settings
 from mammo_pipeline.errors import MammoError
-from mammo_pipeline.registry.names import PREVIOUS
+from mammo_pipeline.registry.names import PREVIOUS, Deployed
 from mammo_pipeline.serving.backend import start_backend, stop_process, wait_ready
 from mammo_pipeline.serving.proxy import ensure_proxy
 from mammo_pipeline.serving.smoke import smoke_test
@@ -167,11 +167,14 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
                         state_path(settings).unlink(missing_ok=True)
             stop_process(green_pid)
             if result.version is not None:
-                result.restore_to = blue_version or alias_version(settings, PREVIOUS)
+                try:
+                    result.restore_to = blue_version or alias_version(settings, PREVIOUS)
+                except MammoError as read_exc:  # reported: nothing to move the champion to
+                    result.steps.append(f"registry: {read_exc}")
                 if settings.deploy_records_registry:
-                    result.alias_rolled_back_to = undo_failed_deploy(
-                        settings, result.version, result.restore_to, reason
-                    )
+                    undo = undo_failed_deploy(settings, result.version, result.restore_to, reason)
+                    result.alias_rolled_back_to = undo.moved_to
+                    result.steps += [f"registry: {p}" for p in undo.problems]
                 else:
                     result.record_pending = True
             result.steps.append("failed: green stopped, blue kept" if blue_live else "failed")
@@ -183,7 +186,8 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
             stop_process(blue.get("pid"))
             result.steps.append(f"stopped blue pid {blue.get('pid')}")
         if settings.deploy_records_registry:
-            mark_deploy(settings, target, "live")
+            if problem := mark_deploy(settings, target, Deployed.LIVE):
+                result.steps.append(f"registry: {problem}")
         else:
             result.record_pending = True
         result.ok = True

@@ -14,8 +14,9 @@ MLflow run contents: every setting as a parameter, per-epoch ``loss``, ``auc``,
 ``decision_threshold``; the test metrics of :mod:`mammo_pipeline.training.evaluate`; tags
 ``weights_source``, ``weights_random``, ``git_commit``, ``synthetic``,
 ``data_manifest_sha256``, ``test_manifest_sha256``,
-``airflow_run_id`` (when given), ``feature_cache``, ``model_uri``, ``model_id``; the data
-manifest as the dataset input (context ``training``) and as ``data/manifest.json``; the
+the ``run_tags`` given (``airflow_run_id``, ``airflow_dag_id`` from the DAG),
+``feature_cache``, ``model_uri``, ``model_id``; the data manifest as the dataset input
+(context ``training``) and as ``data/manifest.json``; the
 model as ``mlflow.keras`` flavour named ``model`` with metadata ``decision_threshold`` and
 ``image_size``; ``training_curves.png``; and, when the film set exists, the film-level
 metrics, film threshold and artifacts of :mod:`mammo_pipeline.training.film_eval`.
@@ -24,7 +25,7 @@ metrics, film threshold and artifacts of :mod:`mammo_pipeline.training.film_eval
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,14 @@ def train_model(
     files: list[Path] | None = None,
     manifest: DataManifest | None = None,
     overrides: dict[str, Any] | None = None,
-    airflow_run_id: str | None = None,
+    run_tags: Mapping[str, str] | None = None,
     evaluate: bool = True,
 ) -> TrainResult:
-    """Train, log, evaluate: one MLflow run. With ``evaluate=False`` the test-split evaluation
-    is left to :func:`mammo_pipeline.training.evaluate.evaluate_run` (the DAG runs it as its
-    own task, off the GPU queue). ``files`` default to the manifest's or to the
-    tfrecords in ``settings.validated``; the test split is ``settings.test_split``."""
+    """Train, log, evaluate: one MLflow run, tagged also with ``run_tags`` (what orchestrated
+    it, e.g. ``{"airflow_run_id": ..., "airflow_dag_id": ...}``). With ``evaluate=False`` the
+    test-split evaluation is left to :func:`mammo_pipeline.training.evaluate.evaluate_run`
+    (the DAG runs it as its own task, off the GPU queue). ``files`` default to the manifest's
+    or to the tfrecords in ``settings.validated``; the test split is ``settings.test_split``."""
     import keras
     import mlflow
 
@@ -188,8 +190,10 @@ def train_model(
         log_dataset,
         log_keras_model,
         run_params,
-        run_tags,
         split_metrics,
+    )
+    from mammo_pipeline.training.run_logging import (
+        run_tags as base_run_tags,
     )
 
     s = apply_overrides(settings or get_settings(), overrides)
@@ -203,7 +207,7 @@ def train_model(
     data = prepare_data(s, paths)
     spec = ModelSpec(s.image_size, s.weights, tuple(s.head_units), s.dropout)  # type: ignore[arg-type]
     model = build_model(spec)
-    tags = run_tags(s, manifest, airflow_run_id)
+    tags = {**base_run_tags(s, manifest, None), **{k: v for k, v in (run_tags or {}).items() if v}}
     with (
         mlflow.start_run(experiment_id=experiment_id) as run,
         tempfile.TemporaryDirectory(prefix="mammo-train-") as tmp_name,

@@ -39,6 +39,7 @@ mlflow = pytest.importorskip("mlflow")
 from mammo_pipeline import registry  # noqa: E402
 from mammo_pipeline.registry import faults, journal  # noqa: E402
 from mammo_pipeline.registry.identity import Identity  # noqa: E402
+from mammo_pipeline.registry.promotion import record_verdict  # noqa: E402
 from mammo_pipeline.registry.store import read_aliases  # noqa: E402
 from mammo_pipeline.registry.vetting import vetting_problem  # noqa: E402
 from tests.test_registry import make_run, tiny_png  # noqa: E402
@@ -124,7 +125,7 @@ def fresh(world: World, case: str) -> Settings:
     s = world.store.model_copy(update={"registered_model_name": f"crash{next(_names)}"})
     client = mlflow_client(s)
     for run_id in world.runs:
-        registry.register_run(s, run_id, airflow_run_id="af-1")
+        registry.register_run(s, run_id, run_tags={"airflow_run_id": "af-1"})
     tags, aliases = STATES[case]
     for version, values in tags.items():
         for key, value in values.items():
@@ -145,7 +146,7 @@ def gate_decision(world: World, s: Settings) -> Any:
 
 ALICE, BOB = Identity("alice", "airflow"), Identity("bob", "airflow")
 ACTIONS: dict[str, Callable[[World, Settings], object]] = {
-    "gate": lambda w, s: registry.apply_decision(s, "3", gate_decision(w, s)),
+    "gate": lambda w, s: record_verdict(s, "3", gate_decision(w, s)),
     "approve": lambda w, s: registry.approve(
         s, "3", "second reader agreed", who=ALICE, override_gate=True
     ),
@@ -285,7 +286,7 @@ def _kill_between_champion_and_previous(world: World, case: str) -> Settings:
 
 def test_next_gate_completes_a_promotion_killed_between_champion_and_previous(world):
     s = _kill_between_champion_and_previous(world, "gate")
-    decision, result = registry.gate_and_apply(s, "1")
+    decision, result = registry.gate_and_promote(s, "1")
     assert any("completed an interrupted gate verdict on v3" in n for n in result.notes)
     assert decision.champion_version == "3" and decision.baseline_version == "3"
     a = read_aliases(mlflow_client(s), s.registered_model_name)
@@ -300,7 +301,7 @@ def test_failed_deploy_after_a_killed_promotion_rolls_back_the_completed_one(wor
     from mammo_pipeline.registry.deployments import undo_failed_deploy
 
     s = _kill_between_champion_and_previous(world, "gate")
-    assert undo_failed_deploy(s, "3", "2", "smoke test failed") == "2"
+    assert undo_failed_deploy(s, "3", "2", "smoke test failed").moved_to == "2"
     assert journal.repair(s) == []
     a = read_aliases(mlflow_client(s), s.registered_model_name)
     assert (a["champion"], a["previous"], a["baseline"]) == ("2", "1", "3")
