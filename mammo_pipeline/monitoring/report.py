@@ -4,8 +4,9 @@
 the period from the store, cuts them into windows (:mod:`.windows`), decides the alerts
 (:mod:`.policy`), and (unless told not to) logs a JSON summary and an HTML page with the
 plots on the version's training run under ``monitoring/`` and tags the version. A copy of both
-is written under ``<reports>/monitoring/``. :func:`apply_retention` deletes what is older than
-``monitor_retention_days``.
+is written under ``<reports>/monitoring/``, and one row (the newest window, the alert) in the
+store's ``mammo_monitor_reports`` for the dashboards. :func:`apply_retention` deletes what is
+older than ``monitor_retention_days``.
 """
 
 from __future__ import annotations
@@ -296,6 +297,39 @@ def _write(
                 client.log_artifact(ref.run_id, str(dst), ARTIFACT_DIR)
                 report.artifacts.append(f"{ARTIFACT_DIR}/{target}")
     tag_version(settings, ref.version, alert_tags(report.alerts, period))
+    store = open_store(settings)
+    try:
+        store.add_report(report_row(report, period[1]))
+    finally:
+        store.close()
+
+
+def report_row(report: MonitorReport, at: float) -> dict[str, Any]:
+    """The report's row of ``mammo_monitor_reports``: its newest window and the alert."""
+    s = report.summary
+    sens = s["performance"].get("sensitivity") or {}
+    row: dict[str, Any] = {
+        "ts": at,
+        "model_name": s["model_name"],
+        "model_version": s["model_version"],
+        "alert": int(bool(report.alerts)),
+        "alert_reason": report.alert_reason,
+        "expected_positive_rate": s["reference"]["expected_positive_rate"],
+        "n_feedback": s["feedback"],
+        "sensitivity": sens.get("point"),
+        "sensitivity_low": sens.get("low"),
+        "sensitivity_high": sens.get("high"),
+    }
+    if report.windows:
+        w = report.windows[-1]
+        row.update(window_start=w.start, window_end=w.end, n_tiles=w.n_tiles)
+        row.update(sufficient=int(w.sufficient), drifts=int(w.drifts))
+        for name, test in [("score", w.score_drift), *((t.name, t) for t in w.input_drift)]:
+            if test is not None:
+                row[f"{name}_psi"], row[f"{name}_p_value"] = test.psi, test.p_value
+        if w.positive_rate is not None:
+            row["positive_rate"] = w.positive_rate.interval.point
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
 
 
 def apply_retention(settings: Settings, now: float | None = None) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 :class:`PredictionStore` is what the service's logger, the feedback endpoint, the CLI and
 the monitor use. Two implementations share one schema and one SQL text (tables
-``mammo_predictions`` and ``mammo_feedback``, times as seconds since the epoch):
+``mammo_predictions`` and ``mammo_feedback``, times as seconds since the epoch; and
+``mammo_monitor_reports``, one row per logged monitoring report for the dashboards):
 
 - :class:`SQLiteStore`, the embedded default, one file ``<data dir>/monitoring/
   predictions.sqlite`` in WAL mode (several service workers append while the monitor reads;
@@ -54,6 +55,34 @@ _TYPES = {
 #: SQL column names: ``time`` is ``ts`` (a type name in PostgreSQL).
 _SQL = {c: ("ts" if c == "time" else c) for c in COLUMNS}
 _FEEDBACK_COLS = ("request_id", "outcome", "source", "who", "ts")
+REPORTS_TABLE = "mammo_monitor_reports"
+#: One row per logged report: its newest window's figures and the report's alert (read by
+#: Grafana's drift and alert panels; NULL where a figure is undefined).
+REPORT_TYPES = {
+    "ts": "DOUBLE PRECISION NOT NULL",
+    "model_name": "TEXT NOT NULL",
+    "model_version": "TEXT NOT NULL",
+    "window_start": "DOUBLE PRECISION",
+    "window_end": "DOUBLE PRECISION",
+    "n_tiles": "INTEGER",
+    "sufficient": "INTEGER",
+    "drifts": "INTEGER",
+    "score_psi": "DOUBLE PRECISION",
+    "score_p_value": "DOUBLE PRECISION",
+    "input_mean_psi": "DOUBLE PRECISION",
+    "input_mean_p_value": "DOUBLE PRECISION",
+    "input_std_psi": "DOUBLE PRECISION",
+    "input_std_p_value": "DOUBLE PRECISION",
+    "positive_rate": "DOUBLE PRECISION",
+    "expected_positive_rate": "DOUBLE PRECISION",
+    "sensitivity": "DOUBLE PRECISION",
+    "sensitivity_low": "DOUBLE PRECISION",
+    "sensitivity_high": "DOUBLE PRECISION",
+    "n_feedback": "INTEGER",
+    "alert": "INTEGER NOT NULL",
+    "alert_reason": "TEXT",
+}
+REPORT_COLUMNS = tuple(REPORT_TYPES)
 SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {RECORDS_TABLE} ("
     + ", ".join(f"{_SQL[c]} {_TYPES.get(c, 'TEXT')}" for c in COLUMNS)
@@ -62,6 +91,9 @@ SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {FEEDBACK_TABLE} (request_id TEXT PRIMARY KEY, "
     "outcome TEXT NOT NULL, source TEXT NOT NULL, who TEXT NOT NULL, "
     "ts DOUBLE PRECISION NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {REPORTS_TABLE} ("
+    + ", ".join(f"{c} {t}" for c, t in REPORT_TYPES.items())
+    + ", PRIMARY KEY (model_name, model_version, ts))",
 )
 _SELECT = ", ".join(f"p.{_SQL[c]}" for c in COLUMNS)
 
@@ -251,6 +283,31 @@ class PredictionStore:
         row = cur.fetchone()
         return None if row is None else Feedback(request_id, row[0], row[1], row[2], row[3])
 
+    # -- monitoring reports (dashboards) -------------------------------------------------
+    def add_report(self, row: dict[str, Any]) -> None:
+        """Keep one report's row (:data:`REPORT_COLUMNS`; a missing key is NULL). A second
+        row of the same version and time is ignored."""
+        unknown = set(row) - set(REPORT_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown report columns: {', '.join(sorted(unknown))}")
+        marks = ", ".join("?" for _ in REPORT_COLUMNS)
+        sql = self._q(
+            f"INSERT INTO {REPORTS_TABLE} ({', '.join(REPORT_COLUMNS)}) VALUES ({marks}) "
+            "ON CONFLICT DO NOTHING"
+        )
+        with self._cursor() as cur:
+            cur.execute(sql, tuple(row.get(c) for c in REPORT_COLUMNS))
+
+    def reports(self, since: float) -> list[dict[str, Any]]:
+        """Report rows with ``ts >= since``, oldest first."""
+        sql = self._q(
+            f"SELECT {', '.join(REPORT_COLUMNS)} FROM {REPORTS_TABLE} WHERE ts >= ? ORDER BY ts"
+        )
+        with self._cursor() as cur:
+            cur.execute(sql, (float(since),))
+            rows = cur.fetchall()
+        return [dict(zip(REPORT_COLUMNS, row, strict=True)) for row in rows]
+
     # -- retention ---------------------------------------------------------------------
     def purge(self, before: float) -> dict[str, int]:
         """Delete records older than ``before`` and their feedback; returns the counts."""
@@ -264,7 +321,9 @@ class PredictionStore:
             )
             feedback = cur.rowcount
             cur.execute(self._q(f"DELETE FROM {RECORDS_TABLE} WHERE ts < ?"), (float(before),))
-            return {"records": cur.rowcount, "feedback": feedback}
+            records = cur.rowcount
+            cur.execute(self._q(f"DELETE FROM {REPORTS_TABLE} WHERE ts < ?"), (float(before),))
+            return {"records": records, "feedback": feedback}
 
 
 class SQLiteStore(PredictionStore):
