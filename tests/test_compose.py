@@ -44,12 +44,12 @@ SCHEMA_SHA256 = "46b7d35f19dd93a05f8fea530291bf84d881c1791ec167ecf0e6fb94e639d49
 REQUIRED_SERVICES = {
     "postgres", "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler",
     "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu",
-    "mlflow", "mlflow-init", "bentoml", "proxy",
+    "mlflow", "mlflow-init", "bentoml", "proxy", "prometheus", "grafana",
 }  # fmt: skip
 MUST_HAVE_HEALTHCHECK = {
     "postgres", "redis", "airflow-apiserver", "airflow-scheduler", "mlflow", "bentoml",
     "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-worker-gpu",
-    "proxy",
+    "proxy", "prometheus", "grafana",
 }  # fmt: skip
 PROJECT_PROGRAMS = {"airflow", "mlflow", "mammo", "bentoml"}
 # ``python SCRIPT`` only for a script of the repository mounted by a compose config
@@ -596,7 +596,7 @@ def published(env: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
 def test_every_port_is_published_on_loopback_by_default():
     env = env_example()
     ports = published(env)
-    assert set(ports) == {"mlflow", "airflow-apiserver", "proxy"}, ports
+    assert set(ports) == {"mlflow", "airflow-apiserver", "proxy", "prometheus", "grafana"}, ports
     for without_bind in (env, {k: v for k, v in env.items() if not k.endswith("_BIND")}):
         for name, pairs in published(without_bind).items():
             assert all(ip == "127.0.0.1" for ip, _ in pairs), (name, pairs)
@@ -606,6 +606,60 @@ def test_every_port_is_published_on_loopback_by_default():
     moved = published({**env, "MAMMO_MLFLOW_BIND": "0.0.0.0", "MAMMO_AIRFLOW_BIND": "10.0.0.5"})
     assert moved["mlflow"] == [("0.0.0.0", env["MLFLOW_PORT"])]
     assert moved["airflow-apiserver"] == [("10.0.0.5", env["AIRFLOW_API_PORT"])]
+
+
+def test_prometheus_and_grafana_are_pinned_loopback_and_provisioned_from_the_repo():
+    """The monitoring services (docs/monitoring.md "Dashboards"): upstream images pinned to a
+    release, published on 127.0.0.1 only, configuration mounted from docker/, credentials only
+    from .env; the prediction log's store is set where predictions are logged or read."""
+    services = compose()["services"]
+    env = env_example()
+    for name, repo in (("prometheus", "prom/prometheus"), ("grafana", "grafana/grafana")):
+        svc = services[name]
+        image, _, tag = svc["image"].partition(":")
+        assert image == repo and re.match(r"^v?\d+\.\d+\.\d+$", tag), svc["image"]
+        assert "build" not in svc
+        for mapping in svc["ports"]:
+            assert interpolate(mapping, {}).startswith("127.0.0.1:"), mapping
+        assert svc["healthcheck"]["test"][:2] == ["CMD", "wget"]
+        for cfg in svc["configs"]:
+            source = compose()["configs"][cfg["source"]]["file"]
+            assert source.startswith("./docker/") and (REPO / source).is_file(), source
+    assert published(env)["prometheus"] == [("127.0.0.1", env["PROMETHEUS_PORT"])]
+    assert published(env)["grafana"] == [("127.0.0.1", env["GRAFANA_PORT"])]
+    # Prometheus reaches the service on the default network, not through the proxy
+    assert "serving" not in (services["prometheus"].get("networks") or [])
+    # Grafana: its admin and its database role come from .env; the provisioning files read
+    # the role's credentials from the container's environment
+    graf = services["grafana"]["environment"]
+    for key in ("GF_SECURITY_ADMIN_USER", "GF_SECURITY_ADMIN_PASSWORD"):
+        assert graf[key].startswith("${") and ":?" in graf[key], key
+    assert graf["GRAFANA_DB_PASSWORD"] == "${GRAFANA_DB_PASSWORD}"
+    provider = yaml.safe_load((REPO / "docker/grafana/dashboards.yml").read_text())["providers"]
+    targets = {c["source"]: c["target"] for c in services["grafana"]["configs"]}
+    dash_dir = Path(provider[0]["options"]["path"])
+    assert Path(targets["grafana-dashboard-mammo"]).parent == dash_dir
+    assert targets["grafana-datasources"].startswith("/etc/grafana/provisioning/datasources/")
+    assert targets["grafana-dashboards"].startswith("/etc/grafana/provisioning/dashboards/")
+    # the prediction log: PostgreSQL for the service (writes) and the CPU worker (the
+    # mammo_monitor DAG reads and purges), with the monitor role's password from .env
+    for name in ("bentoml", "airflow-worker"):
+        uri = interpolate(services[name]["environment"]["MAMMO_MONITOR_STORE_URI"], env)
+        assert uri == (
+            f"postgresql://{env['MONITOR_DB_USER']}:{env['MONITOR_DB_PASSWORD']}"
+            f"@postgres:5432/{env['MONITOR_DB_NAME']}"
+        ), name
+    for name in ("airflow-scheduler", "airflow-apiserver", "proxy", "grafana"):
+        assert "MAMMO_MONITOR_STORE_URI" not in (services[name].get("environment") or {}), name
+    # the postgres init script makes the database, its owner and Grafana's read-only role
+    init = compose()["configs"]["postgres-init"]["content"]
+    for statement in (
+        'CREATE DATABASE :"mon_db" OWNER :"mon_user";',
+        'ALTER DEFAULT PRIVILEGES FOR ROLE :"mon_user" IN SCHEMA public GRANT SELECT ON TABLES '
+        'TO :"graf_user";',
+    ):
+        assert statement in init, statement
+    assert not re.search(r'GRANT (ALL|INSERT|UPDATE|DELETE)[^;]*"graf_user"', init)
 
 
 def test_no_literal_secrets_and_env_example_covers_every_variable():
