@@ -198,3 +198,28 @@ def test_no_test_split_means_an_empty_index(tmp_path: Path) -> None:
     guard = tg.load_guard(Settings(data_dir=tmp_path))
     assert len(guard) == 0
     assert guard.nearest(perceptual_hashes(make_tile(0, "train", 0, 0))) == [None]
+
+
+def test_pool_workers_search_the_index_and_name_the_test_tile(landing_run, tmp_path) -> None:
+    """With a worker pool the index is searched in the workers (from the cache file the
+    validating process names): the same files get the same verdicts and reasons as in the
+    in-process run above."""
+    settings, results = landing_run
+    names = ["clean.tfrecords", "exact_copy.tfrecords", "rotated_copy.tfrecords"]
+    pool = Settings(data_dir=tmp_path, validation_workers=2, test_dir=settings.test_split)
+    pool.landing.mkdir(parents=True)
+    for name in names:
+        shutil.copy(results[name].destination, pool.landing / name)
+    assert tg.guard_file(pool).endswith(".npz")
+    assert len(tg.load_guard_file(tg.guard_file(pool))) == 24
+    got = {f.file: f for f in validate_landing(pool).files}
+    assert {n: got[n].verdict for n in names} == {n: results[n].verdict for n in names}
+    for name in names[1:]:
+        (failed,) = _reason(pool, name)["failed_expectations"]
+        assert failed["examples"] == _reason(settings, name)["failed_expectations"][0]["examples"]
+
+
+def test_no_test_split_is_named_as_an_empty_index_file(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    assert tg.guard_file(settings) == ""
+    assert len(tg.load_guard_file("")) == 0

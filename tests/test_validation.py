@@ -434,3 +434,45 @@ def test_missing_gx_context_stops_the_run_before_any_move(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="no Great Expectations context"):
         validate_landing(settings)
     assert [p.name for p in (tmp_path / "landing").iterdir()] == ["good.tfrecords"]
+
+
+def test_vectorised_pair_rule_answers_as_gx_does_row_by_row() -> None:
+    """The label / label_normal consistency rule's metric, computed once per distinct pair
+    (:mod:`mammo_pipeline.validation.gx_metrics`), gives GX's row-by-row answer (a missing
+    value is None, then the pair is looked up) on frames with missing values, wrong pairs,
+    a pair set holding None and a shuffled index; and the suite really uses it."""
+    import pandas as pd
+
+    from mammo_pipeline.validation import gx_metrics
+
+    def row_by_row(a: pd.Series, b: pd.Series, pairs: list) -> list[bool]:
+        allowed = {(x, y) for x, y in pairs}
+        return [
+            (None if pd.isnull(x) else x, None if pd.isnull(y) else y) in allowed
+            for x, y in zip(a, b, strict=True)
+        ]
+
+    rng = np.random.default_rng(0)
+    suite_pairs = [[0, 0], [1, 1], [2, 1], [3, 1], [4, 1]]
+    for trial in range(20):
+        n = int(rng.integers(0, 200))
+        a = rng.integers(-1, 7, n).astype(float)
+        b = rng.integers(-1, 3, n).astype(float)
+        a[rng.random(n) < 0.1] = np.nan
+        b[rng.random(n) < 0.1] = np.nan
+        index = pd.Index(rng.permutation(n) * 3)
+        pairs = suite_pairs + ([[None, 1]] if trial % 2 else [])
+        for column_a in (pd.Series(a, index=index), pd.Series(a, index=index).astype(object)):
+            column_b = pd.Series(b, index=index)
+            got = gx_metrics.pair_in_set(column_a, column_b, pairs)
+            assert got.index.equals(index)
+            assert got.tolist() == row_by_row(column_a, column_b, pairs), trial
+
+    gx_metrics.register()
+    from great_expectations.execution_engine import PandasExecutionEngine
+    from great_expectations.expectations.registry import get_metric_provider
+
+    provider_class, _ = get_metric_provider(
+        "column_pair_values.in_set.condition", PandasExecutionEngine()
+    )
+    assert provider_class.__name__ == "FastColumnPairValuesInSet"

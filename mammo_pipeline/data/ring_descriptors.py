@@ -114,17 +114,26 @@ def _sampling(first: int, count: int) -> sparse.csr_matrix:
     return matrix
 
 
+@cache
+def _bins_of_pixels(first: int, count: int) -> sparse.csr_matrix:
+    """The transpose of :func:`_sampling` in CSR form: (count * ANGLES, S * S), a row per bin."""
+    return sparse.csr_matrix(_sampling(first, count).T)
+
+
 def ring_spectra(images: np.ndarray, *, index: bool = False, batch_size: int = 64) -> np.ndarray:
     """Ring spectra of uint8 tiles ((N, 299, 299), (N, 299, 299, 1) or one tile) ->
     (N, RINGS, HARMONICS) complex64, or with ``index=True`` the wider
     (N, RINGS + 2 * SCALE_STEPS, HARMONICS) a held-out index keeps for the scale search."""
-    a = as_tile_batch(images)
+    a = as_tile_batch(images).reshape(-1, S * S)
     first, count = (-SCALE_STEPS, RINGS + 2 * SCALE_STEPS) if index else (0, RINGS)
-    matrix = _sampling(first, count)
+    bins = _bins_of_pixels(first, count)
     out = np.empty((a.shape[0], count, HARMONICS), dtype=np.complex64)
     for start in range(0, a.shape[0], batch_size):
-        chunk = a[start : start + batch_size].reshape(-1, S * S).astype(np.float32)
-        polar = np.asarray(chunk @ matrix).reshape(-1, count, ANGLES)
+        chunk = a[start : start + batch_size]
+        # One sparse matrix-vector product per tile: ``chunk @ matrix`` would have scipy
+        # transpose the whole (B, S * S) batch first, which cost 4-5x the products.
+        polar = np.stack([bins @ tile.astype(np.float32) for tile in chunk])
+        polar = polar.reshape(-1, count, ANGLES)
         polar -= polar.mean(axis=(1, 2), keepdims=True)
         polar /= polar.std(axis=(1, 2), keepdims=True) + 1e-6
         out[start : start + chunk.shape[0]] = np.fft.rfft(polar, axis=2)[:, :, 1 : HARMONICS + 1]

@@ -90,20 +90,31 @@ class ContractChecker:
     """The committed suite, run through the committed checkpoint (one instance per run).
 
     ``docs_assets_dir`` holds the npm packages whose files replace the Data Docs' CDN links
-    (default: ``docs-assets/node_modules``, filled by ``make install``).
+    (default: ``docs-assets/node_modules``, filled by ``make install``). With ``defer_docs``
+    the pages of :meth:`validate` are rendered by :meth:`build_docs`, all in one build.
     """
 
     def __init__(
-        self, settings: Settings, docs_assets_dir: Path = docs_assets.DEFAULT_ASSETS_DIR
+        self,
+        settings: Settings,
+        docs_assets_dir: Path = docs_assets.DEFAULT_ASSETS_DIR,
+        *,
+        defer_docs: bool = False,
     ) -> None:
+        self.defer_docs = defer_docs
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         quiet_gx_logging()
         import great_expectations as gx
 
+        from mammo_pipeline.validation import gx_metrics
+
+        gx_metrics.register()
         self.root = expectations_root(settings)
         self.docs_dir = data_docs_dir(settings)
         self.docs_assets_dir = docs_assets_dir
         self.results_dir = validation_results_dir(settings)
+        self._pending_docs: list[Any] = []  # validations whose pages wait for build_docs
+        self._pending_sites: set[str] = set()
         self.parameters = {
             "positive_fraction_min": settings.positive_fraction_min,
             "positive_fraction_max": settings.positive_fraction_max,
@@ -129,22 +140,95 @@ class ContractChecker:
         return self.docs_dir / "index.html"
 
     def validate(self, frame: pd.DataFrame, run_name: str) -> ContractOutcome:
-        """Run the checkpoint on one record profile; Data Docs are updated by its action."""
+        """Run the checkpoint on one record profile; Data Docs are updated by its action.
+
+        With ``defer_docs``, when the checkpoint's only actions update Data Docs, its
+        validation definitions are run as the checkpoint runs them (same suite, parameters,
+        result format, run id and stored result) and the pages wait for :meth:`build_docs`,
+        which renders every validation run so in one build: rendering costs about as much as
+        validating (GX compiles its page templates again for every build), so a run of
+        several files builds once. The outcome's page link is the page's path either way."""
         from great_expectations.core.run_identifier import RunIdentifier
 
         run_time = datetime.now(UTC)
-        result = self.checkpoint.run(
-            batch_parameters={"dataframe": frame},
-            expectation_parameters=self.parameters,
-            run_id=RunIdentifier(run_name=run_name, run_time=run_time),
-        )
-        self.localize_docs()
+        run_id = RunIdentifier(run_name=run_name, run_time=run_time)
+        sites = self._docs_only_sites() if self.defer_docs else None
+        if sites is None:
+            result = self.checkpoint.run(
+                batch_parameters={"dataframe": frame},
+                expectation_parameters=self.parameters,
+                run_id=run_id,
+            )
+            run_results, success = result.run_results, bool(result.success)
+            self.localize_docs()
+        else:
+            run_results = self._run_validations(frame, run_id)
+            success = all(r.success for r in run_results.values())
+            self._pending_docs.extend(run_results)
+            self._pending_sites.update(sites)
         results: list[Any] = []
         page: str | None = None
-        for identifier, suite_result in result.run_results.items():
+        for identifier, suite_result in run_results.items():
             results.extend(suite_result.results)
-            page = page or self._page_of(identifier)
-        return ContractOutcome(bool(result.success), results, page, run_time)
+            page = page or self._page_of(identifier, only_if_exists=sites is None)
+        return ContractOutcome(success, results, page, run_time)
+
+    def _docs_only_sites(self) -> list[str] | None:
+        """The Data Docs sites the checkpoint's actions update, when updating Data Docs is
+        all they do; else None (the checkpoint then runs whole, actions included)."""
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        actions = list(self.checkpoint.actions)
+        if not all(isinstance(a, UpdateDataDocsAction) and a.site_names for a in actions):
+            return None  # another action, or one that updates every site
+        return [site for a in actions for site in a.site_names]
+
+    def _run_validations(self, frame: pd.DataFrame, run_id: Any) -> dict[Any, Any]:
+        """The checkpoint's validation definitions on ``frame``, keyed and stamped as
+        ``Checkpoint.run`` keys and stamps them (the results are stored by GX)."""
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+            ValidationResultIdentifier,
+        )
+
+        out: dict[Any, Any] = {}
+        for definition in self.checkpoint.validation_definitions:
+            result = definition.run(
+                checkpoint_id=self.checkpoint.id,
+                batch_parameters={"dataframe": frame},
+                expectation_parameters=self.parameters,
+                result_format=self.checkpoint.result_format,
+                run_id=run_id,
+            )
+            key = ValidationResultIdentifier(
+                expectation_suite_identifier=ExpectationSuiteIdentifier(name=definition.suite.name),
+                run_id=run_id,
+                batch_identifier=result.batch_id,
+            )
+            out[key] = result
+        return out
+
+    def build_docs(self) -> None:
+        """Render the Data Docs pages of the validations :meth:`validate` deferred since the
+        last call, and the index, in one build (then localise them). Like the page link,
+        never fails a verdict: a page that could not be built is logged; GX keeps every
+        validation result, so a later build renders it."""
+        if not self._pending_docs:
+            return
+        from great_expectations.data_context.types.resource_identifiers import (
+            ExpectationSuiteIdentifier,
+        )
+
+        identifiers = [*self._pending_docs, ExpectationSuiteIdentifier(name=SUITE)]
+        sites = sorted(self._pending_sites) or None
+        self._pending_docs, self._pending_sites = [], set()
+        try:
+            self.context.build_data_docs(site_names=sites, resource_identifiers=identifiers)
+        except Exception:  # the pages are a convenience; the verdicts are already made
+            log.exception(
+                "could not build the Data Docs pages of %d validations", len(identifiers) - 1
+            )
+        self.localize_docs()
 
     def localize_docs(self) -> None:
         """Point the Data Docs pages built since the last pass at local copies of their
@@ -155,10 +239,12 @@ class ContractChecker:
         except OSError as exc:
             log.warning("%s: Data Docs keep their CDN links: %s", self.docs_dir, exc)
 
-    def _page_of(self, identifier: Any) -> str | None:
+    def _page_of(self, identifier: Any, *, only_if_exists: bool = True) -> str | None:
         try:
             urls = self.context.get_docs_sites_urls(
-                resource_identifier=identifier, site_name=DATA_DOCS_SITE
+                resource_identifier=identifier,
+                site_name=DATA_DOCS_SITE,
+                only_if_exists=only_if_exists,
             )
         except Exception:  # the page is a convenience; never fail a verdict for it
             return None

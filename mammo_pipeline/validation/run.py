@@ -84,7 +84,7 @@ from mammo_pipeline.validation.result import (
     ValidationRunResult,
     Verdict,
 )
-from mammo_pipeline.validation.test_guard import load_guard
+from mammo_pipeline.validation.test_guard import guard_file, load_guard, load_guard_file
 from mammo_pipeline.validation.verdict import explain
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,14 @@ class _Run:
     def checker(self) -> ContractChecker:
         """The GX context, loaded on first use (in pool mode: while the workers profile)."""
         if self._checker is None:
-            self._checker = ContractChecker(self.settings)
+            # Data Docs pages: one build at the end of the run (build_docs)
+            self._checker = ContractChecker(self.settings, defer_docs=True)
         return self._checker
+
+    def build_docs(self) -> None:
+        """The Data Docs pages of every file decided in this run, in one build."""
+        if self._checker is not None:
+            self._checker.build_docs()
 
     # --- claiming ----------------------------------------------------------------------
     def claim(self, paths: list[Path]) -> list[FileResult]:
@@ -237,8 +243,8 @@ class _Run:
         frame = profile.records
         seen = self.index.seen(frame["content_hash"].dropna())
         frame["seen_before"] = frame["content_hash"].isin(seen) if seen else False
-        # copies of held-out test tiles
-        add_test_copy_column(frame, load_guard(self.settings), profile.rings)
+        if "near_test_copy" not in frame:  # copies of held-out test tiles (pool: done there)
+            add_test_copy_column(frame, load_guard(self.settings), profile.rings)
         outcome = self.checker.validate(frame, run_name=f"{claimed.name}@{sha[:12]}")
         failures = explain(outcome.results, frame)
         intensity = IntensityProfile.from_frame(frame, self.bins, name=claimed.name)
@@ -536,7 +542,15 @@ def _workers(settings: Settings, files: int) -> int:
 
 def _die_with_parent(parent: int) -> None:
     """Pool initializer: the worker dies with the validating process, even when that one is
-    killed by SIGKILL (Linux parent-death signal; a watchdog thread elsewhere or as a backup)."""
+    killed by SIGKILL (Linux parent-death signal; a watchdog thread elsewhere or as a backup).
+    Its BLAS runs on one thread: the workers already keep every core busy, and their small
+    matrix products only lose time to a thread pool per process."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # scikit-learn's dependency; without it BLAS keeps its default
+        pass
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
@@ -580,17 +594,32 @@ def _workers_skip_main() -> Iterator[None]:
             sys.modules["__main__"] = main
 
 
-def _prepare(path: Path, known: frozenset[str]) -> tuple[str, FileProfile | None]:
-    """Worker side: the file's sha256 and, unless the ledger already knows it, its profile."""
-    sha = file_sha256(path).sha256
-    return sha, (None if sha in known else profile_file(path, sha256=sha))
+def _sha256(path: Path) -> str:
+    """Worker side: the file's sha256 (for the ledger, before anything else)."""
+    return file_sha256(path).sha256
+
+
+def _prepare(path: Path, sha: str, guard: str | None) -> FileProfile:
+    """Worker side: the file's profile with ``near_test_copy`` from the held-out index
+    ``guard`` (see :func:`.test_guard.guard_file`; None: left to :meth:`_Run.decide`, which
+    then uses the ring spectra kept for it). Searching the index here runs it on every core."""
+    profile = profile_file(path, sha256=sha)
+    if guard is not None:
+        add_test_copy_column(profile.records, load_guard_file(guard), profile.rings)
+        profile.rings = None  # 2.3 kB a record the decision no longer needs
+    return profile
 
 
 def _validate_in_pool(run: _Run, files: list[Claimed], workers: int) -> list[FileResult]:
     """Hash and profile files in worker processes; decide in this process, in name order
-    (so duplicate detection and name collisions do not depend on timing)."""
+    (so duplicate detection and name collisions do not depend on timing).
+
+    The workers hash the files (sha256) while this process loads the held-out test index
+    (hashing the test split's files for its cache key); then each file the ledger does not
+    know is profiled and searched against that index in a worker, while this process loads
+    GX and decides, file by file, as the profiles come back."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import Future, ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.auto import tqdm
@@ -605,7 +634,7 @@ def _validate_in_pool(run: _Run, files: list[Claimed], workers: int) -> list[Fil
         initargs=(os.getpid(),),
     ) as pool:
         with _workers_skip_main():
-            futures = [pool.submit(_prepare, claimed.path, known) for claimed in files]
+            shas = [pool.submit(_sha256, claimed.path) for claimed in files]
         pids = [p.pid for p in multiprocessing.active_children()]
         log.info(
             "validation pool: %d worker processes (pids %s) profile %d files for process %d",
@@ -614,17 +643,37 @@ def _validate_in_pool(run: _Run, files: list[Claimed], workers: int) -> list[Fil
             len(files),
             os.getpid(),
         )
+        try:
+            guard: str | None = guard_file(run.settings)  # the test split is hashed once
+        except Exception:  # noqa: BLE001 - each file's decision reports it (fails closed)
+            log.warning("held-out test index unavailable; each file's decision reports why")
+            guard = None
+        profiles: list[Future | None] = []
+        for claimed, sha_future in zip(files, shas, strict=True):
+            try:
+                sha = sha_future.result()
+            except Exception:  # noqa: BLE001 - its decision below reports it
+                profiles.append(None)
+                continue
+            if sha in known:
+                profiles.append(None)
+                continue
+            with _workers_skip_main():  # in case the pool replaces a worker meanwhile
+                profiles.append(pool.submit(_prepare, claimed.path, sha, guard))
         run.checker  # noqa: B018 - load GX here, overlapping with the workers' profiling
-        for claimed, future in tqdm(
-            list(zip(files, futures, strict=True)),
+        for claimed, sha_future, future in tqdm(
+            list(zip(files, shas, profiles, strict=True)),
             desc="files",
             unit="file",
             disable=not run.progress,
         ):
 
-            def decide(future: Any = future, claimed: Claimed = claimed) -> FileResult:
+            def decide(
+                sha_future: Future = sha_future, future: Any = future, claimed: Claimed = claimed
+            ) -> FileResult:
                 try:
-                    sha, profile = future.result()
+                    sha = sha_future.result()
+                    profile = None if future is None else future.result()
                 except BrokenProcessPool:
                     # A worker died or could not start (out of memory, a broken
                     # interpreter): profile here instead.
@@ -712,6 +761,7 @@ def validate_landing(
             batch = drift_mod.batch_profile(run.passed_profiles, run.bins)
             run_drift = drift_mod.compare(run.reference_at_start, batch, settings)
         finally:
+            run.build_docs()
             run.index.close()
             run.release_leftovers()
         docs = data_docs_dir(settings) / "index.html"

@@ -261,6 +261,31 @@ def build_guard(
 
 
 _MEMO: dict[tuple, TestGuard] = {}
+_FILE_MEMO: dict[str, TestGuard] = {}
+
+
+def guard_file(settings: Settings, *, max_distance: int = DEFAULT_MAX_DISTANCE) -> str:
+    """Load (or build and cache) the index of ``settings.test_split`` as :func:`load_guard`
+    does, and say where another process loads the same index from: its cache file, or ``""``
+    when there is no test split (an empty index). Validation's pool workers use it so that
+    the test split is hashed once per run, not once per worker."""
+    guard = load_guard(settings, max_distance=max_distance)
+    if not guard.key:
+        return ""
+    path = settings.reports / CACHE_DIR / f"{guard.key}.npz"
+    if not path.is_file():  # the index came from memory, cached under other reports
+        guard.save(path)
+    return str(path)
+
+
+def load_guard_file(path: str, *, max_distance: int = DEFAULT_MAX_DISTANCE) -> TestGuard:
+    """The index :func:`guard_file` named (kept in memory for the life of the process)."""
+    if not path:
+        return TestGuard.empty(max_distance)
+    if path not in _FILE_MEMO:
+        _FILE_MEMO.clear()
+        _FILE_MEMO[path] = TestGuard.load(Path(path))
+    return _FILE_MEMO[path]
 
 
 def _stat_key(files: list[Path], max_distance: int) -> tuple:
