@@ -98,7 +98,10 @@ def raw_post(
         except OSError:
             pass  # the server closed the connection while we were sending: read its answer
         deadline = time.monotonic() + timeout
-        while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            head, sep, rest = answer.partition(b"\r\n\r\n")
+            if sep and len(rest) >= _content_length(head):
+                break
             try:
                 got = sock.recv(65536)
             except OSError:
@@ -112,6 +115,14 @@ def raw_post(
     except (IndexError, ValueError):
         status = 0
     return status, answer.split(b"\r\n\r\n", 1)[-1][:200].decode("latin-1"), seconds
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            return int(value.strip() or 0)
+    return 0
 
 
 def part(name: str, filename: str, data: bytes) -> bytes:

@@ -87,7 +87,7 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import BadInput, BentoMLException
+from bentoml.exceptions import BentoMLException
 
 from mammo_pipeline.common.auth import (
     auth_description,
@@ -341,7 +341,7 @@ class RequestGuard:
         deadline = loop.time() + self.bytes.wait_s
         try:
             stream = FormStream(content_type, spec, self.max_file)
-            if declared is not None:  # the whole body's share before reading any of it
+            if declared:  # the whole body's share before reading any of it
                 await self.bytes.acquire(declared)
                 held[0] = declared
             chunks: list[bytes] = []
@@ -695,14 +695,14 @@ class MammoClassifier:
     async def predict_batch(self, images: list[Path]) -> list[dict[str, Any]]:
         """Several tiles in one request -> one answer each, in order."""
         self._check_ready()
-        if not images:
-            raise BadInput("send at least one file in the 'images' field")
-        if len(images) > self.settings.serve_max_batch_size:
-            raise BadInput(
-                f"{len(images)} images is over the batch limit of "
-                f"{self.settings.serve_max_batch_size}"
-            )
         try:
+            if not images:
+                raise InputError("send at least one file in the 'images' field")
+            if len(images) > self.settings.serve_max_batch_size:
+                raise InputError(
+                    f"{len(images)} images is over the batch limit of "
+                    f"{self.settings.serve_max_batch_size}"
+                )
             xs = await self._prepare_many(images)
         except InputError as exc:
             return _error_response(exc)
@@ -721,11 +721,11 @@ class MammoClassifier:
     ) -> dict[str, Any]:
         """A whole mammogram -> image score (max tile probability), top regions, heatmap."""
         self._check_ready()
-        if not (0.05 <= stride_fraction <= 1.0):
-            raise BadInput(f"stride_fraction must be within 0.05..1, got {stride_fraction}")
-        if not (1 <= top_k <= 50):
-            raise BadInput(f"top_k must be within 1..50, got {top_k}")
         try:
+            if not (0.05 <= stride_fraction <= 1.0):
+                raise InputError(f"stride_fraction must be within 0.05..1, got {stride_fraction}")
+            if not (1 <= top_k <= 50):
+                raise InputError(f"top_k must be within 1..50, got {top_k}")
             head = await anyio.to_thread.run_sync(self._peek, image)
             spacing, source = _choose_spacing(head.pixel_spacing_mm, pixel_spacing_mm)
             weight = self._film_weight(head, spacing, source, stride_fraction)

@@ -425,6 +425,9 @@ def test_no_room_for_bytes_is_a_503_with_retry_after_before_buffering(
         slow.close()
     time.sleep(0.3)
     assert httpx.get(f"{server['url']}/readyz").status_code == 200
+    png = encode(np.zeros((64, 64), np.uint8), "PNG")
+    again = server["client"].post("/predict", files={"image": ("a.png", png)})
+    assert again.status_code == 200, again.text  # the slow upload's share was given back
     assert "Traceback" not in server["log"].read_text(errors="replace")[logged:]
 
 
