@@ -12,7 +12,8 @@ sockets on loopback so that a server answering before the body ends is seen as i
 - 4 concurrent maximal films to ``/analyze`` (a 38-megapixel 16-bit PNG of a SYNTHETIC
   breast, under 20 MiB);
 - a 1 x 100000 PNG at ``pixel_spacing_mm=2.0`` and the 38-megapixel film at
-  ``stride_fraction=0.05`` to ``/analyze``.
+  ``stride_fraction=0.05`` to ``/analyze``;
+- all at once: one film, four 20 MiB bodies, two 630 MB and two chunked bodies.
 
 Printed: RSS of the serving process tree at rest, its peak during each case and above rest,
 RSS 5 s after the last case, and per case the statuses and the slowest answer (seconds).
@@ -209,13 +210,14 @@ def start_server(root: Path):
     return settings, key, port, pid, log
 
 
-def concurrently(n: int, make) -> list[tuple[int, str, float]]:
-    out: list = [None] * n
+def concurrently(calls: list) -> list[tuple[int, str, float]]:
+    """Run each call in its own thread, all at once; their results in order."""
+    out: list = [None] * len(calls)
 
     def one(i: int) -> None:
-        out[i] = make()
+        out[i] = calls[i]()
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
     for t in threads:
         t.start()
     for t in threads:
@@ -258,30 +260,42 @@ def run(quick: bool = False) -> dict:
             )
             films = film_body()
             fine = film_body(stride_fraction="0.05")
+
+            def npy_req():
+                return "/predict", iter([npy]), len(npy)
+
+            def declared_req():
+                return ("/predict_batch", *declared_batch(630 * 10**6))
+
+            def chunked_req():
+                return "/predict_batch", chunked_batch(chunk_total), None
+
+            def film_req():
+                return "/analyze", iter([films]), len(films)
+
             cases = [
-                ("4 concurrent maximal /predict bodies (20 MiB npy)", "/predict", 4,
-                 lambda: (iter([npy]), len(npy))),
-                ("4 concurrent /predict_batch declaring 630 MB", "/predict_batch", 4,
-                 lambda: declared_batch(630 * 10**6)),
+                ("4 concurrent maximal /predict bodies (20 MiB npy)", [npy_req] * 4),
+                ("4 concurrent /predict_batch declaring 630 MB", [declared_req] * 4),
                 (f"4 concurrent chunked {chunk_total // MIB} MiB /predict_batch",
-                 "/predict_batch", 4, lambda: (chunked_batch(chunk_total), None)),
-                ("4 concurrent 38-megapixel films /analyze", "/analyze", 4,
-                 lambda: (iter([films]), len(films))),
-                ("1x100000 PNG at 2.0 mm/px /analyze", "/analyze", 1,
-                 lambda: (iter([line]), len(line))),
-                ("38-megapixel film, stride_fraction 0.05", "/analyze", 1,
-                 lambda: (iter([fine]), len(fine))),
+                 [chunked_req] * 4),
+                ("4 concurrent 38-megapixel films /analyze", [film_req] * 4),
+                ("1x100000 PNG at 2.0 mm/px /analyze",
+                 [lambda: ("/analyze", iter([line]), len(line))]),
+                ("38-megapixel film, stride_fraction 0.05",
+                 [lambda: ("/analyze", iter([fine]), len(fine))]),
+                ("all at once: 1 film, 4 x 20 MiB, 2 x 630 MB, 2 chunked",
+                 [film_req] + [npy_req] * 4 + [declared_req] * 2 + [chunked_req] * 2),
             ]  # fmt: skip
             rows = []
-            for name, route, n, make in cases:
+            for name, requests in cases:
                 sampler = Peak(pid)
                 sampler.start()
 
-                def send(route=route, make=make) -> tuple[int, str, float]:
-                    body, length = make()
+                def send(make) -> tuple[int, str, float]:
+                    route, body, length = make()
                     return raw_post(port, route, key, body, length)
 
-                answers = concurrently(n, send)
+                answers = concurrently([lambda m=m: send(m) for m in requests])
                 peak = sampler.stop()
                 rows.append({
                     "case": name,
