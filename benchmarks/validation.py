@@ -300,10 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args._measure is not None:
+        if sys.stdin.readline().strip() != "go":  # the data is ready (or the parent gave up)
+            return 1
         print(json.dumps(_measure(args._measure, args.cold)))
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="mammo-bench-validation-", dir=args.workdir))
+    # Started before the data is made: Linux carries a process's peak RSS across fork and
+    # exec, so a child started after generating (and indexing) gigabytes would report the
+    # parent's peak as its own.
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--_measure", str(tmp)] + (["--cold"] if args.cold else []),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         t = time.perf_counter()
         compression = "GZIP" if args.compress else ""
@@ -320,17 +332,15 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             load_guard(Settings(data_dir=tmp))
             print(f"held-out test index built in {time.perf_counter() - t:.1f}s (untimed)")
-        child = subprocess.run(
-            [sys.executable, __file__, "--_measure", str(tmp)] + (["--cold"] if args.cold else []),
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        out, err = child.communicate("go\n")
         if child.returncode != 0:
-            print(child.stderr, file=sys.stderr)
+            print(err, file=sys.stderr)
             return 1
-        m = json.loads(child.stdout.strip().splitlines()[-1])
+        m = json.loads(out.strip().splitlines()[-1])
     finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
         if args.keep:
             print(f"kept {tmp}")
         else:

@@ -151,15 +151,23 @@ def _finish(ds, opts: PipelineOptions, decode_batch):
     if opts.training:
         ds = ds.shuffle(opts.shuffle_buffer, seed=opts.seed, reshuffle_each_iteration=True)
     ds = ds.batch(opts.batch_size, drop_remainder=opts.drop_remainder)
-    ds = ds.map(decode_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if opts.training and opts.augment:
+    augment = opts.training and opts.augment
+
+    def decode(*batch):
+        out = decode_batch(*batch)
+        # without augmentation the label is dropped here: one parallel map, no extra stage
+        return out if augment or opts.with_label else out[:2]
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment:
         seeds = tf.data.Dataset.random(seed=opts.seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda batch, s: (augment_batch(batch[0], s), *batch[1:]),
+            lambda batch, s: (
+                augment_batch(batch[0], s),
+                *batch[1 : None if opts.with_label else 2],
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    if not opts.with_label:
-        ds = ds.map(lambda image, label_normal, label: (image, label_normal))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
