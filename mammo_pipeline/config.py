@@ -192,14 +192,13 @@ class Settings(BaseSettings):
     serve_inflight_bytes: int = Field(
         128 * 1024 * 1024,
         ge=64 * 1024,
-        description="request bytes all concurrent requests may hold buffered (one body's "
-        "limit too: min(max parts x max_upload_bytes, this))",
+        description="largest body one request may send: min(max parts x max_upload_bytes, this)",
     )
-    serve_pixel_budget: int = Field(
-        60_000_000,
-        ge=1024,
-        description="decoded pixels all concurrent requests may hold (a film counts the larger "
-        "of its decoded and resampled sizes)",
+    serve_memory_budget: int = Field(
+        512 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="bytes all concurrent requests may hold: bodies (x2: buffer and BentoML's "
+        "copy) and decoded images (films 14 B per pixel of the larger of decoded/resampled)",
     )
     serve_max_analyses: int = Field(
         1, ge=1, le=64, description="whole-film analyses admitted at once; one more is a 503"

@@ -42,18 +42,20 @@ model service composed with ``bentoml.depends``) was built and measured against 
 slower and failed requests under concurrency: the numbers are in :class:`AdaptiveBatcher`.
 A non-finite score fails its own request (500), never becomes a label, and is counted.
 
-Memory is bounded by design (docs/serving-bounds.md): the guard streams each body through
-the form checks (a file part over ``MAMMO_MAX_UPLOAD_BYTES`` is a 413 as soon as it passes
-it) and buffers at most min(files x that limit, ``MAMMO_SERVE_INFLIGHT_BYTES``), inside one
-budget of bytes in flight shared by all requests (reserved from Content-Length before
-reading, chunk by chunk otherwise); decoded pixels share ``MAMMO_SERVE_PIXEL_BUDGET``,
-counted from the image headers before decoding; ``MAMMO_SERVE_MAX_ANALYSES`` films are
-analysed at once, and one more is refused before its body is read. A request with no room
-waits at most ``MAMMO_SERVE_BUSY_WAIT_S``, then gets 503 with ``Retry-After`` and our
-message, answered by us (never BentoML's "unexpected error" or a logged traceback); one that
-can never fit gets 413. ``/analyze`` checks the film's resampled size and window count from
-its header before decoding and stops scoring at ``MAMMO_ANALYSIS_TIME_BUDGET_S``. Freed
-buffers go back to the system (:mod:`mammo_pipeline.serving.memory`).
+Memory is bounded by design (docs/serving-bounds.md): one memory budget in bytes
+(``MAMMO_SERVE_MEMORY_BUDGET``, :mod:`mammo_pipeline.serving.limits`) is drawn on by every
+body the guard buffers (twice its bytes, reserved from Content-Length before reading, chunk
+by chunk otherwise) and every image decoded (its pixels, counted from the header before
+decoding, at the bytes per pixel measured for tiles and films). The guard streams each body
+through the form checks (a file part over ``MAMMO_MAX_UPLOAD_BYTES`` is a 413 as soon as it
+passes it) and buffers at most min(files x that limit, ``MAMMO_SERVE_INFLIGHT_BYTES``);
+``MAMMO_SERVE_MAX_ANALYSES`` films are analysed at once, and one more is refused before its
+body is read. A request with no room waits at most ``MAMMO_SERVE_BUSY_WAIT_S``, then gets
+503 with ``Retry-After`` and our message, answered by us (never BentoML's "unexpected error"
+or a logged traceback); one that can never fit gets 413. ``/analyze`` checks the film's
+resampled size and window count from its header before decoding and stops scoring at
+``MAMMO_ANALYSIS_TIME_BUDGET_S``. Freed buffers go back to the system
+(:mod:`mammo_pipeline.serving.memory`).
 
 Guarding (:class:`RequestGuard`, an ASGI middleware): the API key (``MAMMO_API_KEY``, sent as
 ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) is required on everything but the probes
@@ -108,12 +110,14 @@ from mammo_pipeline.serving.image_io import (
     to_model_input,
 )
 from mammo_pipeline.serving.limits import (
+    BODY_COPIES,
+    FILM_BYTES_PER_PIXEL,
     MULTIPART_OVERHEAD,
     Admission,
     BusyError,
-    ByteBudget,
     PixelBudget,
     body_limit,
+    shared_budget,
 )
 from mammo_pipeline.serving.upload_form import FormSpec, FormStream
 from mammo_pipeline.serving.upload_header import UploadHeader, peek_upload
@@ -245,9 +249,9 @@ class RequestGuard:
         self.open = s.auth == "none"  # only an explicit MAMMO_AUTH=none serves without a key
         self.retry_after = s.serve_retry_after_s
         self.max_file = s.max_upload_bytes
-        self.bytes = ByteBudget(s.serve_inflight_bytes, s.serve_busy_wait_s, self.retry_after)
+        self.memory = _memory_budget(s)  # shared with the service's decoding
         self.analyses = Admission(s.serve_max_analyses, "film analyses", self.retry_after)
-        budget = s.serve_inflight_bytes
+        budget = min(s.serve_inflight_bytes, s.serve_memory_budget // BODY_COPIES)
         analyze = FormSpec("image", text_fields=ANALYZE_FIELDS)
         batch = FormSpec("images", many=True, max_parts=s.serve_max_batch_size)
         files = {"/predict": 1, "/predict_batch": batch.max_parts, "/analyze": 1}
@@ -314,8 +318,8 @@ class RequestGuard:
             if admission is not None:
                 admission.leave()
             if held[0]:
-                self.bytes.release(held[0])
-            if held[0] >= TRIM_AFTER and self.bytes.in_use == 0:
+                self.memory.release(held[0])
+            if held[0] >= TRIM_AFTER and self.memory.in_use == 0:
                 memory.trim()
 
     async def _guarded(
@@ -338,12 +342,12 @@ class RequestGuard:
                 return await self._send_json(send, 413, {"error": msg})
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.bytes.wait_s
+        deadline = loop.time() + self.memory.wait_s
         try:
             stream = FormStream(content_type, spec, self.max_file)
             if declared:  # the whole body's share before reading any of it
-                await self.bytes.acquire(declared)
-                held[0] = declared
+                await self.memory.acquire(BODY_COPIES * declared)
+                held[0] = BODY_COPIES * declared
             chunks: list[bytes] = []
             received = 0
             while True:  # stream: every check fires as soon as its bytes arrive
@@ -356,8 +360,9 @@ class RequestGuard:
                     msg = f"request body is {too_large}"
                     return await self._send_json(send, 413, {"error": msg})
                 if declared is None and chunk:  # chunked: reserve as it arrives
-                    await self.bytes.acquire(len(chunk), max(0.0, deadline - loop.time()))
-                    held[0] += len(chunk)
+                    cost = BODY_COPIES * len(chunk)
+                    await self.memory.acquire(cost, max(0.0, deadline - loop.time()))
+                    held[0] += cost
                 chunks += stream.feed(chunk)
                 del chunk, message
                 if not more:
@@ -417,6 +422,11 @@ def _unwrap_errors(send: Any) -> Any:
 
 
 _current: MammoClassifier | None = None
+
+
+def _memory_budget(s: Settings) -> Any:
+    """The worker's one memory budget, shared by the request guard and the service."""
+    return shared_budget(s.serve_memory_budget, s.serve_busy_wait_s, s.serve_retry_after_s)
 
 
 def _error_headers(exc: InputError) -> dict[str, str]:
@@ -495,12 +505,7 @@ class MammoClassifier:
         # the guard admits at most serve_max_analyses films (503 beyond), so this never queues
         self._analysis_limiter = anyio.CapacityLimiter(self.settings.serve_max_analyses)
         s = self.settings
-        self.pixel_budget = PixelBudget(
-            total=s.serve_pixel_budget,
-            per_request=s.max_image_pixels,
-            wait_s=s.serve_busy_wait_s,
-            retry_after=s.serve_retry_after_s,
-        )
+        self.pixel_budget = PixelBudget(_memory_budget(s), per_request=s.max_image_pixels)
         memory.configure()  # large buffers go back to the system when freed (serving/memory.py)
         self.batcher = AdaptiveBatcher(
             self._infer,
@@ -677,7 +682,7 @@ class MammoClassifier:
             return out
         finally:
             self.batcher.preparing -= n - done
-            if total >= TRIM_AFTER and self.pixel_budget.in_use == 0:
+            if total >= TRIM_AFTER and self.pixel_budget.memory.in_use == 0:
                 memory.trim()
 
     @bentoml.api(route="/predict")
@@ -730,7 +735,7 @@ class MammoClassifier:
             spacing, source = _choose_spacing(head.pixel_spacing_mm, pixel_spacing_mm)
             weight = self._film_weight(head, spacing, source, stride_fraction)
             cap = max(self.settings.max_image_pixels, self.settings.analysis_max_pixels)
-            async with self.pixel_budget.hold(weight, cap):
+            async with self.pixel_budget.hold(weight, cap, FILM_BYTES_PER_PIXEL):
                 return await anyio.to_thread.run_sync(
                     self._analyze_sync,
                     image,
@@ -745,7 +750,7 @@ class MammoClassifier:
         except InputError as exc:
             return _error_response(exc)
         finally:
-            if self.pixel_budget.in_use == 0:
+            if self.pixel_budget.memory.in_use == 0:
                 memory.trim()
 
     def _film_weight(

@@ -8,9 +8,9 @@ images (valid: 200), too many parts, a batch over the per-request pixel budget, 
 The test prints its figures (cases, 2xx/4xx/5xx counts, peak RSS of the server tree).
 
 The bounds (docs/serving-bounds.md), with budgets scaled down so that tiny bodies reach
-them: a file part over the per-file limit refused while it streams, a body over the in-flight
-byte budget refused from its Content-Length, a busy service answering 503 with Retry-After
-and our message before reading a body (bytes held by a slow upload; a film analysis in
+them: a file part over the per-file limit refused while it streams, a body over the largest
+body refused from its Content-Length, a busy service answering 503 with Retry-After and our
+message before reading a body (the memory budget held by slow uploads; a film analysis in
 progress), four concurrent films (one analysed, the others 503, no traceback logged), and
 /analyze's bounds checked from the header before decoding (resampled size, window count).
 Raw sockets send these bodies, so an answer given before the body ends is seen as it comes.
@@ -41,7 +41,10 @@ MAX_UPLOAD = 256 * 1024
 MAX_PIXELS = 1_000_000
 MAX_BATCH = 4
 RSS_BOUND = int(2.5 * 1024**3)
-INFLIGHT = 768 * 1024  # in-flight byte budget: under MAX_BATCH x MAX_UPLOAD
+INFLIGHT = 768 * 1024  # largest body: under MAX_BATCH x MAX_UPLOAD
+SLOW_BODY = INFLIGHT - 100 * 1024  # what each slow upload of the busy test declares
+#: Memory budget: four slow uploads (2 bytes per body byte) leave 300 kB; a film fits alone.
+MEMORY = 4 * 2 * SLOW_BODY + 300_000
 RETRY_AFTER = 3
 MAX_FILM_PIXELS = 8_000_000  # at 0.1 mm/px
 MAX_WINDOWS = 400
@@ -108,7 +111,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         max_image_pixels=MAX_PIXELS,
         serve_max_batch_size=MAX_BATCH,
         serve_inflight_bytes=INFLIGHT,
-        serve_pixel_budget=2 * MAX_PIXELS,
+        serve_memory_budget=MEMORY,
         serve_busy_wait_s=1.0,
         serve_retry_after_s=RETRY_AFTER,
         analysis_max_pixels=MAX_FILM_PIXELS,
@@ -403,14 +406,16 @@ def test_a_body_over_the_inflight_budget_is_refused_from_its_length(
 def test_no_room_for_bytes_is_a_503_with_retry_after_before_buffering(
     server: dict[str, Any],
 ) -> None:
-    """A slow upload holds most of the byte budget; another body that does not fit gets 503
-    with Retry-After and our message within the busy wait, without its body being read."""
+    """Four slow uploads hold most of the memory budget; another body that does not fit gets
+    503 with Retry-After and our message within the busy wait, without its body being read;
+    a chunked one as soon as its chunks stop fitting. Once the slow ones end, room is back."""
     logged = len(server["log"].read_text(errors="replace"))
-    slow = RawUpload(server["port"], "/predict_batch", INFLIGHT - 100 * 1024)
+    slow = [RawUpload(server["port"], "/predict_batch", SLOW_BODY) for _ in range(4)]
     try:
-        slow.send(_file_part_head("images"))
-        time.sleep(0.3)  # the guard has reserved the slow body's share
-        other = RawUpload(server["port"], "/predict", 200 * 1024)
+        for up in slow:
+            up.send(_file_part_head("images"))
+        time.sleep(0.5)  # the guard has reserved the slow bodies' shares
+        other = RawUpload(server["port"], "/predict", 200 * 1024)  # headers only
         try:
             _assert_busy(*other.answer())
         finally:
@@ -422,12 +427,13 @@ def test_no_room_for_bytes_is_a_503_with_retry_after_before_buffering(
         finally:
             chunked.close()
     finally:
-        slow.close()
-    time.sleep(0.3)
+        for up in slow:
+            up.close()
+    time.sleep(0.5)
     assert httpx.get(f"{server['url']}/readyz").status_code == 200
     png = encode(np.zeros((64, 64), np.uint8), "PNG")
     again = server["client"].post("/predict", files={"image": ("a.png", png)})
-    assert again.status_code == 200, again.text  # the slow upload's share was given back
+    assert again.status_code == 200, again.text  # the slow uploads' shares were given back
     assert "Traceback" not in server["log"].read_text(errors="replace")[logged:]
 
 

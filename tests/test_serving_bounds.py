@@ -21,7 +21,13 @@ from mammo_pipeline.analysis import (
 )
 from mammo_pipeline.imaging.preprocess import window_starts
 from mammo_pipeline.serving.image_io import InputError
-from mammo_pipeline.serving.limits import Admission, BusyError, ByteBudget, PixelBudget
+from mammo_pipeline.serving.limits import (
+    Admission,
+    BusyError,
+    MemoryBudget,
+    PixelBudget,
+    shared_budget,
+)
 from mammo_pipeline.serving.upload_form import FormSpec, FormStream, sanitize_form
 
 CT = "multipart/form-data; boundary=xyzzy"
@@ -84,7 +90,7 @@ def test_form_faults_are_found_at_their_header() -> None:
 # --- the budgets -----------------------------------------------------------------------------
 def test_budgets_answer_busy_with_retry_after_and_never_starve() -> None:
     async def scenario() -> None:
-        budget = ByteBudget(1000, wait_s=0.05, retry_after=7)
+        budget = MemoryBudget(1000, wait_s=0.05, retry_after=7)
         await budget.acquire(800)
         with pytest.raises(BusyError) as err:
             await budget.acquire(300)
@@ -95,17 +101,26 @@ def test_budgets_answer_busy_with_retry_after_and_never_starve() -> None:
         budget.release(800)
         await waiter  # granted once the room is there
         assert budget.in_use == 300
+        budget.release(300)
 
-        pixels = PixelBudget(total=100, per_request=50, wait_s=0.01)
+        with pytest.raises(InputError, match="MAMMO_SERVE_MEMORY_BUDGET") as never:
+            async with budget.hold(1001, "a body"):
+                pass
+        assert never.value.status == 413  # can never fit: not a 503
+        pixels = PixelBudget(budget, per_request=50)
         with pytest.raises(InputError, match="per-request budget of 50") as err2:
             async with pixels.hold(60):
                 pass
         assert err2.value.status == 413
-        async with pixels.hold(60, cap=80):  # a film's larger cap
-            assert pixels.in_use == 60
-        assert pixels.in_use == 0
+        async with pixels.hold(60, cap=80, bytes_per_pixel=14):  # a film: larger cap and cost
+            assert budget.in_use == 60 * 14
+        assert budget.in_use == 0
 
     asyncio.run(scenario())
+
+
+def test_the_guard_and_the_service_share_one_budget() -> None:
+    assert shared_budget(5000, 1.0, 3) is shared_budget(5000, 1.0, 3)
 
 
 def test_admission_refuses_one_more_without_holding_anything() -> None:

@@ -1,18 +1,21 @@
-"""Memory bounds of the prediction service: budgets that concurrent requests share.
+"""Memory bounds of the prediction service: one budget that concurrent requests share.
 
-Three process-wide budgets (one event loop; settings in ``mammo_pipeline/config.py``, the
-design in ``docs/serving-bounds.md``):
+One process-wide :class:`MemoryBudget` in bytes (``serve_memory_budget``; design and
+measurements in ``docs/serving-bounds.md``), drawn on by everything that holds memory for a
+request, each charged what it is measured to cost:
 
-- :class:`ByteBudget`: request bytes held buffered by the request guard
-  (``serve_inflight_bytes``). A body with Content-Length reserves its whole size before a
-  byte is read; a chunked body reserves chunk by chunk as it arrives. A body that can never
-  fit is a 413 (:func:`body_limit`); one that does not fit now waits at most
-  ``serve_busy_wait_s`` and then gets 503 with ``Retry-After``.
-- :class:`PixelBudget`: decoded pixels (``serve_pixel_budget``), counted from the image
-  headers before decoding (:func:`mammo_pipeline.serving.image_io.peek_film`): over the
-  per-request cap is a 413, no room within the wait is a 503.
-- :class:`Admission`: whole-film analyses admitted at once (``serve_max_analyses``); one more
-  is refused by the guard with 503 before its body is read.
+- a request body, buffered by the request guard: :data:`BODY_COPIES` x its bytes (the
+  guard's buffer, then BentoML's in-memory read of each file while it writes it to disk). A
+  body with Content-Length is charged its whole size before a byte is read; a chunked body
+  chunk by chunk as it arrives;
+- decoded images, counted from their headers before decoding (:class:`PixelBudget`): a tile
+  :data:`TILE_BYTES_PER_PIXEL` per pixel, a film :data:`FILM_BYTES_PER_PIXEL` per pixel of
+  the larger of its decoded and resampled sizes.
+
+A request whose share is over the whole budget (or over the per-request pixel cap) can never
+fit: 413. One that does not fit now waits at most ``serve_busy_wait_s``, then gets 503 with
+``Retry-After``. :class:`Admission` caps the whole-film analyses at once
+(``serve_max_analyses``); one more is refused by the guard before its body is read.
 
 :class:`BusyError` is the 503: an :class:`InputError` with a ``retry_after``; the service
 answers it itself (``{"error": ...}`` and the header), never through BentoML, which would
@@ -29,12 +32,18 @@ from mammo_pipeline.serving.image_io import InputError
 
 #: Pixels one request may decode in total (sum over the images of a batch).
 DEFAULT_REQUEST_PIXELS = 40_000_000
-#: Pixels all concurrent requests may hold decoded at once.
-DEFAULT_TOTAL_PIXELS = 60_000_000
 #: Seconds a request waits for its share before a 503.
 DEFAULT_WAIT_S = 2.0
 #: Multipart framing allowed on top of the file bytes of a body.
 MULTIPART_OVERHEAD = 64 * 1024
+#: Copies of a body's bytes held at once: the guard's buffer and BentoML's read of a file.
+BODY_COPIES = 2
+#: Peak bytes per pixel of a film analysis (decode, resample, mask, window), of the larger of
+#: its decoded and resampled sizes: measured 12.1-16.1 on prepare_film alone, 13.7 for a
+#: 38-megapixel film in the service (docs/serving-bounds.md).
+FILM_BYTES_PER_PIXEL = 14
+#: Peak bytes per decoded pixel of a tile (decode, 8-bit, model input).
+TILE_BYTES_PER_PIXEL = 8
 
 
 class BusyError(InputError):
@@ -122,33 +131,56 @@ class _Weighted:
         self._wake()
 
 
-class ByteBudget(_Weighted):
-    """Request bytes buffered at once by all requests."""
+class MemoryBudget(_Weighted):
+    """Bytes held at once by all requests: bodies and decoded images (module docstring)."""
 
-    unit = "request bytes"
+    unit = "bytes of memory"
+
+    def check(self, cost: int, what: str) -> None:
+        """413 when ``what`` alone would need more than the whole budget."""
+        if cost > self.total:
+            raise InputError(
+                f"{what} would hold about {cost} bytes in memory, over the service's memory "
+                f"budget of {self.total} bytes (MAMMO_SERVE_MEMORY_BUDGET)",
+                status=413,
+            )
+
+    @asynccontextmanager
+    async def hold(self, cost: int, what: str = "this request") -> AsyncIterator[None]:
+        """Hold ``cost`` bytes for the duration of the block (413 / 503 as above)."""
+        self.check(cost, what)
+        await self.acquire(cost)
+        try:
+            yield
+        finally:
+            self.release(cost)
 
 
-class PixelBudget(_Weighted):
-    """Decoded pixels held at once by all requests, with a per-request cap (413)."""
+_SHARED: dict[tuple[int, float, int], MemoryBudget] = {}
 
-    unit = "decoded pixels"
 
-    def __init__(
-        self,
-        total: int = DEFAULT_TOTAL_PIXELS,
-        per_request: int = DEFAULT_REQUEST_PIXELS,
-        wait_s: float = DEFAULT_WAIT_S,
-        retry_after: int = 5,
-    ) -> None:
+def shared_budget(total: int, wait_s: float, retry_after: int) -> MemoryBudget:
+    """The process's one :class:`MemoryBudget` (the request guard and the service draw on
+    the same one)."""
+    key = (total, wait_s, retry_after)
+    if key not in _SHARED:
+        _SHARED[key] = MemoryBudget(total, wait_s, retry_after)
+    return _SHARED[key]
+
+
+class PixelBudget:
+    """Decoded pixels: a per-request cap (413), charged to the memory budget per pixel."""
+
+    def __init__(self, memory: MemoryBudget, per_request: int = DEFAULT_REQUEST_PIXELS) -> None:
         if per_request < 1:
             raise ValueError("pixel budgets must be positive")
-        super().__init__(total, wait_s, retry_after)
-        self.per_request = min(per_request, total)
+        self.memory = memory
+        self.per_request = per_request
 
     def check_request(self, pixels: int, cap: int | None = None) -> None:
-        """413 when one request asks for more than its budget (``cap``, default
-        ``per_request``; never more than ``total``), before any decoding."""
-        cap = min(cap or self.per_request, self.total)
+        """413 when one request asks for more than its cap (``cap``, default
+        ``per_request``), before any decoding."""
+        cap = cap or self.per_request
         if pixels > cap:
             raise InputError(
                 f"the images of this request hold {pixels} pixels, over the per-request "
@@ -157,14 +189,14 @@ class PixelBudget(_Weighted):
             )
 
     @asynccontextmanager
-    async def hold(self, pixels: int, cap: int | None = None) -> AsyncIterator[None]:
-        """Hold ``pixels`` of the budget for the duration of the block."""
+    async def hold(
+        self, pixels: int, cap: int | None = None, bytes_per_pixel: int = TILE_BYTES_PER_PIXEL
+    ) -> AsyncIterator[None]:
+        """Hold the memory of ``pixels`` decoded pixels for the duration of the block."""
         self.check_request(pixels, cap)
-        await self.acquire(pixels)
-        try:
+        what = f"decoding {pixels} pixels ({bytes_per_pixel} bytes each)"
+        async with self.memory.hold(pixels * bytes_per_pixel, what):
             yield
-        finally:
-            self.release(pixels)
 
 
 class Admission:
