@@ -115,3 +115,35 @@ def test_group_split_selects_exactly_the_assigned_records(synthetic_dir):
     assert 0 < len(old) < 120
     with pytest.raises(DataError, match="in the train/validation split but not given"):
         make_dataset(files[:2], PipelineOptions(subset="train", split=split))
+
+
+def test_augmentation_is_exactly_flip_flip_transpose_then_brightness_contrast():
+    """The grouped flips give, image by image, exactly the three steps they stand for (left-
+    right flip if u0 < 0.5, then up-down if u1 < 0.5, then transpose if u2 < 0.5, then
+    brightness / contrast), for every seed tried, at 64 and 299 px."""
+    import tensorflow as tf
+
+    from mammo_pipeline.data.pipeline import augment_batch
+
+    def three_steps(images, seed):
+        u = tf.random.stateless_uniform([5, tf.shape(images)[0]], seed=seed)
+
+        def pick(mask, a, b):
+            return tf.where(tf.reshape(mask, [-1, 1, 1, 1]), a, b)
+
+        images = pick(u[0] < 0.5, tf.reverse(images, axis=[2]), images)
+        images = pick(u[1] < 0.5, tf.reverse(images, axis=[1]), images)
+        images = pick(u[2] < 0.5, tf.transpose(images, [0, 2, 1, 3]), images)
+        brightness = tf.reshape((u[3] - 0.5) * 0.2 * 255.0, [-1, 1, 1, 1])
+        contrast = tf.reshape(0.9 + 0.2 * u[4], [-1, 1, 1, 1])
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        return tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 255.0)
+
+    rng = np.random.default_rng(0)
+    for size in (64, 299):
+        images = tf.constant(rng.uniform(0, 255, (16, size, size, 1)).astype(np.float32))
+        for s in range(12):
+            seed = tf.constant([s, 3 * s + 1], tf.int64)
+            np.testing.assert_array_equal(
+                augment_batch(images, seed).numpy(), three_steps(images, seed).numpy()
+            )
