@@ -441,6 +441,61 @@ def test_rejected_version_needs_an_explicit_override(store):
     assert all_aliases(s)["baseline"] != v2  # an override never moves the baseline
 
 
+def test_rejection_is_signed_and_an_edited_record_is_detected(store):
+    """A rejection is signed like an approval (issue #18 item 3): its review tags edited by
+    hand, or removed with the passed gate decision written back, are caught by
+    ``VersionState(verify=True)``, the listing, the deployer's check and the gate."""
+    from mammo_pipeline.registry.attestation import servable_problem
+    from mammo_pipeline.registry.state import version_state
+
+    s = model_settings(store)
+    name, c = s.registered_model_name, client(s)
+    champion_of(s)
+    v2 = champion_of(s, 3.2)
+    registry.rollback(s, reason="a site reported artefacts", who=Identity("dora", "airflow"))
+    passed_decision = tags(s, v2)["signed_decision"]
+    assert servable_problem(s, c, v2) is None  # vetted, served until the rollback
+
+    registry.reject(s, v2, "misses small calcifications", who=Identity("dora", "airflow"))
+    t = tags(s, v2)
+    assert t["signed_review"] == t["signed_decision"] and t["review"] == "rejected"
+    state = version_state(s, c, v2, verify=True)
+    assert state.rejected and state.signature_checked and state.signature_problem is None
+
+    c.set_model_version_tag(name, v2, "review_reason", "minor: fine to serve")  # by hand
+    state = version_state(s, c, v2, verify=True)
+    edited = "review_reason='minor: fine to serve' is signed as 'misses small calcifications'"
+    assert edited in (state.signature_problem or ""), state.signature_problem
+    assert not state.vetted and edited in (state.vetting_problem() or "")
+    (row,) = (r for r in registry.list_versions(s) if r.version == v2)
+    assert not row.vetted and edited in (row.not_vetted_because or "")
+
+    # the rejection deleted by hand and the earlier passed decision written back
+    for key in ("review", "review_by", "review_by_source", "review_at", "review_reason"):
+        c.delete_model_version_tag(name, v2, key)
+    c.set_model_version_tag(name, v2, "signed_decision", passed_decision)
+    state = version_state(s, c, v2, verify=True)
+    assert not state.rejected and not state.vetted  # the tags alone would serve it
+    assert "was rejected by dora" in (state.signature_problem or ""), state.signature_problem
+    assert "was rejected by dora" in (servable_problem(s, c, v2) or "")
+    with pytest.raises(MammoError, match="--override-rejection"):
+        registry.approve(s, v2, "looks fine", who=Identity("erin", "airflow"))
+    decision, _ = registry.gate_and_promote(s, v2)
+    assert any("rejected by dora (signed)" in r for r in decision.reasons), decision.reasons
+
+    # a rejection written by hand is reported as unsigned
+    v3 = new_version(s)
+    c.set_model_version_tag(name, v3, "review", "rejected")
+    state = version_state(s, c, v3, verify=True)
+    assert "v" + v3 + "'s rejection is not signed" in (state.signature_problem or "")
+
+    # a signed approval lifts the signed rejection
+    r = registry.approve(s, v2, "second reader agreed", who=Identity("erin", "airflow"),
+                         override_rejection=True, override_gate=True)  # fmt: skip
+    assert r.champion_after == v2 and "signed_review" not in tags(s, v2)
+    assert version_state(s, c, v2, verify=True).vetted
+
+
 @pytest.mark.slow
 def test_concurrent_gates_serialise(store):
     """Two gates at once (v2 better than v3, both better than v1): the outcome equals one of
@@ -636,6 +691,58 @@ def _mammo_in_process(s: Settings, monkeypatch: pytest.MonkeyPatch, *args: str) 
     return result.output
 
 
+def _cli(s: Settings, monkeypatch: pytest.MonkeyPatch, *args: str, **env: str):
+    """``mammo *args`` in process (a CliRunner result, whatever its exit code)."""
+    from typer.testing import CliRunner
+
+    from mammo_pipeline.cli.main import app
+    from mammo_pipeline.config import get_settings
+
+    for key, value in {
+        "MAMMO_MLFLOW_TRACKING_URI": s.mlflow_tracking_uri,
+        "MAMMO_MLFLOW_ARTIFACT_LOCATION": s.mlflow_artifact_location,
+        "MAMMO_REGISTERED_MODEL_NAME": s.registered_model_name,
+        "MAMMO_DATA_DIR": str(s.data_dir),
+        "MAMMO_TEST_DIR": str(s.test_split),
+        **env,
+    }.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(app, list(args))
+    finally:
+        get_settings.cache_clear()
+
+
+def test_cli_version_awaiting_approval_is_not_vetted_and_not_deployed(store, monkeypatch):
+    """Issue #18 scenario 4 through the CLI: a version that passed the gate with
+    MAMMO_REQUIRE_APPROVAL=true is listed and shown as not vetted, and `mammo deploy
+    --version V` refuses it with the reason (before: vetting never read awaiting_approval)."""
+    s = model_settings(store)
+    v = new_version(s)
+    env = {"MAMMO_REQUIRE_APPROVAL": "true", "MAMMO_AUTH": "none"}
+    out = _cli(s, monkeypatch, "registry", "gate", "--version", v, **env)
+    assert out.exit_code == 0, (out.output, out.exception)
+    assert tags(s, v)["gate"] == "passed" and tags(s, v)["awaiting_approval"] == "true"
+    awaits = "passed the gate but awaits a person's approval"
+
+    out = _cli(s, monkeypatch, "registry", "list", **env)
+    row = next(ln for ln in out.output.splitlines() if ln.split()[:1] == [v])
+    assert re.search(r"passed, awaiting approval\s+no\s", row), out.output
+    out = _cli(s, monkeypatch, "registry", "list", "--json", **env)
+    (listed,) = json.loads(out.output)["versions"]
+    assert listed["vetted"] is False and awaits in listed["not_vetted_because"], listed
+    out = _cli(s, monkeypatch, "registry", "show", v, **env)
+    assert f"vetted: no: v{v} {awaits}" in " ".join(out.output.split()), out.output
+    out = _cli(s, monkeypatch, "status", **env)
+    assert f"awaiting approval: v{v} (gate passed, awaiting approval, NOT vetted)" in out.output
+
+    out = _cli(s, monkeypatch, "deploy", "--version", v, **env)
+    said = out.output + str(out.exception or "")
+    assert out.exit_code != 0 and "refusing to deploy" in said and awaits in said, said
+    assert "champion" not in all_aliases(s) and "deploy" not in tags(s, v)
+
+
 @pytest.mark.slow
 def test_cli_gate_list_approve_rollback(store, monkeypatch, capsys):
     s = model_settings(store)
@@ -671,9 +778,9 @@ def test_cli_gate_list_approve_rollback(store, monkeypatch, capsys):
     out = _mammo(s, "list")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[1].split()[:4] == ["version", "aliases", "gate", "review"]
-    assert lines[3].split()[:3] == ["2", "challenger", "failed"]
-    assert lines[4].split()[:3] == ["1", "baseline,champion", "passed"]
+    assert lines[1].split()[:5] == ["version", "aliases", "gate", "vetted", "review"]
+    assert lines[3].split()[:4] == ["2", "challenger", "failed", "no"]
+    assert lines[4].split()[:4] == ["1", "baseline,champion", "passed", "yes"]
 
     # Issue #18, scenario 5: a free-text name is not an identity; a failed gate is not
     # approved by accident; MAMMO_APPROVERS is a plain name and is enforced on the CLI.

@@ -142,6 +142,7 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
                 "version",
                 "aliases",
                 "gate",
+                "vetted",
                 "review",
                 "precision",
                 "recall",
@@ -156,6 +157,7 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="print JSON")]
                     r.version,
                     ",".join(r.aliases) or "-",
                     r.gate,
+                    "yes" if r.vetted else "no",
                     r.review or "-",
                     r.metrics.get("test_precision"),
                     r.metrics.get("test_recall"),
@@ -180,8 +182,11 @@ def show_cmd(
     """A version beside the champion, metric by metric, with links to its plots."""
     from mammo_pipeline.registry import review_context
     from mammo_pipeline.registry.report_html import metric_rows, statistics_lines, text_table
+    from mammo_pipeline.registry.state import verified_state
 
-    ctx = review_context(_settings(), version)
+    s = _settings()
+    ctx = review_context(s, version)
+    state = verified_state(s, ctx.version, ctx.run_id, ctx.tags, ctx.aliases)
     rows = metric_rows(ctx)
     if as_json:
         return _echo_result(
@@ -191,6 +196,7 @@ def show_cmd(
                 "aliases": ctx.aliases,
                 "champion_version": ctx.champion_version,
                 "tags": ctx.tags,
+                "state": state.to_dict(),
                 "metrics": [r.__dict__ for r in rows],
                 "links": ctx.links,
             },
@@ -202,24 +208,24 @@ def show_cmd(
         champ = "this version" if "champion" in ctx.aliases else "none"
     typer.echo(
         f"{ctx.model_name} v{ctx.version}  aliases: {', '.join(ctx.aliases) or '-'}  "
-        f"gate: {ctx.gate}  review: {ctx.tags.get('review', '-')}  champion: {champ}"
-        + ("  [SYNTHETIC DATA]" if ctx.synthetic else "")
+        f"gate: {state.gate_label}  review: {state.review.action if state.review else '-'}  "
+        f"champion: {champ}" + ("  [SYNTHETIC DATA]" if ctx.synthetic else "")
     )
+    problem = state.vetting_problem()
+    typer.echo("vetted: yes" if problem is None else wrap(f"vetted: no: {problem}", indent=4))
     typer.echo(f"run: {ctx.run_id or '-'}")
     reasons = list(ctx.decision.reasons) if ctx.decision is not None else []
-    if not reasons and ctx.tags.get("gate_reasons"):
-        reasons = ctx.tags["gate_reasons"].split("; ")
+    if not reasons and state.gate_reasons:
+        reasons = state.gate_reasons.split("; ")
     if reasons == ["all checks passed"]:
         typer.echo("gate reasons: all checks passed")
     elif reasons:
         typer.echo("gate reasons:")
         for reason in reasons:
             typer.echo(wrap(f"  - {reason}", indent=4))
-    if ctx.tags.get("review"):
-        typer.echo(
-            f"review: {ctx.tags['review']} by {ctx.tags.get('review_by', '?')} at "
-            f"{ctx.tags.get('review_at', '?')}: {ctx.tags.get('review_reason', '')}"
-        )
+    if state.review is not None:
+        r = state.review
+        typer.echo(f"review: {r.label} at {r.at or '?'}: {r.reason}")
     typer.echo("")
     typer.echo(
         text_table(

@@ -17,42 +17,45 @@ from mammo_pipeline.config import Settings
 
 
 def registry_summary(s: Settings) -> dict[str, Any]:
-    """Champion, challenger, versions awaiting approval and the last gate, from the tags."""
+    """Champion, challenger, versions awaiting approval and the last gate, from each
+    version's :class:`~mammo_pipeline.registry.state.VersionState`."""
     from mammo_pipeline.common.mlflow_access import describe_store, mlflow_client
     from mammo_pipeline.registry.names import BASELINE, CHALLENGER, CHAMPION, PREVIOUS
-    from mammo_pipeline.registry.store import escape, mlflow_errors, read_aliases
+    from mammo_pipeline.registry.state import VersionState, state_of
+    from mammo_pipeline.registry.store import aliases_of, escape, mlflow_errors, read_aliases
 
     name = s.registered_model_name
     client = mlflow_client(s)
     with mlflow_errors(f"reading {name!r}"):
         aliases = read_aliases(client, name)
-        versions = {
-            str(mv.version): mv.tags or {}
+        states = {
+            str(mv.version): state_of(s, mv, aliases_of(aliases, str(mv.version)), verify=True)
             for mv in client.search_model_versions(f"name = '{escape(name)}'")
         }
 
     def brief(version: str | None) -> dict[str, Any] | None:
         if version is None:
             return None
-        tags = versions.get(version, {})
+        st = states.get(version) or VersionState.of(version, {})
         return {
             "version": version,
-            "gate": tags.get("gate", "-"),
-            "review": tags.get("review"),
-            "deploy": tags.get("deploy"),
-            "gate_at": tags.get("gate_at"),
-            "gate_reasons": tags.get("gate_reasons"),
+            "gate": st.gate or "-",
+            "gate_label": st.gate_label,
+            "review": st.review_label or None,
+            "deploy": st.deploy,
+            "gate_at": st.gate_at,
+            "gate_reasons": st.gate_reasons or None,
+            "vetted": st.vetted,
+            "not_vetted_because": st.vetting_problem(),
         }
 
-    gated = [v for v, tags in versions.items() if tags.get("gate_at")]
-    last = max(gated, key=lambda v: versions[v]["gate_at"], default=None)
-    awaiting = sorted(
-        (v for v, tags in versions.items() if tags.get("awaiting_approval") == "true"), key=int
-    )
+    gated = [v for v, st in states.items() if st.gate_at]
+    last = max(gated, key=lambda v: states[v].gate_at or "", default=None)
+    awaiting = sorted((v for v, st in states.items() if st.awaiting_approval), key=int)
     return {
         "name": name,
         "store": describe_store(s),
-        "versions": len(versions),
+        "versions": len(states),
         "aliases": aliases,
         "champion": brief(aliases.get(CHAMPION)),
         "previous": aliases.get(PREVIOUS),
@@ -70,7 +73,8 @@ def status_lines(reg: dict[str, Any], live: dict[str, Any]) -> list[str]:
         if b is None:
             return "none"
         extra = f", review {b['review']}" if b.get("review") else ""
-        return f"v{b['version']} (gate {b['gate']}{extra})"
+        vetted = "" if b["vetted"] else ", NOT vetted"
+        return f"v{b['version']} (gate {b['gate_label']}{extra}{vetted})"
 
     champ = reg["champion"]
     lines = [f"{reg['name']} (registry: {reg['store']}, {reg['versions']} versions)"]

@@ -9,8 +9,9 @@ check the deployer and the service make before serving a version.
 * **The verdict** is signed by :mod:`.promotion` (:func:`decision_record`, kind
   ``mammo.gate_decision``): model, version, run, verdict, awaiting approval, policy, the
   references, the evidence digests with the re-scoring, the model files' digest and the time.
-  A person's approval is signed too (:func:`approval_record`, kind ``mammo.approval``).
-  Both go to the version tag ``signed_decision``.
+  A person's approval is signed too (:func:`approval_record`, kind ``mammo.approval``), and
+  so is a rejection (:mod:`.rejection`). Each goes to the version tag ``signed_decision``:
+  the latest decision about the version.
 * **Before serving** (:func:`signature_problem`, :func:`servable_problem`): that record must
   verify, be about this model, version and run, say ``passed`` and not awaiting approval (or
   be an approval), and the files to be served must have its model digest. A tag is a label
@@ -255,12 +256,17 @@ def registered_files_sha256(settings: Settings, name: str, version: str) -> str:
 def verified_decision(
     settings: Settings, name: str, version: str, run_id: str | None, tags: Mapping[str, str]
 ) -> Signed | str:
-    """The version's signed decision when it allows serving; else why not."""
+    """The version's signed decision when it allows serving; else why not (a signed
+    rejection, :mod:`.rejection`, also when the review tags no longer show it)."""
+    from mammo_pipeline.registry.rejection import REJECTION_KIND, rejection_problem
+
     what = f"v{version}'s gate decision"
+    rejection = rejection_problem(settings, name, version, run_id, tags)
+    if rejection:
+        return rejection
+    kinds = (DECISION_KIND, APPROVAL_KIND, REJECTION_KIND)
     try:
-        signed = verify(
-            tags.get(SIGNED_DECISION), trusted_keys(settings), what, (DECISION_KIND, APPROVAL_KIND)
-        )
+        signed = verify(tags.get(SIGNED_DECISION), trusted_keys(settings), what, kinds)
     except MammoError as exc:
         return f"{exc}: only a decision signed by a trusted key (the gate, an approval) is served"
     p = signed.payload
@@ -269,6 +275,11 @@ def verified_decision(
         return (
             f"{what}: the signed record is about {about[0]} v{about[1]} (run {about[2]}), not "
             f"{name} v{version} (run {run_id}): copied from another version"
+        )
+    if p.get("kind") == REJECTION_KIND:
+        return (
+            f"{what}: the latest signed decision is a rejection by {p.get('rejected_by')} "
+            f"({p.get('reason')})"
         )
     if p.get("kind") == DECISION_KIND:
         if p.get("verdict") != "passed":

@@ -110,9 +110,12 @@ TRUE: Final = "true"
 
 #: Signed records (:mod:`.attestation`): the run's signed evaluation, copied onto the version
 #: at registration (written by training, which cannot import the registry, hence defined
-#: there); the signed gate decision or approval that the deployer and the service verify.
+#: there); the latest signed decision (gate decision, approval or rejection) that the
+#: deployer and the service verify; the signed rejection the review tags must match while it
+#: stands (:mod:`.rejection`).
 SIGNED_EVALUATION: Final = EVALUATION_SIGNATURE_TAG
 SIGNED_DECISION: Final = "signed_decision"
+SIGNED_REVIEW: Final = "signed_review"
 
 #: Metrics of ``mammo registry list`` (a subset of the gate's test metrics, plus the threshold).
 LIST_METRICS: Final[tuple[str, ...]] = (

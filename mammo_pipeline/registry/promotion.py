@@ -38,6 +38,7 @@ from mammo_pipeline.registry.names import (
     Verdict,
 )
 from mammo_pipeline.registry.policy import GatePolicy, tightened
+from mammo_pipeline.registry.rejection import signed_rejection
 from mammo_pipeline.registry.report import write_report_safely
 from mammo_pipeline.registry.state import VersionState
 from mammo_pipeline.registry.store import (
@@ -96,9 +97,15 @@ def gate_version(
         if mv.status != "READY":
             failures.append(("version_ready", f"version status is {mv.status}, not READY"))
         state = VersionState.of(version, mv.tags or {})
+        signed_no = signed_rejection(s, name, version, mv.run_id, mv.tags or {})
         if state.rejected and state.review is not None:
             failures.append(
                 ("not_rejected", f"rejected by {state.review.by or '?'}: {state.review.reason}")
+            )
+        elif signed_no is not None:  # the review tags were changed by hand since
+            p = signed_no.payload
+            failures.append(
+                ("not_rejected", f"rejected by {p.get('rejected_by')} (signed): {p.get('reason')}")
             )
         if candidate.run_status is not None and candidate.run_status != "FINISHED":
             failures.append(

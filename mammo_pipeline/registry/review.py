@@ -27,6 +27,7 @@ from mammo_pipeline.registry.names import (
     MAX_TAG_VALUE,
     PREVIOUS,
     SIGNED_DECISION,
+    SIGNED_REVIEW,
     TRUE,
     Review,
     Tag,
@@ -34,6 +35,7 @@ from mammo_pipeline.registry.names import (
 )
 from mammo_pipeline.registry.policy import GatePolicy
 from mammo_pipeline.registry.promotion import promote_aliases
+from mammo_pipeline.registry.rejection import rejection_record, signed_rejection
 from mammo_pipeline.registry.report import write_report_safely
 from mammo_pipeline.registry.state import VersionState
 from mammo_pipeline.registry.store import (
@@ -159,11 +161,18 @@ def approve(
         before = aliases.get(CHAMPION)
         old_tags = mv.tags or {}
         state = VersionState.of(version, old_tags, aliases_of(aliases, version))
-        if state.rejected and not override_rejection and state.review is not None:
+        signed_no = signed_rejection(s, name, version, mv.run_id, old_tags)
+        if (state.rejected or signed_no) and not override_rejection:
+            by, why = (
+                (state.review.by, state.review.reason)
+                if state.rejected and state.review is not None
+                else (signed_no.payload.get("rejected_by"), signed_no.payload.get("reason"))
+                if signed_no is not None
+                else (None, None)
+            )
             raise MammoError(
-                f"v{version} was rejected by {state.review.by or '?'} "
-                f"({state.review.reason or 'no reason recorded'}); approving it needs "
-                "--override-rejection and a reason"
+                f"v{version} was rejected by {by or '?'} ({why or 'no reason recorded'}); "
+                "approving it needs --override-rejection and a reason"
             )
         if state.gate == Verdict.PASSED and state.awaiting_approval:
             return _approve_gated(s, client, version, reason, actor, at, aliases)
@@ -212,6 +221,8 @@ def approve(
         )  # fmt: skip
         plan.set_tags(version, tags)
         plan.delete_tag(version, Tag.AWAITING_APPROVAL)
+        if SIGNED_REVIEW in old_tags:  # the rejection is lifted by this (signed) approval
+            plan.delete_tag(version, SIGNED_REVIEW)
         promote_aliases(plan, version)
         plan.commit(between=lambda: write_report_safely(client, s, version, None, []))
         after = read_aliases(client, name)
@@ -284,6 +295,8 @@ def _approve_gated(
         )  # fmt: skip
         plan.set_tags(version, record)
         plan.delete_tag(version, Tag.AWAITING_APPROVAL)
+        if SIGNED_REVIEW in tags:
+            plan.delete_tag(version, SIGNED_REVIEW)
         if before is not None and before != version:
             plan.set_tags(version, {Tag.REPLACED_CHAMPION: before})
         promote_aliases(plan, version)
@@ -336,6 +349,10 @@ def reject(
             {version: mv.tags or {}},
         )  # fmt: skip
         plan.set_tags(version, review_tags(mv.tags or {}, Review.REJECTED, actor, at, reason))
+        # signed like an approval: the review tags must match it, and as the latest decision
+        # it replaces a passed gate decision (a rejected version is never served)
+        signed = rejection_record(s, name, mv, who=actor, at=at, reason=reason)
+        plan.set_tags(version, {SIGNED_REVIEW: signed, SIGNED_DECISION: signed})
         plan.delete_tag(version, Tag.AWAITING_APPROVAL)
         for alias in (CHALLENGER, PREVIOUS):
             if aliases.get(alias) == version:

@@ -200,9 +200,10 @@ class VersionState:
         )
 
     def vetting_problem(self) -> str | None:
-        """Why the version may not be served: the tags' rule, then (when checked) the
+        """Why the version may not be served: the tags' rule, and (when checked) the
         signature's. None: vetted."""
-        return self.tag_problem() or self.signature_problem
+        problems = [p for p in (self.tag_problem(), self.signature_problem) if p]
+        return "; ".join(problems) or None
 
     @property
     def vetted(self) -> bool:
@@ -266,15 +267,31 @@ def state_of(
 ) -> VersionState:
     """The state of a model version already read (``mv``: an MLflow ``ModelVersion``)."""
     tags = mv.tags or {}
-    state = VersionState.of(str(mv.version), tags, aliases)
-    if not verify or state.tag_problem() is not None:
-        return state
-    from mammo_pipeline.registry.attestation import verified_decision
+    if not verify:
+        return VersionState.of(str(mv.version), tags, aliases)
+    return verified_state(settings, str(mv.version), mv.run_id, tags, aliases)
 
-    signed = verified_decision(
-        settings, settings.registered_model_name, str(mv.version), mv.run_id, tags
-    )
-    problem = signed if isinstance(signed, str) else None
+
+def verified_state(
+    settings: Settings,
+    version: str,
+    run_id: str | None,
+    tags: Mapping[str, str],
+    aliases: Iterable[str] = (),
+) -> VersionState:
+    """The state of ``version`` (run ``run_id``) with its signed records checked: the signed
+    decision when the tags would allow serving, and any rejection's record."""
+    from mammo_pipeline.registry.attestation import verified_decision
+    from mammo_pipeline.registry.rejection import rejection_problem
+
+    name = settings.registered_model_name
+    state = VersionState.of(version, tags, aliases)
+    # a rejection's record is checked even though the tags already refuse the version: an
+    # edited or unsigned rejection is reported (who rejected it, and why, is evidence)
+    problem = rejection_problem(settings, name, version, run_id, tags)
+    if problem is None and state.tag_problem() is None:
+        signed = verified_decision(settings, name, version, run_id, tags)
+        problem = signed if isinstance(signed, str) else None
     return VersionState.of(
-        str(mv.version), tags, aliases, signature_problem=problem, signature_checked=True
+        version, tags, aliases, signature_problem=problem, signature_checked=True
     )
