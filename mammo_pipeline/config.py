@@ -246,6 +246,7 @@ class Settings(BaseSettings):
     # --- monitoring (docs/monitoring.md; unset store = SQLite under <data dir>/monitoring/) -----
     monitor_store_uri: str | None = Field(None, description="postgresql://... or sqlite:///PATH")
     monitor_queue_size: int = Field(10_000, ge=1, description="service log queue; then drops")
+    monitor_log_predictions: bool = Field(True, description="the service logs each answer")
     monitor_window_hours: float = Field(24.0, gt=0.0, le=24 * 90)
     monitor_since_days: float = Field(7.0, gt=0.0, le=3650, description="default report period")
     monitor_min_window_size: int = Field(100, ge=10, description="tiles to judge a window")

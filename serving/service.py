@@ -100,6 +100,7 @@ from mammo_pipeline.common.auth import (
 from mammo_pipeline.common.compat import harden_bentoml_multipart
 from mammo_pipeline.config import Settings, describe_validation_error, get_settings
 from mammo_pipeline.data.schema import SOURCE_SIZE, TILE_MM_PER_PX
+from mammo_pipeline.monitoring.feedback import FeedbackError
 from mammo_pipeline.serving import memory
 from mammo_pipeline.serving.image_io import (
     InputError,
@@ -119,12 +120,15 @@ from mammo_pipeline.serving.limits import (
     body_limit,
     shared_budget,
 )
+from mammo_pipeline.serving.prediction_log import PredictionMonitor
 from mammo_pipeline.serving.upload_form import FormSpec, FormStream
 from mammo_pipeline.serving.upload_header import UploadHeader, peek_upload
 
 logger = logging.getLogger("bentoml.mammo")  # under BentoML's configured logger
 
 OPEN_PATHS = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+#: ``POST /feedback`` takes a few short JSON fields.
+FEEDBACK_MAX_BYTES = 16 * 1024
 __all__ = ["MULTIPART_OVERHEAD", "MammoClassifier"]
 #: A request that held at least this many bytes or pixels returns free memory when it ends.
 TRIM_AFTER = 4 * 1024 * 1024
@@ -297,6 +301,9 @@ class RequestGuard:
                 why = service.not_ready_reason if service is not None else "model not loaded yet"
                 return await self._send_json(send, 503, {"error": why})
             return await self._send_json(send, 200, service.describe())
+        if path == "/feedback" and int(headers.get(b"content-length") or 0) > FEEDBACK_MAX_BYTES:
+            exc = InputError(f"a feedback body is at most {FEEDBACK_MAX_BYTES} bytes", 413)
+            return await self._refuse(send, exc)
         if path not in self.forms or scope.get("method") != "POST":
             return await self.app(scope, receive, send)
         service = _current
@@ -500,6 +507,8 @@ class MammoClassifier:
             raise
         self.image_size = self.info.image_size
         self.threshold = float(self.info.decision_threshold)
+        # request ids, the prediction log and its metrics (docs/monitoring.md); never blocks
+        self.monitor = PredictionMonitor(self.settings, self.info.name, str(self.info.version))
         self.weights = self._weights_note()
         self._limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         # the guard admits at most serve_max_analyses films (503 beyond), so this never queues
@@ -647,10 +656,10 @@ class MammoClassifier:
         return peek_upload(path, max_bytes=s.max_upload_bytes, max_pixels=s.max_image_pixels,
                            dicom=dicom)  # fmt: skip
 
-    async def _prepare_many(self, paths: list[Path]) -> list[np.ndarray]:
+    async def _prepare_many(self, paths: list[Path]) -> tuple[list[np.ndarray], list[UploadHeader]]:
         """Headers first (sizes, tile check: nothing decoded), the pixel budget, then decode
         + preprocess one file at a time in worker threads; the batcher knows how many are
-        coming."""
+        coming. Returns the model inputs and the headers."""
         n = len(paths)
         heads = []
         for i, path in enumerate(paths):
@@ -679,7 +688,7 @@ class MammoClassifier:
                         done += 1
                         self.batcher.preparing -= 1
                     out.append(x)
-            return out
+            return out, heads
         finally:
             self.batcher.preparing -= n - done
             if total >= TRIM_AFTER and self.pixel_budget.memory.in_use == 0:
@@ -689,12 +698,14 @@ class MammoClassifier:
     async def predict(self, image: Path) -> dict[str, Any]:
         """One tile -> probability and label from the served version."""
         self._check_ready()
+        started = time.perf_counter()
         try:
-            x = await self._prepare_many([image])
+            x, heads = await self._prepare_many([image])
         except InputError as exc:
             return _error_response(exc)
         (p,) = await self.batcher.submit(x)
-        return self._answer(p)
+        rid = self._record("predict", p, x[0], heads[0], started)
+        return {**self._answer(p), "request_id": rid}
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, images: list[Path]) -> list[dict[str, Any]]:
@@ -708,11 +719,45 @@ class MammoClassifier:
                     f"{len(images)} images is over the batch limit of "
                     f"{self.settings.serve_max_batch_size}"
                 )
-            xs = await self._prepare_many(images)
+            started = time.perf_counter()
+            xs, heads = await self._prepare_many(images)
         except InputError as exc:
             return _error_response(exc)
         probs = await self.batcher.submit(xs)
-        return [self._answer(p, "predict_batch") for p in probs]
+        scored = zip(probs, xs, heads, strict=True)
+        rids = [self._record("predict_batch", p, x, h, started) for p, x, h in scored]
+        answers = zip(probs, rids, strict=True)
+        return [{**self._answer(p, "predict_batch"), "request_id": r} for p, r in answers]
+
+    def _record(
+        self, endpoint: str, p: float, x: np.ndarray, head: UploadHeader, started: float
+    ) -> str:
+        """Log one scored tile (its record and metrics); its request id."""
+        return self.monitor.record(
+            endpoint,
+            score=p,
+            threshold=self.threshold,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            model_input=x,
+            width=head.width,
+            height=head.height,
+            pixel_spacing_mm=head.pixel_spacing_mm,
+            spacing_source="dicom" if head.pixel_spacing_mm is not None else None,
+        )
+
+    @bentoml.api(route="/feedback")
+    async def feedback(
+        self, request_id: str, outcome: str, source: str, who: str | None = None
+    ) -> dict[str, Any]:
+        """The known outcome of an answered image: ``outcome`` malignant | benign | normal,
+        ``source`` biopsy | follow-up | reader. Idempotent per ``request_id``; 404 for an
+        unknown id, 409 for a different outcome already recorded, 422 for a bad value."""
+        sender = "API key" if self.settings.auth_enabled else "no authentication"
+        body = {"request_id": request_id, "outcome": outcome, "source": source, "who": who}
+        try:
+            return await anyio.to_thread.run_sync(self.monitor.feedback, body, sender)
+        except FeedbackError as exc:
+            return _error_response(InputError(str(exc), status=exc.status))
 
     @bentoml.api(route="/analyze")
     async def analyze(
@@ -829,11 +874,27 @@ class MammoClassifier:
         except NonFiniteScoreError as exc:
             NONFINITE.labels(endpoint="analyze").inc()
             logger.error("analyze: %s", exc)
+            self.monitor.record("analyze", score=None, threshold=None, latency_ms=None,
+                                model_input=None, width=decoded.shape[1],
+                                height=decoded.shape[0])  # fmt: skip
             raise InputError(f"the model returned no valid score: {exc}", status=500) from None
         except AnalysisError as exc:
             raise InputError(str(exc), status=exc.status) from None
         answer = result.to_dict()
         answer.update(
+            request_id=self.monitor.record(
+                "analyze",
+                score=result.score,
+                threshold=result.threshold,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                model_input=None,  # the windows are not kept: input statistics unknown
+                width=result.image_width,
+                height=result.image_height,
+                pixel_spacing_mm=result.pixel_spacing_mm,
+                spacing_source=result.spacing_source,
+                tiles_scored=result.tiles_scored,
+                synthetic=provenance.startswith("SYNTHETIC") or None,
+            ),
             model_name=self.info.name,
             model_version=self.info.version,
             weights=self.weights,
