@@ -41,6 +41,8 @@ from mammo_pipeline.orchestration.airflow_cli import airflow, follow, trigger, w
 from mammo_pipeline.orchestration.airflow_env import airflow_env
 from mammo_pipeline.orchestration.demo_access import api_key, key_pair, shell_usage, write_private
 from mammo_pipeline.orchestration.demo_data import make_round
+from mammo_pipeline.orchestration.demo_film import analyze_whole_film, say_film_figures
+from mammo_pipeline.orchestration.demo_monitoring import WINDOW_S, run_monitoring_act
 from mammo_pipeline.orchestration.demo_status import say_health_and_memory
 
 DEMO_DIR = REPO_ROOT / ".demo"
@@ -71,6 +73,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "min_precision": 0.30,
     "min_recall": 0.70,
     "serve_port": SERVE_PORT,
+    "monitor_window_hours": WINDOW_S / 3600,  # the demo's traffic spans several windows
 }
 #: Task slots of the LocalExecutor: each is a worker process, and training is one task at a
 #: time on 2 cores; Airflow's default (32) left 32 idle workers holding memory.
@@ -208,7 +211,7 @@ def report(settings: Settings) -> bool:
         for k in ("test_precision", "test_recall", "test_roc_auc", "decision_threshold"):
             if k in (d.get("metrics") or {}):
                 say(f"    {k} = {d['metrics'][k]:.3f}")
-        say_film_figures(settings, d.get("run_id"))
+        say_film_figures(settings, d.get("run_id"), say)
     say(
         f"gate thresholds: test_precision >= {settings.min_precision}, "
         f"test_recall >= {settings.min_recall}"
@@ -234,7 +237,7 @@ def report(settings: Settings) -> bool:
         )
         say(f"prediction for a SYNTHETIC positive tile ({sample.name}): {out.stdout.strip()}")
         served = out.returncode == 0
-        analyze_whole_film(url, settings_env(settings))
+        analyze_whole_film(url, DEMO_DIR, say, settings_env(settings))
     except OSError as exc:
         say(f"the service at {url} did not answer: {exc}")
         served = False
@@ -256,64 +259,6 @@ def report(settings: Settings) -> bool:
         say(f"    {line}")
     say("Stop everything with: make stop")
     return served
-
-
-def say_film_figures(settings: Settings, run_id: str | None) -> None:
-    """The run's film-level figures (whole SYNTHETIC films through analyze())."""
-    from mammo_pipeline.common.mlflow_access import mlflow_client
-
-    if not run_id:
-        return
-    m = mlflow_client(settings).get_run(run_id).data.metrics
-    if "film_roc_auc" not in m:
-        say("    (no film-level metrics on this run)")
-        return
-    say(
-        f"    film level, SYNTHETIC films ({m.get('film_n', 0):.0f} test films): film_roc_auc "
-        f"{m['film_roc_auc']:.3f} [{m.get('film_roc_auc_low', float('nan')):.3f}, "
-        f"{m.get('film_roc_auc_high', float('nan')):.3f}], FROC sens@1FP "
-        f"{m.get('film_froc_sens_at_1fp', float('nan')):.3f}, top-1 hit rate "
-        f"{m.get('film_top1_hit_rate', float('nan')):.3f}, film threshold "
-        f"{m.get('film_threshold', float('nan')):.3f}"
-    )
-
-
-def analyze_whole_film(url: str, env: dict[str, str] | None = None) -> None:
-    """Whole-mammogram analysis on the live service: a SYNTHETIC 2000x1200 film with a planted
-    mass goes through ``mammo predict --heatmap`` (``POST /analyze``)."""
-    from mammo_pipeline.data.provenance import png_bytes
-    from mammo_pipeline.data.synthetic_film import make_film
-
-    film = make_film(2000, 1200, lesion="mass", seed=1, mm_per_px=0.1)
-    path = DEMO_DIR / "synthetic_film.png"
-    path.write_bytes(png_bytes(film.pixels, synthetic=True))  # its provenance travels with it
-    heatmap = DEMO_DIR / "synthetic_film_heatmap.png"
-    out = subprocess.run(
-        [str(BIN / "mammo"), "predict", str(path), "--url", url, "--heatmap", str(heatmap),
-         "--pixel-spacing-mm", "0.1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )  # fmt: skip
-    if out.returncode != 0:
-        say(f"whole-mammogram analysis failed: {(out.stderr or out.stdout).strip()[-300:]}")
-        return
-    try:
-        answer = json.loads(out.stdout[out.stdout.index("{") :])
-    except ValueError:
-        answer = {}
-    regions = answer.get("regions") or []
-    top = regions[0] if regions else {}
-    box = [top.get(k) for k in ("x0", "y0", "x1", "y1")] if top else None
-    x0, y0, x1, y1 = film.lesion_box
-    say(
-        f"whole SYNTHETIC mammogram ({path.name}, 2000x1200, mass planted at x {x0}-{x1}, "
-        f"y {y0}-{y1}): score {answer.get('score')} ({answer.get('aggregation')}), "
-        f"{answer.get('tiles_scored')} tiles scored, top region x0,y0,x1,y1 = {box} "
-        f"(p={top.get('probability')})"
-    )
-    say(f"heatmap    : {heatmap}")
 
 
 def run(n: int, test_n: int) -> int:
@@ -349,6 +294,8 @@ def run(n: int, test_n: int) -> int:
         f"({time.time() - t_start:.0f}s since the demo started)"
     )
     served = report(settings)
+    if served:
+        run_monitoring_act(settings, say=say)
     if not say_health_and_memory(settings, env, api_port=AIRFLOW_PORT, state=STATE):
         say(f"An Airflow component is not healthy: see the logs under {DEMO_DIR / 'logs'}.")
     if run_info["state"] != "success" or not served:
