@@ -22,17 +22,21 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def rate(make_iter, n_items: int, repeats: int = 2) -> float:
-    """Items per second of the best of ``repeats`` full passes (after one warm-up pass)."""
-    for _ in make_iter():
-        pass
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def rates(makers: dict, n_items: int, repeats: int = 5) -> dict[str, float]:
+    """Items per second of each maker's iterable: the best of ``repeats`` full passes, the
+    makers taking turns pass by pass (after one warm-up pass each), so that a machine whose
+    load changes during the run slows them all alike."""
+    for make_iter in makers.values():
         for _ in make_iter():
             pass
-        best = min(best, time.perf_counter() - t0)
-    return n_items / best
+    best = dict.fromkeys(makers, float("inf"))
+    for _ in range(repeats):
+        for name, make_iter in makers.items():
+            t0 = time.perf_counter()
+            for _ in make_iter():
+                pass
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: n_items / t for name, t in best.items()}
 
 
 def vgg_step_rate(image_size: int, batch: int, steps: int = 3) -> float:
@@ -59,6 +63,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512, help="synthetic training records")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--skip-step", action="store_true", help="skip (c), the VGG16 step")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes of each, in turn")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     cpu_before = time.process_time()
@@ -70,11 +75,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         files = [Path(f) for f in generate(tmp, args.n, files=4, progress=False).train_files]
-        raw = rate(lambda: tf.data.TFRecordDataset([str(f) for f in files]), args.n)
-        raw_batched = rate(
-            lambda: tf.data.TFRecordDataset([str(f) for f in files]).batch(args.batch_size),
-            args.n,
-        )
+        paths = [str(f) for f in files]
         opts = dict(
             image_size=args.image_size,
             batch_size=args.batch_size,
@@ -82,8 +83,18 @@ def main() -> None:
             cache="none",
             shuffle_buffer=256,
         )
-        plain = rate(lambda: make_dataset(files, PipelineOptions(**opts, augment=False)), args.n)
-        aug = rate(lambda: make_dataset(files, PipelineOptions(**opts, augment=True)), args.n)
+        measured = rates(
+            {
+                "raw": lambda: tf.data.TFRecordDataset(paths),
+                "raw_batched": lambda: tf.data.TFRecordDataset(paths).batch(args.batch_size),
+                "plain": lambda: make_dataset(files, PipelineOptions(**opts, augment=False)),
+                "aug": lambda: make_dataset(files, PipelineOptions(**opts, augment=True)),
+            },
+            args.n,
+            args.repeats,
+        )
+        raw, raw_batched = measured["raw"], measured["raw_batched"]
+        plain, aug = measured["plain"], measured["aug"]
     step = None if args.skip_step else vgg_step_rate(args.image_size, args.batch_size)
     print(
         f"SYNTHETIC data, {args.n} records, image size {args.image_size}, {os.cpu_count()} CPU(s); "
