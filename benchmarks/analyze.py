@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.served_model import register_served  # noqa: E402
+
 
 def build(image_size: int):
     try:
@@ -130,10 +132,8 @@ def run_service(image_size: int, film, args) -> dict[str, float]:
     import tempfile
 
     import httpx
-    import mlflow
     from PIL import Image
 
-    from mammo_pipeline.common.mlflow_access import configure_mlflow, mlflow_client
     from mammo_pipeline.common.net import free_port
     from mammo_pipeline.config import Settings
     from mammo_pipeline.serving import backend
@@ -146,18 +146,8 @@ def run_service(image_size: int, film, args) -> dict[str, float]:
             mlflow_artifact_location=str(root / "art"),
             serve_max_batch_size=args.batch_size,
         )
-        configure_mlflow(s)
         model = build(image_size)
-        with mlflow.start_run():
-            mlflow.log_metric("decision_threshold", 0.5)
-            info = mlflow.keras.log_model(
-                model, name="model",
-                metadata={"decision_threshold": 0.5, "image_size": image_size},
-            )  # fmt: skip
-        mv = mlflow.register_model(info.model_uri, s.registered_model_name)
-        client = mlflow_client(s)
-        client.set_model_version_tag(s.registered_model_name, mv.version, "gate", "passed")
-        client.set_registered_model_alias(s.registered_model_name, "champion", mv.version)
+        register_served(s, model)
         port = free_port()
         log = root / "server.log"
         pid, log = backend.start_backend(s, None, port, log=log)

@@ -5,6 +5,9 @@
    exposes the service's own overhead) in a throw-away MLflow store and starts
    ``bentoml serve`` on it (the same process and settings a deploy starts; requests go
    straight to its port, not through the live-port proxy).
+   A second service on the same model runs with ``MAMMO_MONITOR_LOG_PREDICTIONS=false``
+   (``log-off``; ``--no-logging-off`` skips it): the cost of the prediction log (issue #21)
+   is measured in the same run, on the same inputs and concurrencies.
    With ``--compare REV`` the service of another git revision (``REV:serving/service.py``,
    e.g. the one before a change, or an alternative kept in the history) is started too, on
    the same model, so that both are measured in the same run on the same machine.
@@ -18,21 +21,25 @@
 4. Prints the ratios against the aims (issue #20): service rps at concurrency 32 >= 0.85 x
    raw ``predict_on_batch`` images/s at the service's batch size (the true limit: the very
    model served, on already-decoded inputs); p50 at concurrency 1 <= raw single-image
-   ``predict_on_batch`` p50 + 5 ms; with ``--compare``, current / other per concurrency; and
-   the load average and this process's CPU time.
+   ``predict_on_batch`` p50 + 5 ms; with ``--compare``, current / other per concurrency; the
+   cost of logging: images/s with logging on / off at c=32, the p50 difference at c=1 and
+   the services' CPU time per answer (all their processes: less sensitive than wall time to
+   other load on the machine), and the records the log wrote; and the load average and this
+   process's CPU time.
 
 The load generator shares the CPU with the server: on a small machine the ratios are a lower
 bound of what a separate client machine would measure. The model has random weights and the
 pixels are random (SYNTHETIC): the numbers measure serving, not the classifier.
 
     python benchmarks/serving.py [--model vgg16] [--size 64] [--duration 6] [--rounds 2]
-                                 [--compare REV] [--json OUT]
+                                 [--no-logging-off] [--compare REV] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import json
 import os
@@ -42,12 +49,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+
+from benchmarks.served_model import register_served  # noqa: E402
 
 
 def build_model(size: int, width: int, kind: str = "vgg16"):
@@ -69,29 +79,6 @@ def build_model(size: int, width: int, kind: str = "vgg16"):
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(1, activation="sigmoid")(x)
     return keras.Model(inp, out)
-
-
-def register(settings, model) -> str:
-    import mlflow
-
-    from mammo_pipeline.common.mlflow_access import configure_mlflow
-
-    configure_mlflow(settings)
-    with mlflow.start_run():
-        mlflow.log_metric("decision_threshold", 0.5)
-        info = mlflow.keras.log_model(
-            model,
-            name="model",
-            metadata={"decision_threshold": 0.5, "image_size": int(model.input_shape[1])},
-        )
-    mv = mlflow.register_model(info.model_uri, settings.registered_model_name)
-    client = mlflow.MlflowClient(
-        settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
-    )
-    name = settings.registered_model_name
-    client.set_model_version_tag(name, mv.version, "gate", "passed")  # served only when vetted
-    client.set_registered_model_alias(name, "champion", mv.version)
-    return str(mv.version)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -134,8 +121,16 @@ def raw_numbers(model, x1: np.ndarray, batch: int, seconds: float) -> dict[str, 
 
 
 async def load(
-    url: str, image: bytes, concurrency: int, seconds: float, key: str | None = None
+    url: str,
+    image: bytes,
+    concurrency: int,
+    seconds: float,
+    key: str | None = None,
+    server_cpu: Callable[[], float] | None = None,
 ) -> dict[str, float]:
+    """Requests/s, p50, p99 and errors of ``concurrency`` clients posting ``image`` to
+    ``/predict`` for ``seconds``; with ``server_cpu`` (the server's CPU seconds so far) also
+    the server's CPU milliseconds per answer over the timed part."""
     import httpx
 
     from mammo_pipeline.common.auth import auth_headers
@@ -160,11 +155,15 @@ async def load(
                 else:
                     errors += 1
 
+        cpu0 = server_cpu() if server_cpu else float("nan")
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
+        cpu = server_cpu() - cpu0 if server_cpu else float("nan")
     return {
         "concurrency": concurrency,
+        "answers": len(latencies),
+        "server_cpu_ms_per_answer": 1000 * cpu / max(len(latencies), 1),
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": 1000 * pct(latencies, 50),
         "p99_ms": 1000 * pct(latencies, 99),
@@ -174,6 +173,39 @@ async def load(
 
 CONCURRENCY = (1, 8, 32)
 CURRENT = "current"
+LOG_OFF = "log-off"
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and all its descendants so far."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return float("nan")
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # a process that ended meanwhile
+            pass
+    return total
+
+
+def logged_records(settings) -> int:
+    """Rows in the embedded prediction log (0 when it was never created)."""
+    import sqlite3
+
+    path = settings.data_dir / "monitoring" / "predictions.sqlite"
+    if not path.exists():
+        return 0
+    from mammo_pipeline.monitoring.store import RECORDS_TABLE
+
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {RECORDS_TABLE}").fetchone()[0])
 
 
 def service_of_revision(rev: str, root: Path, repo: Path) -> tuple[str, Path]:
@@ -228,12 +260,92 @@ def start_service(name: str, target: str, cwd: Path, env: dict[str, str], root: 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean over rounds of one service at one concurrency (errors summed)."""
-    out = {k: statistics.fmean(r[k] for r in rows) for k in ("requests_per_s", "p50_ms", "p99_ms")}
+    keys = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_answer")
+    out = {k: statistics.fmean(r[k] for r in rows) for k in keys}
     return {
         "concurrency": rows[0]["concurrency"],
         **out,
         "errors": sum(r["errors"] for r in rows),
+        "answers": sum(r["answers"] for r in rows),
         "rounds": len(rows),
+    }
+
+
+def record_cost(settings, x1: np.ndarray, data_dir: Path, n: int = 2000) -> dict[str, float]:
+    """In this process: wall and CPU microseconds per ``PredictionMonitor.record`` of the
+    served input ``x1`` (what the service calls for each answer), with logging on and off.
+    The CPU time includes the log's writer thread (the queue is flushed before it is read):
+    the whole cost of a record, which the request's wall time alone does not show."""
+    from mammo_pipeline.serving.prediction_log import PredictionMonitor
+
+    out: dict[str, float] = {}
+    side = int(x1.shape[0])
+    for enabled in (True, False):
+        s = settings.model_copy(update={"data_dir": data_dir, "monitor_log_predictions": enabled})
+        monitor = PredictionMonitor(s, s.registered_model_name, "1")
+
+        def one(m: PredictionMonitor = monitor) -> None:
+            m.record("predict", score=0.3, threshold=0.5, latency_ms=5.0, model_input=x1,
+                     width=side, height=side)  # fmt: skip
+
+        for _ in range(100):  # warm: the writer thread, the store's tables
+            one()
+        monitor.log.flush(timeout=60)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            one()
+        wall = time.perf_counter() - wall
+        monitor.log.flush(timeout=60)
+        cpu = time.process_time() - cpu
+        monitor.close()
+        key = "on" if enabled else "off"
+        out[f"call_wall_us_{key}"] = 1e6 * wall / n
+        out[f"cpu_us_{key}"] = 1e6 * cpu / n
+    return out
+
+
+def logging_cost(
+    on: list[dict[str, float]],
+    off: list[dict[str, float]],
+    records: int,
+    per_record: dict[str, float],
+) -> dict[str, float]:
+    """Print and return the cost of the prediction log: logging on (``current``) against
+    ``MAMMO_MONITOR_LOG_PREDICTIONS=false`` (``log-off``), same model, inputs, concurrency."""
+    on_c = {row["concurrency"]: row for row in on}
+    off_c = {row["concurrency"]: row for row in off}
+    ratio = on_c[32]["requests_per_s"] / off_c[32]["requests_per_s"]
+    p50 = on_c[1]["p50_ms"] - off_c[1]["p50_ms"]
+    cpu = {c: on_c[c]["server_cpu_ms_per_answer"] - off_c[c]["server_cpu_ms_per_answer"]
+           for c in on_c}  # fmt: skip
+    answered = sum(row["answers"] for row in on)
+    cpu_per_answer = off_c[32]["server_cpu_ms_per_answer"]
+    added_cpu = (per_record["cpu_us_on"] - per_record["cpu_us_off"]) / 1000
+    print(
+        f"[logging] images/s at c=32, logging on / off: {ratio:.3f} (aim >= 0.97); p50 at c=1 "
+        f"on - off: {p50:+.2f} ms (aim <= +1 ms); server CPU per answer on - off: "
+        + ", ".join(f"c={c} {v:+.2f} ms" for c, v in cpu.items())
+    )
+    print(
+        f"[logging] records in the prediction log: {records} (logging-on service: {answered} "
+        "timed answers plus warm-up; logging-off service: none expected)"
+    )
+    print(
+        "[logging] PredictionMonitor.record in-process, per record (CPU includes the writer "
+        f"thread): logging on {per_record['cpu_us_on']:.0f} us CPU "
+        f"({per_record['call_wall_us_on']:.0f} us in the caller), off "
+        f"{per_record['cpu_us_off']:.0f} us CPU ({per_record['call_wall_us_off']:.0f} us); "
+        f"logging adds {added_cpu:.3f} ms CPU per answer = {added_cpu / cpu_per_answer:.2%} of "
+        f"the logging-off service's {cpu_per_answer:.2f} ms CPU per answer at c=32"
+    )
+    return {
+        "rps_ratio_c32": ratio,
+        "p50_added_c1_ms": p50,
+        "server_cpu_ms_added": cpu,
+        "records_logged": records,
+        "answers_logging_on": answered,
+        "record_in_process": per_record,
+        "record_cpu_share_of_answer_c32": added_cpu / cpu_per_answer,
     }
 
 
@@ -245,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=1, help="measurements per service")
     parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument(
+        "--logging-off",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also serve with MAMMO_MONITOR_LOG_PREDICTIONS=false (the cost of logging)",
+    )
     parser.add_argument(
         "--compare",
         default=None,
@@ -271,18 +389,22 @@ def main(argv: list[str] | None = None) -> int:
             api_key=secrets.token_urlsafe(32),  # measured as deployed: the key is checked
         )
         cpu0 = time.process_time()
-        version = register(settings, build_model(args.size, args.width, args.model))
+        load0 = os.getloadavg()
+        version = register_served(settings, build_model(args.size, args.width, args.model))
         env = backend.child_env(settings, version)
-        targets = {CURRENT: (backend.SERVICE_TARGET, backend.REPO_ROOT)}
+        targets = {CURRENT: (backend.SERVICE_TARGET, backend.REPO_ROOT, env)}
+        if args.logging_off:
+            off = env | {"MAMMO_MONITOR_LOG_PREDICTIONS": "false"}
+            targets[LOG_OFF] = (backend.SERVICE_TARGET, backend.REPO_ROOT, off)
         if args.compare:
-            targets[args.compare] = service_of_revision(args.compare, root, backend.REPO_ROOT)
-        procs = []
+            other = service_of_revision(args.compare, root, backend.REPO_ROOT)
+            targets[args.compare] = (*other, env)
+        procs = {}
         try:
             urls = {}
-            for name, (target, cwd) in targets.items():  # one after the other: both import
-                label = "current" if name == CURRENT else "other"
-                proc, urls[name], _ = start_service(label, target, cwd, env, root)
-                procs.append(proc)
+            for name, (target, cwd, env_) in targets.items():  # one after the other: all import
+                label = name if name in (CURRENT, LOG_OFF) else "other"
+                procs[name], urls[name], _ = start_service(label, target, cwd, env_, root)
 
             rng = np.random.default_rng(0)
             pixels = rng.integers(0, 256, (args.size, args.size), dtype=np.uint8)
@@ -303,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                 for c in CONCURRENCY:
                     for name in order if r % 2 == 0 else order[::-1]:
                         key = settings.api_key
-                        row = asyncio.run(load(urls[name], image, c, args.duration, key))
+                        cpu = functools.partial(tree_cpu_s, procs[name].pid)
+                        row = asyncio.run(load(urls[name], image, c, args.duration, key, cpu))
                         measured[name][c].append(row)
             # the machine may be shared: measure raw again and use the mean of both runs
             after = raw_numbers(model, x1, args.max_batch_size, args.duration)
@@ -314,14 +437,18 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             }
         finally:
-            for proc in procs:
+            for proc in procs.values():
                 backend.stop_process(proc.pid)
+        records_logged = logged_records(settings)
+        per_record = record_cost(settings, x1, root / "record-cost") if args.logging_off else {}
 
     services = {name: [summarise(rows[c]) for c in CONCURRENCY] for name, rows in measured.items()}
     what = "VGG16, random weights" if args.model == "vgg16" else f"convnet width {args.width}"
     print(
         f"SYNTHETIC pixels, {what}, {args.size}x{args.size}x1; "
-        f"CPU cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}, CPU time of this "
+        f"CPU cores {os.cpu_count()}, load average (1/5/15 min) at the start "
+        f"{'/'.join(f'{v:.2f}' for v in load0)}, at the end "
+        f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}, CPU time of this "
         f"process {time.process_time() - cpu0:.0f} s, max batch {args.max_batch_size}, "
         f"{args.rounds} round(s) of {args.duration:g}s per service and concurrency"
     )
@@ -342,14 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(n) for n in services)
     print(
         f"{'service':<{width}} {'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>6}"
+        f"{'errors':>6} {'server CPU ms/answer':>20}"
     )
     for c_index in range(len(CONCURRENCY)):
         for name, rows in services.items():
             row = rows[c_index]
             print(
                 f"{name:<{width}} {row['concurrency']:>11} {row['requests_per_s']:>9.1f} "
-                f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6}"
+                f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6} "
+                f"{row['server_cpu_ms_per_answer']:>20.2f}"
             )
     result: dict[str, object] = {
         "raw": raw,
@@ -376,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
             "added_p50_c1": added_1,
             "added_p50_c1_vs_on_batch": added_strict,
         }
+    if args.logging_off:
+        result["logging"] = logging_cost(
+            services[CURRENT], services[LOG_OFF], records_logged, per_record
+        )
     if args.compare:
         cmp = []
         for cur, old in zip(services[CURRENT], services[args.compare], strict=True):
