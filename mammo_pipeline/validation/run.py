@@ -12,7 +12,10 @@ either gets a clear error, it does not wait), finishes what an interrupted run l
    reported as ``skipped`` and put back into landing (rerunning does nothing new);
 2. the streaming profile (:mod:`.profile`) plus ``seen_before`` from the content-hash index
    and ``near_test_copy`` from the index of held-out test tiles (:mod:`.test_guard`);
-3. the committed checkpoint runs the suite on it and updates Data Docs (:mod:`.gx_context`);
+   with a pool (``validation_workers``), steps 1-2 but ``seen_before`` run file-parallel in
+   worker processes, which load the test index from the cache file this process names;
+3. the committed checkpoint runs the suite on it (:mod:`.gx_context`); its Data Docs pages
+   are rendered once for all files at the end of the run (also when the run stops early);
 4. drift against the reference profile of the training data (:mod:`.drift`), blocking only
    when ``drift_blocks`` is set;
 5. the decision is journaled, then: pass: atomic move into ``validated/``, then the hash index,
