@@ -129,3 +129,75 @@ def truth_of(records: list[PredictionRecord], seed: int = 1) -> list[bool]:
 
 def now() -> float:
     return time.time()
+
+
+# --- a served model with a reference, for a real `bentoml serve` (test_monitoring_e2e) -------
+def scanner_tiles(n: int, seed: int, gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` SYNTHETIC 299x299 uint8 tiles of one scanner: a grey level uniform in 60..160
+    with noise (std 20), times ``gain`` (< 1: a darker scanner or window), and their
+    5-class labels (30% lesions). The same ``seed`` gives the same tiles at any gain."""
+    rng = np.random.default_rng(seed)
+    labels = np.where(rng.random(n) < 0.3, rng.integers(1, 5, n), 0).astype(np.int64)
+    base = rng.uniform(60, 160, (n, 1, 1))
+    noise = rng.normal(0.0, 20.0, (n, 299, 299))
+    tiles = np.clip((base + noise) * gain, 0, 255).round().astype(np.uint8)
+    return tiles, labels
+
+
+def register_monitored_model(settings: Settings, seed: int, n_test: int = 200) -> str:
+    """A tiny served model (``tests.test_service.tiny_model``) with the evidence monitoring
+    reads, made the way training and evaluation make it: a held-out test split of
+    :func:`scanner_tiles` in ``settings.test_split``, the model's own per-tile predictions on
+    it logged and signed by the evaluation's code (``log_evaluation``: CSV, digests, test
+    manifest), the threshold at their median (expected positive rate 50%), registered with
+    ``gate=passed`` signed as the gate signs (``sign_as_gate``) and the ``champion`` alias.
+    Returns the version."""
+    import mlflow
+
+    from mammo_pipeline.common.mlflow_access import configure_mlflow, mlflow_client
+    from mammo_pipeline.data.manifest import build_manifest, held_out_files
+    from mammo_pipeline.training.evaluate import (
+        Evaluation,
+        binary_metrics,
+        held_out_predictions,
+        log_evaluation,
+    )
+    from tests.signed_versions import sign_as_gate
+    from tests.test_service import model_requirements, tiny_model
+
+    tiles, labels = scanner_tiles(n_test, seed=seed + 1000)
+    settings.test_split.mkdir(parents=True, exist_ok=True)
+    np.save(settings.test_split / f"{SPLIT}_data.npy", tiles[..., np.newaxis])
+    np.save(settings.test_split / f"{SPLIT}_labels.npy", labels)
+    configure_mlflow(settings)
+    model = tiny_model(seed)
+    preds = held_out_predictions(model, settings)
+    threshold = float(np.median(preds.scores))
+    with mlflow.start_run() as run:
+        mlflow.set_tags({"synthetic": "true", "weights_source": "random init (test)"})
+        mlflow.log_params({"image_size": 32})
+        mlflow.log_metrics({"decision_threshold": threshold})
+        info = mlflow.keras.log_model(
+            model,
+            name="model",
+            pip_requirements=model_requirements(),
+            metadata={"decision_threshold": threshold, "image_size": 32},
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "test_predictions.csv"
+        evaluation = Evaluation(
+            metrics=binary_metrics(preds.positive, preds.scores, threshold),
+            threshold=threshold,
+            test_manifest_sha256=build_manifest(held_out_files(settings.test_split)).sha256,
+            artifacts=[path],
+            predictions_sha256=preds.write(path),
+        )
+        log_evaluation(settings, run.info.run_id, evaluation, info.model_id)
+    name = settings.registered_model_name
+    mv = mlflow.register_model(info.model_uri, name)
+    client = mlflow_client(settings)
+    client.set_model_version_tag(name, mv.version, "decision_threshold", str(threshold))
+    client.set_model_version_tag(name, mv.version, "gate", "passed")
+    sign_as_gate(settings, str(mv.version))
+    client.set_registered_model_alias(name, "champion", mv.version)
+    return str(mv.version)
