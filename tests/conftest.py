@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,6 +10,28 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _absl_never_closes_a_capture_stream() -> None:
+    """absl's log handler, installed when TensorFlow is first imported, keeps the stream
+    ``sys.stderr`` was then; when a later ``logging.config.dictConfig`` (Airflow's, on import)
+    removes it, absl closes that stream unless it is the *current* ``sys.stderr``. Under
+    pytest's capture it is an earlier test's capture stream, and closing it failed the next
+    test ("I/O operation on closed file", then "lost sys.stderr"). Outside pytest the stream is
+    the real stderr, so only the tests need this: the handler flushes and never closes it."""
+    try:
+        from absl.logging import PythonHandler
+    except ImportError:
+        return
+
+    def close(self: PythonHandler) -> None:
+        self.flush()
+        logging.Handler.close(self)
+
+    PythonHandler.close = close  # type: ignore[method-assign]
+
+
+_absl_never_closes_a_capture_stream()
 
 
 @pytest.fixture(autouse=True)
