@@ -1,7 +1,7 @@
 """Register a benchmark's model so that the service will serve it (shared by the benchmarks).
 
 The service serves only a version whose passing gate decision is signed by a trusted key
-(docs/security.md): a ``gate=passed`` tag alone is refused. This writes the decision the gate
+(docs/threat-model.md): a ``gate=passed`` tag alone is refused. This writes the decision the gate
 would write, with the settings' key (the embedded default under the data dir) over the
 registered files' digest, exactly as ``tests/signed_versions.py`` does for the tests. Not a
 bypass: the service verifies it like any other. Not a benchmark itself (``make bench`` runs

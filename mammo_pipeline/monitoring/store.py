@@ -169,7 +169,7 @@ class PredictionStore:
             f"INSERT INTO {RECORDS_TABLE} ({cols}) VALUES ({marks}) "
             "ON CONFLICT (request_id) DO NOTHING"
         )
-        rows = [tuple(r.to_row()[c] for c in COLUMNS) for r in records]
+        rows = [tuple(row[c] for c in COLUMNS) for row in (r.to_row() for r in records)]
         with self._cursor() as cur:
             cur.executemany(sql, rows)
         return len(rows)
