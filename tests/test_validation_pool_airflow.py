@@ -64,3 +64,5 @@ def test_validation_task_profiles_in_its_worker_pool(airflow_world):
     assert "worker pool unavailable" not in out
     assert "Traceback" not in out, out[out.index("Traceback") - 500 :][:3000]
     assert "Skipping registering function" not in out
+    for chatter in ("Multiple declarations of metric", "loading fluent config"):
+        assert chatter not in out, out[out.index(chatter) - 300 :][:1000]
