@@ -109,3 +109,81 @@ def test_retrain_is_scheduled_on_the_alert_only_when_asked(tmp_path, monkeypatch
     uris = r.stdout[r.stdout.index("URIS") + 4 :]
     assert (MONITOR_ALERT_ASSET in uris) is on_alert
     assert "mammo_validated_data" in uris
+
+
+def _queued_for(s: Settings, asset_uri: str) -> list[str]:
+    """DAGs Airflow has queued a run for on ``asset_uri`` (what its scheduler turns into
+    asset-triggered runs)."""
+    with sqlite3.connect(s.airflow_home / "airflow.db") as conn:
+        rows = conn.execute(
+            "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id "
+            "WHERE a.uri = ?",
+            (asset_uri,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _gate_of(s: Settings, version: str) -> dict[str, str]:
+    from mammo_pipeline.common.mlflow_access import mlflow_client
+
+    return dict(mlflow_client(s).get_model_version(s.registered_model_name, version).tags)
+
+
+def test_an_alert_queues_mammo_retrain_and_its_run_gates_normally(tmp_path, monkeypatch):
+    """With MAMMO_RETRAIN_ON_ALERT: an ordinary retrain serves v1; shifted traffic makes
+    ``mammo_monitor`` publish the alert, and Airflow queues ``mammo_retrain`` on it (the row
+    its scheduler turns into an asset-triggered run); that run (``airflow dags test``: the
+    same tasks; none of them reads the triggering event) goes through the full gate like the
+    ordinary one: a new version with the same gate policy and a verdict. Small SYNTHETIC
+    data (TINY_RUN_SETTINGS: random weights, 64 px), as tests/test_dags_e2e.py."""
+    import os
+
+    from mammo_pipeline.common.net import free_port
+    from mammo_pipeline.data.synthetic import generate
+    from mammo_pipeline.serving.deploy import stop_service
+    from tests.conftest import TINY_RUN_SETTINGS
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    tiny = {**TINY_RUN_SETTINGS, "serve_port": str(free_port())}
+    s, env = _world(tmp_path, monkeypatch, retrain_on_alert="true", **tiny)
+    ds = generate(tmp_path / "incoming", 400, files=2, positive_fraction=0.3, seed=5,
+                  test_n=100, views_per_lesion=1, progress=False)  # fmt: skip
+    s.test_split.mkdir(parents=True)
+    for p in (ds.test_data, ds.test_labels):
+        os.replace(p, s.test_split / Path(p).name)
+    s.landing.mkdir(parents=True)
+    for f in ds.train_files:
+        os.replace(f, s.landing / Path(f).name)
+    for args in (("db", "migrate"), ("pools", "set", "mammo_gpu", "1", "GPU training slots")):
+        assert _airflow(env, tmp_path, *args).returncode == 0
+    try:
+        for dag in ("mammo_validate_incoming", "mammo_retrain"):  # the ordinary run: v1
+            r = _airflow(env, tmp_path, "dags", "test", dag)
+            assert r.returncode == 0 and "state=success" in r.stdout + r.stderr, r.stderr[-4000:]
+        first = _gate_of(s, "1")
+        assert first["gate"] == "passed", first.get("gate_reasons")
+
+        # DAGs in the metadata database, retraining unpaused: as a deployment's scheduler has
+        for args in (("dags", "reserialize"), ("dags", "unpause", "mammo_retrain")):
+            r = _airflow(env, tmp_path, *args)
+            assert r.returncode == 0, r.stderr[-3000:]
+        now = time.time()
+        store = open_store(s)  # two hours of traffic unlike v1's held-out set
+        store.add(traffic(300, "1", start=now - 2 * HOUR + 60, span_s=2 * HOUR - 120,
+                          seed=7, brightness=45, score_shift=1.5))  # fmt: skip
+        store.close()
+        r = _airflow(env, tmp_path, "dags", "test", "mammo_monitor")
+        out = r.stdout + r.stderr
+        assert "monitoring alert on mammo-vgg16 v1: drift" in out, out[-4000:]
+        assert _alert_events(s) == 1
+        assert _queued_for(s, MONITOR_ALERT_ASSET) == ["mammo_retrain"]
+
+        r = _airflow(env, tmp_path, "dags", "test", "mammo_retrain")  # the queued run
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and "state=success" in out, out[-5000:]
+        second = _gate_of(s, "2")
+        assert second["gate"] in ("passed", "failed"), second
+        assert second["gate_policy"] == first["gate_policy"]  # the deployment's, unchanged
+        assert second["gate_checks"] and second["signed_decision"], second.keys()
+    finally:
+        stop_service(s)
