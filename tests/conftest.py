@@ -102,6 +102,7 @@ LONGEST_FIRST = (
     "test_dags_e2e.py",  # ~450 s: validation, 5 trainings, approvals, deploys
     "test_distributed.py",  # ~330 s: Celery, PostgreSQL, Redis, MLflow server
     "test_registry.py",
+    "test_monitoring_dag.py",  # an alert-triggered retrain through airflow dags test
     "test_train.py",
     "test_deploy_faults.py",
     "test_deploy.py",
