@@ -151,7 +151,7 @@ def test_a_demo_written_film_is_marked_synthetic_and_a_plain_png_is_not(
     from PIL import Image
 
     from mammo_pipeline.data.provenance import SYNTHETIC, file_provenance, write_sidecar
-    from mammo_pipeline.orchestration import demo
+    from mammo_pipeline.orchestration import demo_film
 
     sent: list[list[str]] = []
 
@@ -159,9 +159,8 @@ def test_a_demo_written_film_is_marked_synthetic_and_a_plain_png_is_not(
         sent.append(argv)
         return subprocess.CompletedProcess(argv, 1, "", "no service in this test")
 
-    monkeypatch.setattr(demo, "DEMO_DIR", tmp_path)
-    monkeypatch.setattr(demo.subprocess, "run", fake_run)
-    demo.analyze_whole_film("http://127.0.0.1:9")
+    monkeypatch.setattr(demo_film.subprocess, "run", fake_run)
+    demo_film.analyze_whole_film("http://127.0.0.1:9", tmp_path, say=lambda _msg: None)
     film = tmp_path / "synthetic_film.png"
     assert sent and str(film) in sent[0] and "--synthetic" not in sent[0]  # the file says so
     assert file_provenance(film) == SYNTHETIC
