@@ -33,41 +33,10 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks.rss import PeakRss, tree_rss
+
 MIB = 1 << 20
 BOUNDARY = "hostilebenchmark"
-
-
-def tree_rss(pid: int) -> int:
-    import psutil
-
-    total = 0
-    try:
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
-
-
-class Peak(threading.Thread):
-    """Peak RSS of a process tree, sampled every 50 ms until stopped."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.peak, self.halt = pid, 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.halt.wait(0.05):
-            self.peak = max(self.peak, tree_rss(self.pid))
-
-    def stop(self) -> int:
-        self.halt.set()
-        self.join()
-        return max(self.peak, tree_rss(self.pid))
 
 
 def raw_post(
@@ -234,7 +203,7 @@ def run(quick: bool = False) -> dict:
         settings, key, port, pid, log = start_server(root)
         try:
             time.sleep(3)
-            rest = tree_rss(pid)
+            rest = tree_rss([pid])
             results["rest_mib"] = rest / MIB
             film = film_png(6300, 6000)  # 37.8 megapixels
             results["film_png_mib"] = len(film) / MIB
@@ -288,7 +257,7 @@ def run(quick: bool = False) -> dict:
             ]  # fmt: skip
             rows = []
             for name, requests in cases:
-                sampler = Peak(pid)
+                sampler = PeakRss(lambda: [pid], 0.05)
                 sampler.start()
 
                 def send(make) -> tuple[int, str, float]:
@@ -307,7 +276,7 @@ def run(quick: bool = False) -> dict:
                 time.sleep(1)
             results["cases"] = rows
             time.sleep(5)
-            results["after_mib"] = tree_rss(pid) / MIB
+            results["after_mib"] = tree_rss([pid]) / MIB
             results["peak_above_rest_mib"] = max(r["peak_above_rest_mib"] for r in rows)
             text = log.read_text(errors="replace")
             results["tracebacks_in_log"] = text.count("Traceback")

@@ -36,40 +36,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.rss import PeakRss  # noqa: E402
 from benchmarks.served_model import register_served  # noqa: E402
 from benchmarks.serving import build_model, load  # noqa: E402
 
 MAX_REQUESTS = 200_000  # a hard bound on any load loop, whatever the duration
-
-
-def tree_rss(pids: list[int]) -> int:
-    import psutil
-
-    total = 0
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            procs = [proc, *proc.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-    return total
-
-
-class RssSampler(threading.Thread):
-    def __init__(self, pids_of) -> None:
-        super().__init__(daemon=True)
-        self.pids_of = pids_of
-        self.peak = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.2):
-            self.peak = max(self.peak, tree_rss(self.pids_of()))
 
 
 def register_vetted(settings, model, seed: int) -> str:
@@ -134,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             state = read_state(settings)
             return [p for r in ("backend", "proxy") if (p := (state.get(r) or {}).get("pid"))]
 
-        sampler = RssSampler(pids)
+        sampler = PeakRss(pids, 0.2)
         sampler.start()
         url = f"http://127.0.0.1:{port}"
         image = png()
@@ -168,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 "failed_requests_during_switch": failed,
             }
         finally:
-            sampler.stop.set()
-            sampler.join()
+            sampler.stop()
             deploy.stop_service(settings)
         results["peak_rss_mib"] = sampler.peak / 2**20
 
