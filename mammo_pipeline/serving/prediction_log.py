@@ -55,16 +55,12 @@ class PredictionMonitor:
         threshold: float | None,
         latency_ms: float | None,
         model_input: np.ndarray | None,
-        width: int | None = None,
-        height: int | None = None,
-        bit_depth: int | None = None,
-        pixel_spacing_mm: float | None = None,
-        spacing_source: str | None = None,
-        tiles_scored: int | None = None,
-        synthetic: bool | None = None,
+        **known: Any,
     ) -> str:
-        """Log one scored image; return its new ``request_id``. A missing or non-finite score
-        is recorded as ``nonfinite`` (never a negative). Never raises."""
+        """Log one scored image; return its new ``request_id``. ``known``: what the decoder
+        knew, the keyword arguments of :func:`~mammo_pipeline.monitoring.records.input_stats`
+        (width, height, pixel spacing and its source, tiles scored, synthetic). A missing or
+        non-finite score is recorded as ``nonfinite`` (never a negative). Never raises."""
         rid = new_request_id()
         try:
             ok = score is not None and bool(np.isfinite(score))
@@ -81,16 +77,7 @@ class PredictionMonitor:
                 label=label,
                 threshold=threshold,
                 latency_ms=latency_ms,
-                inputs=self._stats(
-                    model_input,
-                    width=width,
-                    height=height,
-                    bit_depth=bit_depth,
-                    pixel_spacing_mm=pixel_spacing_mm,
-                    spacing_source=spacing_source,
-                    tiles_scored=tiles_scored,
-                    synthetic=synthetic,
-                ),  # fmt: skip
+                inputs=self._stats(model_input, **known),
             )
             prediction_metrics.observe(rec)
             if self.enabled:
