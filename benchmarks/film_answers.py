@@ -15,8 +15,11 @@ so the figure can be compared across code changes in one command:
   called positive at the TILE threshold (what ``/analyze`` applied before the film threshold)
   and at the FILM threshold (now), with n.
 
-Run: ``.venv/bin/python benchmarks/film_answers.py [--model tiny|vgg16] [--films 40]``
-(about a minute on 2 CPU cores). Everything here is SYNTHETIC.
+``--rule before`` analyses with the window rule of before #17 (grid from 0, windows from 25 %
+breast) to measure what it changed; the README's film-level section has both.
+
+Run: ``.venv/bin/python benchmarks/film_answers.py [--model tiny|vgg16] [--films 40]
+[--rule before]`` (about a minute on 2 CPU cores). Everything here is SYNTHETIC.
 """
 
 from __future__ import annotations
@@ -86,12 +89,36 @@ def train(kind: str, x: np.ndarray, y: np.ndarray):
     return model, choose_threshold(y[val], scores, 0.85), float(roc_auc_score(y[val], scores))
 
 
+def use_old_window_rule() -> None:
+    """Make ``analysis.analyze`` (as film evaluation calls it) use the window rule of before
+    #17: ``benchmarks/coverage_bias.py``'s old grid and 25 % breast. Benchmark only."""
+    import functools
+
+    import mammo_pipeline.analysis as analysis
+    import mammo_pipeline.analysis.tiling as tiling
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from coverage_bias import OLD_MIN_BREAST_FRACTION, old_starts
+
+    tiling.window_starts = old_starts
+    analysis.analyze = functools.partial(
+        analysis.analyze, min_breast_fraction=OLD_MIN_BREAST_FRACTION
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("tiny", "vgg16"), default="tiny")
     parser.add_argument("--films", type=int, default=40)
     parser.add_argument("--tiles", type=int, default=800)
+    parser.add_argument(
+        "--rule", choices=("after", "before"), default="after",
+        help="before: the window rule /analyze had before #17 (grid from 0 with the last "
+        "window pushed to the far edge, windows from 25 %% breast), to measure the change",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.rule == "before":
+        use_old_window_rule()
 
     from mammo_pipeline.config import Settings
     from mammo_pipeline.data.film_set import make_film_set
@@ -114,7 +141,8 @@ def main() -> None:
         at_tile = int((test.scores >= tile_threshold).sum())
         at_film = int((test.scores >= result.threshold).sum())
         n, pos = len(test), int(test.labels.sum())
-        print(f"SYNTHETIC data; model {args.model} at {SIZE} px, random initial weights")
+        print(f"SYNTHETIC data; model {args.model} at {SIZE} px, random initial weights; "
+              f"window rule: {args.rule}")  # fmt: skip
         print(f"tiles: {len(y)} ({int(y.sum())} positive), validation tile ROC AUC {tile_auc:.3f}")
         print(f"test films: {n} ({pos} with a lesion, {n - pos} without)")
         print(f"film ROC AUC {m['film_roc_auc']:.3f} "
