@@ -129,13 +129,14 @@ def _gate_of(s: Settings, version: str) -> dict[str, str]:
     return dict(mlflow_client(s).get_model_version(s.registered_model_name, version).tags)
 
 
-def test_an_alert_queues_mammo_retrain_and_its_run_gates_normally(tmp_path, monkeypatch):
-    """With MAMMO_RETRAIN_ON_ALERT: an ordinary retrain serves v1; shifted traffic makes
-    ``mammo_monitor`` publish the alert, and Airflow queues ``mammo_retrain`` on it (the row
-    its scheduler turns into an asset-triggered run); that run (``airflow dags test``: the
-    same tasks; none of them reads the triggering event) goes through the full gate like the
-    ordinary one: a new version with the same gate policy and a verdict. Small SYNTHETIC
-    data (TINY_RUN_SETTINGS: random weights, 64 px), as tests/test_dags_e2e.py."""
+def test_an_alert_queues_mammo_retrain(tmp_path, monkeypatch):
+    """With MAMMO_RETRAIN_ON_ALERT: an ordinary retrain serves v1 (through the full gate);
+    shifted traffic makes ``mammo_monitor`` publish the alert, and Airflow queues
+    ``mammo_retrain`` on it: the row its scheduler turns into an asset-triggered run. That run
+    is the same DAG with the same tasks as v1's (none of them reads the triggering event, and
+    the gate policy is the deployment's), so it gates as v1's run did here and as every run
+    of tests/test_dags_e2e.py does; running it again cost 50 s of ``make test`` and showed
+    nothing new. Small SYNTHETIC data (TINY_RUN_SETTINGS: random weights, 64 px)."""
     import os
 
     from mammo_pipeline.common.net import free_port
@@ -162,6 +163,7 @@ def test_an_alert_queues_mammo_retrain_and_its_run_gates_normally(tmp_path, monk
             assert r.returncode == 0 and "state=success" in r.stdout + r.stderr, r.stderr[-4000:]
         first = _gate_of(s, "1")
         assert first["gate"] == "passed", first.get("gate_reasons")
+        assert first["gate_checks"] and first["signed_decision"], first.keys()
 
         # DAGs in the metadata database, retraining unpaused: as a deployment's scheduler has
         for args in (("dags", "reserialize"), ("dags", "unpause", "mammo_retrain")):
@@ -177,13 +179,5 @@ def test_an_alert_queues_mammo_retrain_and_its_run_gates_normally(tmp_path, monk
         assert "monitoring alert on mammo-vgg16 v1: drift" in out, out[-4000:]
         assert _alert_events(s) == 1
         assert _queued_for(s, MONITOR_ALERT_ASSET) == ["mammo_retrain"]
-
-        r = _airflow(env, tmp_path, "dags", "test", "mammo_retrain")  # the queued run
-        out = r.stdout + r.stderr
-        assert r.returncode == 0 and "state=success" in out, out[-5000:]
-        second = _gate_of(s, "2")
-        assert second["gate"] in ("passed", "failed"), second
-        assert second["gate_policy"] == first["gate_policy"]  # the deployment's, unchanged
-        assert second["gate_checks"] and second["signed_decision"], second.keys()
     finally:
         stop_service(s)
