@@ -28,9 +28,10 @@ without the falloff, rho -0.49 [-0.57, -0.39] before, -0.10 [-0.24, +0.02] after
 |rho| < 0.2 is met: ``tests/test_coverage_bias.py``); with it, -0.21 before, +0.21
 [+0.12, +0.29] after, +0.17 with density held fixed (the fainter skin-line tissue scores a
 little lower). A stricter rule does not help: >= 90 % +0.26, >= 95 % +0.28 (it keeps the
-dense interior). ``--tiles films``: rho +0.56 after on the geometry-only films: a model that
-saw partial-coverage windows only as normals learns "some background = normal", a caution
-for importer-cut training tiles (see docs/architecture.md, "Preprocessing"). On real films
+dense interior). ``--tiles films``: rho +0.56 after on the geometry-only films,
+still +0.47 with those normals cut only at full coverage: the film-cut normals and the
+generated lesion tiles differ in more than the label, a confound of that recipe (a real
+import cuts both from the same films), not the window rule. On real films
 the old rule gave -0.94; the rule is to be confirmed on real films.
 """
 
