@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 OLD_MIN_BREAST_FRACTION = 0.25  # /analyze's default before #17
+#: Skin-line falloff (mm) of films drawn "without" it: coverage is then the window geometry.
+NO_FALLOFF_MM = 1e-3
 
 
 def old_starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
@@ -116,18 +118,22 @@ def partial_spearman(a: np.ndarray, b: np.ndarray, control: np.ndarray) -> float
     return float(np.corrcoef(residual(a), residual(b))[0, 1])
 
 
-def film_bootstrap(per_film: list[tuple], stat, n_boot: int = 400) -> tuple[float, float]:
-    """95 % percentile interval of ``stat`` over films resampled with replacement (windows
-    of one film are not independent, so films are the unit)."""
+def pooled(per_film: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (scores, coverages, densities) of all the films' windows together."""
+    return tuple(np.concatenate([film[k] for film in per_film]) for k in range(3))
+
+
+def film_bootstrap(per_film: list[tuple], stat, n_boot: int = 400):
+    """95 % percentile interval (``stats.intervals``) of ``stat`` over films resampled with
+    replacement: the windows of one film are not independent, so films are the unit."""
+    from mammo_pipeline.stats.intervals import percentile_interval
+
     rng = np.random.default_rng(0)
-    values = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(per_film), len(per_film))
-        cols = [np.concatenate([per_film[i][k] for i in pick]) for k in range(3)]
-        v = stat(*cols)
-        if np.isfinite(v):
-            values.append(v)
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+    replicates = [
+        stat(*pooled([per_film[i] for i in rng.integers(0, len(per_film), len(per_film))]))
+        for _ in range(n_boot)
+    ]
+    return percentile_interval(stat(*pooled(per_film)), np.array(replicates))
 
 
 def rules_before_after() -> dict[str, tuple]:
@@ -148,33 +154,27 @@ def measure(
 ) -> dict[str, list[tuple]]:
     """Per rule, per lesion-free SYNTHETIC film: (scores, coverages, densities) of the
     windows scored, the films drawn with a skin-line falloff of ``falloff_mm``."""
-    import mammo_pipeline.data.synthetic_film as synthetic_film
+    from mammo_pipeline.data.synthetic_film import make_film
     from mammo_pipeline.imaging.preprocess import TILE_SIZE, prepare_film
 
     stride = round(TILE_SIZE * 0.5)
-    drawn_with = synthetic_film.SKIN_FALLOFF_MM
-    synthetic_film.SKIN_FALLOFF_MM = falloff_mm
-    try:
-        per_rule: dict[str, list[tuple]] = {name: [] for name in rules}
-        for i in range(films):
-            side = "left" if i % 2 == 0 else "right"
-            film = synthetic_film.make_film(1800, 1200, lesion="none", seed=500 + i, side=side)
-            prepared = prepare_film(film.pixels, spacing_mm=0.1)
-            h, w = prepared.shape
-            for name, (grid, min_fraction) in rules.items():
-                starts = (grid(h, TILE_SIZE, stride), grid(w, TILE_SIZE, stride))
-                per_rule[name].append(
-                    score_windows(model, prepared, starts, min_fraction, image_size)
-                )
-    finally:
-        synthetic_film.SKIN_FALLOFF_MM = drawn_with
+    per_rule: dict[str, list[tuple]] = {name: [] for name in rules}
+    for i in range(films):
+        side = "left" if i % 2 == 0 else "right"
+        film = make_film(1800, 1200, lesion="none", seed=500 + i, side=side,
+                         skin_falloff_mm=falloff_mm)  # fmt: skip
+        prepared = prepare_film(film.pixels, spacing_mm=0.1)
+        h, w = prepared.shape
+        for name, (grid, min_fraction) in rules.items():
+            starts = (grid(h, TILE_SIZE, stride), grid(w, TILE_SIZE, stride))
+            per_rule[name].append(score_windows(model, prepared, starts, min_fraction, image_size))
     return per_rule
 
 
 def main() -> None:
     from scipy.stats import spearmanr
 
-    import mammo_pipeline.data.synthetic_film as synthetic_film
+    from mammo_pipeline.data.synthetic_film import SKIN_FALLOFF_MM
     from mammo_pipeline.imaging.preprocess import MIN_BREAST_FRACTION, window_starts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -205,23 +205,21 @@ def main() -> None:
     # coverage and the tissue density fall: "rho | density" removes the density's share, and
     # the films drawn without the falloff leave the window geometry alone.
     falloffs = {
-        f"films with the {synthetic_film.SKIN_FALLOFF_MM:g} mm skin-line falloff": (
-            synthetic_film.SKIN_FALLOFF_MM
-        ),
-        "films without it (window geometry only)": 1e-3,
+        f"films with the {SKIN_FALLOFF_MM:g} mm skin-line falloff": SKIN_FALLOFF_MM,
+        "films without it (window geometry only)": NO_FALLOFF_MM,
     }
     for label, falloff in falloffs.items():
         per_rule = measure(model, rules, args.films, args.image_size, falloff_mm=falloff)
         print(label)
         for name, per_film in per_rule.items():
-            scores, cover, density = (np.concatenate([f[k] for f in per_film]) for k in range(3))
-            rho = spearmanr(scores, cover).statistic
-            lo, hi = film_bootstrap(per_film, lambda s, c, d: spearmanr(s, c).statistic)
+            scores, cover, density = pooled(per_film)
+            rho = film_bootstrap(per_film, lambda s, c, d: spearmanr(s, c).statistic)
             part = partial_spearman(scores, cover, density)
             low = cover < MIN_BREAST_FRACTION
             print(
                 f"  {name:38s} windows {len(scores):4d} (under {MIN_BREAST_FRACTION:.0%} "
-                f"breast: {int(low.sum()):3d})  rho {rho:+.3f} [{lo:+.3f}, {hi:+.3f}]  "
+                f"breast: {int(low.sum()):3d})  "
+                f"rho {rho.point:+.3f} [{rho.low:+.3f}, {rho.high:+.3f}]  "
                 f"rho | density {part:+.3f}  mean score {scores.mean():.3f} (under "
                 f"{MIN_BREAST_FRACTION:.0%}: "
                 f"{scores[low].mean() if low.any() else float('nan'):.3f})"

@@ -34,6 +34,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -461,16 +463,7 @@ def test_mlflow_is_a_tracking_server_on_postgres_serving_artifacts():
 # ------------------------------------------------------------------------------ MLflow auth
 def load_auth_init():
     """docker/mlflow_auth_init.py as a module (it is a script, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "mlflow_auth_init", REPO / "docker" / "mlflow_auth_init.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docker/mlflow_auth_init.py", "mlflow_auth_init")
 
 
 def mlflow_auth_ini(env: dict[str, str]):

@@ -4,7 +4,6 @@ item 7). Timings are printed, never asserted."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_benchmark"] = mod  # dataclasses look their module up
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/gpu.py", "gpu_benchmark")
 
 
 def test_flops_count_matches_vgg16s_published_figure() -> None:

@@ -131,18 +131,24 @@ def make_film(
     side: Literal["left", "right"] = "left",
     dtype: Literal["uint8", "uint16"] = "uint8",
     lesion_center: tuple[float, float] | None = None,
+    skin_falloff_mm: float = SKIN_FALLOFF_MM,
 ) -> SyntheticFilm:
     """A SYNTHETIC whole mammogram of ``height`` x ``width`` pixels at ``mm_per_px``.
 
     ``lesion_center`` is an optional (y, x) in output pixels for the lesion's centre; by
     default it is drawn at random well inside the breast. ``dtype="uint16"`` scales the
     values to the full 16-bit range (x 257), the convention of
-    :func:`mammo_pipeline.data.preprocess.to_uint8_gray`.
+    :func:`mammo_pipeline.data.preprocess.to_uint8_gray`. ``skin_falloff_mm`` is the
+    width of the density falloff at the skin line (a tiny value draws the tissue at full
+    density up to the edge: ``benchmarks/coverage_bias.py`` uses it to leave the window
+    geometry alone).
     """
     if height < 16 or width < 16:
         raise ValueError(f"a film needs at least 16 x 16 pixels, got {height} x {width}")
     if not (math.isfinite(mm_per_px) and 0.01 <= mm_per_px <= 1.0):
         raise ValueError(f"mm_per_px must be within 0.01..1.0, got {mm_per_px}")
+    if not (math.isfinite(skin_falloff_mm) and skin_falloff_mm > 0):
+        raise ValueError(f"skin_falloff_mm must be positive, got {skin_falloff_mm}")
     if lesion not in ("none", "mass", "calcification"):
         raise ValueError(f"lesion must be 'none', 'mass' or 'calcification', got {lesion!r}")
     rng = np.random.default_rng([seed, 7_654_321])
@@ -154,7 +160,7 @@ def make_film(
     ay = dh * rng.uniform(0.40, 0.46)
     ax = dw * rng.uniform(0.62, 0.80)
     r = _ellipse_radius((dh, dw), cy, ay, ax)
-    falloff = SKIN_FALLOFF_MM / DRAW_MM_PER_PX / min(ay, ax)  # in units of r
+    falloff = skin_falloff_mm / DRAW_MM_PER_PX / min(ay, ax)  # in units of r
     profile = np.sqrt(np.clip((1.0 - r) / falloff, 0.0, 1.0))
 
     background = float(rng.uniform(4.0, 12.0))
