@@ -94,11 +94,12 @@ def raw_numbers(model, x1: np.ndarray, batch: int, seconds: float) -> dict[str, 
         n += batch
     batched_ips = n / (time.perf_counter() - start)
     model.predict_on_batch(xb)
-    n, start = 0, time.perf_counter()
+    n, start, cpu0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         model.predict_on_batch(xb)
         n += batch
     on_batch_ips = n / (time.perf_counter() - start)
+    on_batch_cpu_ms = 1000 * (time.process_time() - cpu0) / n
 
     single = x1[np.newaxis]
     lat_predict, lat_on_batch = [], []
@@ -115,6 +116,7 @@ def raw_numbers(model, x1: np.ndarray, batch: int, seconds: float) -> dict[str, 
     return {
         "batched_images_per_s": batched_ips,
         "batched_on_batch_images_per_s": on_batch_ips,
+        "batched_on_batch_cpu_ms_per_image": on_batch_cpu_ms,
         "single_predict_p50_ms": 1000 * statistics.median(lat_predict),
         "single_predict_on_batch_p50_ms": 1000 * statistics.median(lat_on_batch),
     }
@@ -127,43 +129,69 @@ async def load(
     seconds: float,
     key: str | None = None,
     server_cpu: Callable[[], float] | None = None,
+    client: str = "lean",
 ) -> dict[str, float]:
     """Requests/s, p50, p99 and errors of ``concurrency`` clients posting ``image`` to
     ``/predict`` for ``seconds``; with ``server_cpu`` (the server's CPU seconds so far) also
-    the server's CPU milliseconds per answer over the timed part."""
-    import httpx
-
+    the server's CPU milliseconds per answer over the timed part, and always the client's
+    own (this process's) CPU milliseconds per answer. ``client``: ``lean`` (prebuilt request
+    bytes, :mod:`benchmarks.lean_http`) or ``httpx`` (multipart encoded per request)."""
     from mammo_pipeline.common.auth import auth_headers
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    latencies: list[float] = []
-    errors = 0
-    async with httpx.AsyncClient(
-        base_url=url, limits=limits, timeout=60, headers=auth_headers(key)
-    ) as client:
-        for _ in range(min(concurrency, 8)):  # warm connections and the server
-            await client.post("/predict", files={"image": ("b.png", image)})
-        end = time.perf_counter() + seconds
+    cpu0 = server_cpu() if server_cpu else float("nan")
+    client0 = time.process_time()
+    if client == "lean":
+        from urllib.parse import urlsplit
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
-                resp = await client.post("/predict", files={"image": ("b.png", image)})
-                if resp.status_code == 200:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
+        from benchmarks.lean_http import multipart_post, post_loop
 
-        cpu0 = server_cpu() if server_cpu else float("nan")
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-        cpu = server_cpu() - cpu0 if server_cpu else float("nan")
+        where = urlsplit(url)
+        host, port = where.hostname or "127.0.0.1", int(where.port or 80)
+        request = multipart_post(host, port, "/predict", "image", "b.png", image, auth_headers(key))
+
+        def started() -> None:
+            nonlocal cpu0, client0
+            cpu0 = server_cpu() if server_cpu else float("nan")
+            client0 = time.process_time()
+
+        done = await post_loop(host, port, request, concurrency, seconds, on_start=started)
+        latencies, errors, elapsed = done.latencies, done.errors, done.elapsed_s
+    else:
+        import httpx
+
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        latencies = []
+        errors = 0
+        async with httpx.AsyncClient(
+            base_url=url, limits=limits, timeout=60, headers=auth_headers(key)
+        ) as http:
+            for _ in range(min(concurrency, 8)):  # warm connections and the server
+                await http.post("/predict", files={"image": ("b.png", image)})
+            end = time.perf_counter() + seconds
+
+            async def worker() -> None:
+                nonlocal errors
+                while time.perf_counter() < end:
+                    t0 = time.perf_counter()
+                    resp = await http.post("/predict", files={"image": ("b.png", image)})
+                    if resp.status_code == 200:
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        errors += 1
+
+            cpu0 = server_cpu() if server_cpu else float("nan")
+            client0 = time.process_time()
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - start
+    client_cpu = time.process_time() - client0
+    cpu = server_cpu() - cpu0 if server_cpu else float("nan")
+    answers = max(len(latencies), 1)
     return {
         "concurrency": concurrency,
         "answers": len(latencies),
-        "server_cpu_ms_per_answer": 1000 * cpu / max(len(latencies), 1),
+        "server_cpu_ms_per_answer": 1000 * cpu / answers,
+        "client_cpu_ms_per_answer": 1000 * client_cpu / answers,
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": 1000 * pct(latencies, 50),
         "p99_ms": 1000 * pct(latencies, 99),
@@ -260,7 +288,8 @@ def start_service(name: str, target: str, cwd: Path, env: dict[str, str], root: 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, float]:
     """Mean over rounds of one service at one concurrency (errors summed)."""
-    keys = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_answer")
+    keys = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_answer",
+            "client_cpu_ms_per_answer")  # fmt: skip
     out = {k: statistics.fmean(r[k] for r in rows) for k in keys}
     return {
         "concurrency": rows[0]["concurrency"],
@@ -369,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REV",
         help="also serve REV:serving/service.py (a git revision) and compare",
     )
+    parser.add_argument(
+        "--client",
+        choices=["lean", "httpx"],
+        default="lean",
+        help="load generator: prebuilt request bytes (lean) or httpx encoding each upload",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
 
@@ -426,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
                     for name in order if r % 2 == 0 else order[::-1]:
                         key = settings.api_key
                         cpu = functools.partial(tree_cpu_s, procs[name].pid)
-                        row = asyncio.run(load(urls[name], image, c, args.duration, key, cpu))
+                        row = asyncio.run(
+                            load(urls[name], image, c, args.duration, key, cpu, args.client)
+                        )
                         measured[name][c].append(row)
             # the machine may be shared: measure raw again and use the mean of both runs
             after = raw_numbers(model, x1, args.max_batch_size, args.duration)
@@ -460,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"raw model.predict_on_batch, batches of {args.max_batch_size}: "
-        f"{raw['batched_on_batch_images_per_s']:.1f} images/s"
+        f"{raw['batched_on_batch_images_per_s']:.1f} images/s, "
+        f"{raw['batched_on_batch_cpu_ms_per_image']:.2f} ms CPU per image; load generator: "
+        f"{args.client}"
     )
     print(
         f"raw single-image model.predict p50: {raw['single_predict_p50_ms']:.2f} ms "
@@ -469,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(n) for n in services)
     print(
         f"{'service':<{width}} {'concurrency':>11} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>6} {'server CPU ms/answer':>20}"
+        f"{'errors':>6} {'server CPU ms/answer':>20} {'client CPU ms/answer':>20}"
     )
     for c_index in range(len(CONCURRENCY)):
         for name, rows in services.items():
@@ -477,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{name:<{width}} {row['concurrency']:>11} {row['requests_per_s']:>9.1f} "
                 f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6} "
-                f"{row['server_cpu_ms_per_answer']:>20.2f}"
+                f"{row['server_cpu_ms_per_answer']:>20.2f} {row['client_cpu_ms_per_answer']:>20.2f}"
             )
     result: dict[str, object] = {
         "raw": raw,
@@ -494,6 +533,12 @@ def main(argv: list[str] | None = None) -> int:
             f"[{name}] service rps (c=32) / raw predict_on_batch images/s: {strict:.3f} "
             f"(aim >= 0.85); / raw model.predict: {ratio_32:.3f}"
         )
+        cpu_ratio = raw["batched_on_batch_cpu_ms_per_image"] / by_c[32]["server_cpu_ms_per_answer"]
+        print(
+            f"[{name}] c=32 CPU per answer: server {by_c[32]['server_cpu_ms_per_answer']:.2f} ms, "
+            f"load generator {by_c[32]['client_cpu_ms_per_answer']:.2f} ms; raw predict_on_batch "
+            f"CPU per image / server CPU per answer: {cpu_ratio:.3f}"
+        )
         print(
             f"[{name}] p50 added at c=1 over raw single-image predict_on_batch: "
             f"{added_strict:+.2f} ms (aim <= +5 ms); over model.predict: {added_1:+.2f} ms"
@@ -503,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_c32_vs_on_batch": strict,
             "added_p50_c1": added_1,
             "added_p50_c1_vs_on_batch": added_strict,
+            "cpu_ratio_c32": cpu_ratio,
         }
     if args.logging_off:
         result["logging"] = logging_cost(
