@@ -147,3 +147,22 @@ def test_augmentation_is_exactly_flip_flip_transpose_then_brightness_contrast():
             np.testing.assert_array_equal(
                 augment_batch(images, seed).numpy(), three_steps(images, seed).numpy()
             )
+
+
+def test_prepare_image_skips_only_the_clipping_that_cannot_change_a_pixel() -> None:
+    """8-bit pixels at the model's size are returned as float32 without a clipping pass
+    (they are in 0..255 by their type); float input at that size is still clipped, and a
+    resized 8-bit input stays in 0..255."""
+    from mammo_pipeline.data.preprocess import prepare_image
+
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (2, 16, 16, 1), dtype=np.uint8)
+    same = np.asarray(prepare_image(gray, 16))
+    assert same.dtype == np.float32
+    np.testing.assert_array_equal(same, gray.astype(np.float32))
+    floats = np.array([[[-5.0], [300.0]], [[10.0], [20.0]]], np.float32)  # 2 x 2 x 1
+    np.testing.assert_array_equal(
+        np.asarray(prepare_image(floats, 2)), [[[0.0], [255.0]], [[10.0], [20.0]]]
+    )
+    resized = np.asarray(prepare_image(gray, 8))
+    assert resized.shape == (2, 8, 8, 1) and resized.min() >= 0.0 and resized.max() <= 255.0
