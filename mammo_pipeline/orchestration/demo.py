@@ -261,7 +261,11 @@ def report(settings: Settings) -> bool:
     return served
 
 
-def run(n: int, test_n: int) -> int:
+def run(n: int, test_n: int, marks: dict[str, float] | None = None) -> int:
+    """The demo's round: ``n`` SYNTHETIC training records (and ``test_n`` test tiles) land,
+    are validated, trained on, gated and served; 0 when a model is served. ``marks`` (if
+    given) receives ``dropped``, the time the files landed (``benchmarks/landing_to_served.py
+    --first-round`` times the round from it)."""
     t_start = time.time()
     settings = write_config()
     env = demo_env(settings)
@@ -277,6 +281,8 @@ def run(n: int, test_n: int) -> int:
     serve_champion_if_stopped(settings, env)
     make_round(settings, DEMO_DIR, n, test_n, DEMO_FILMS, say=say)
     t_drop = time.time()
+    if marks is not None:
+        marks["dropped"] = t_drop
     trigger(env, "mammo_validate_incoming")
     say(
         "• Triggered mammo_validate_incoming (its schedule checks the landing directory every "
