@@ -42,8 +42,6 @@ import urllib.request
 from pathlib import Path
 
 PUBLIC_TILES = 55_890
-#: Records ``make demo`` drops in its first round (3 files).
-FIRST_ROUND_RECORDS = 900
 
 
 def served_version(url: str, key: str | None) -> str | None:
@@ -91,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from mammo_pipeline.orchestration.airflow_cli import follow, trigger
 
     if args.first_round:
-        return first_round(args)
-    if args.start and demo.run(900, 300) != 0:
+        return first_round()
+    if args.start and demo.run(demo.DEMO_TRAIN_TILES, demo.DEMO_TEST_TILES) != 0:
         print("the demo did not end with a served model")
         return 1
     settings = demo.write_config()
@@ -126,19 +124,19 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.2)
     served = after not in (None, before)
-    code = report(settings, env, dropped, val_run, ret_run, served, served_at, args.n, cpu0)
+    report(settings, env, dropped, val_run, ret_run, served, served_at, args.n, cpu0)
     shutil.rmtree(staging, ignore_errors=True)
     if not served:
         print(f"no new version was served: mammo_retrain {ret_run['state']} (a refused gate "
               "ends here; see `mammo registry list`)")  # fmt: skip
         return 2
     print(f"served after: v{after}")
-    return code
+    return 0
 
 
-def first_round(args: argparse.Namespace) -> int:
+def first_round() -> int:
     """The demo's first round, timed: the demo is stopped, its folder removed, and ``make
-    demo``'s own run drops its files (``FIRST_ROUND_RECORDS`` records) into an empty
+    demo``'s own run drops its files (``demo.DEMO_TRAIN_TILES`` records) into an empty
     platform; the clock runs from the drop to the end of the deploy task, which returns only
     once ``GET /model`` on the live port names the new version."""
     from mammo_pipeline.orchestration import demo
@@ -149,7 +147,7 @@ def first_round(args: argparse.Namespace) -> int:
     shutil.rmtree(demo.DEMO_DIR, ignore_errors=True)
     marks: dict[str, float] = {}
     cpu0 = time.process_time()
-    code = demo.run(FIRST_ROUND_RECORDS, 300, marks=marks)
+    code = demo.run(demo.DEMO_TRAIN_TILES, demo.DEMO_TEST_TILES, marks=marks)
     settings = demo.write_config()
     env = demo.demo_env(settings)
     print(f"\nfirst round: no champion to beat; SYNTHETIC data, random VGG16 weights, demo "
@@ -160,7 +158,7 @@ def first_round(args: argparse.Namespace) -> int:
     served = code == 0 and ret_run["state"] == "success" and bool(deploys)
     served_at = deploys[0].end if deploys else time.time()
     report(settings, env, marks["dropped"], val_run, ret_run, served, served_at,
-           FIRST_ROUND_RECORDS, cpu0)  # fmt: skip
+           demo.DEMO_TRAIN_TILES, cpu0)  # fmt: skip
     return 0 if served else 2
 
 
@@ -172,8 +170,8 @@ def _instances(env: dict[str, str], dag_id: str, run: dict) -> list[dict]:
 
 
 def report(settings, env, dropped: float, val_run: dict, ret_run: dict, served: bool,
-           served_at: float, n: int, cpu0: float) -> int:  # fmt: skip
-    """Print each stage's share, the aim and the extrapolation; 0."""
+           served_at: float, n: int, cpu0: float) -> None:  # fmt: skip
+    """Print each stage's share, the aim and the extrapolation."""
     from mammo_pipeline.orchestration.timeline import render, spans, timeline
 
     compute = training_compute_s(settings, ret_run["run_id"])
@@ -194,7 +192,6 @@ def report(settings, env, dropped: float, val_run: dict, ret_run: dict, served: 
           "(the validation DAG's interval; triggered at once here, as in the demo)")  # fmt: skip
     print(f"  this process: CPU {time.process_time() - cpu0:.1f} s (Airflow's processes not "
           f"counted); load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":

@@ -129,73 +129,38 @@ async def load(
     seconds: float,
     key: str | None = None,
     server_cpu: Callable[[], float] | None = None,
-    client: str = "lean",
 ) -> dict[str, float]:
     """Requests/s, p50, p99 and errors of ``concurrency`` clients posting ``image`` to
-    ``/predict`` for ``seconds``; with ``server_cpu`` (the server's CPU seconds so far) also
-    the server's CPU milliseconds per answer over the timed part, and always the client's
-    own (this process's) CPU milliseconds per answer. ``client``: ``lean`` (prebuilt request
-    bytes, :mod:`benchmarks.lean_http`) or ``httpx`` (multipart encoded per request)."""
+    ``/predict`` for ``seconds`` (:mod:`benchmarks.lean_http`: the request bytes are built
+    once); the client's own (this process's) CPU milliseconds per answer over the timed part,
+    and with ``server_cpu`` (the server's CPU seconds so far) the server's."""
+    from urllib.parse import urlsplit
+
+    from benchmarks.lean_http import multipart_post, post_loop
     from mammo_pipeline.common.auth import auth_headers
 
-    cpu0 = server_cpu() if server_cpu else float("nan")
-    client0 = time.process_time()
-    if client == "lean":
-        from urllib.parse import urlsplit
+    where = urlsplit(url)
+    host, port = where.hostname or "127.0.0.1", int(where.port or 80)
+    request = multipart_post(host, port, "/predict", "image", "b.png", image, auth_headers(key))
+    start: dict[str, float] = {}
 
-        from benchmarks.lean_http import multipart_post, post_loop
+    def started() -> None:
+        start["server"] = server_cpu() if server_cpu else float("nan")
+        start["client"] = time.process_time()
 
-        where = urlsplit(url)
-        host, port = where.hostname or "127.0.0.1", int(where.port or 80)
-        request = multipart_post(host, port, "/predict", "image", "b.png", image, auth_headers(key))
-
-        def started() -> None:
-            nonlocal cpu0, client0
-            cpu0 = server_cpu() if server_cpu else float("nan")
-            client0 = time.process_time()
-
-        done = await post_loop(host, port, request, concurrency, seconds, on_start=started)
-        latencies, errors, elapsed = done.latencies, done.errors, done.elapsed_s
-    else:
-        import httpx
-
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        latencies = []
-        errors = 0
-        async with httpx.AsyncClient(
-            base_url=url, limits=limits, timeout=60, headers=auth_headers(key)
-        ) as http:
-            for _ in range(min(concurrency, 8)):  # warm connections and the server
-                await http.post("/predict", files={"image": ("b.png", image)})
-            end = time.perf_counter() + seconds
-
-            async def worker() -> None:
-                nonlocal errors
-                while time.perf_counter() < end:
-                    t0 = time.perf_counter()
-                    resp = await http.post("/predict", files={"image": ("b.png", image)})
-                    if resp.status_code == 200:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        errors += 1
-
-            cpu0 = server_cpu() if server_cpu else float("nan")
-            client0 = time.process_time()
-            start = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-            elapsed = time.perf_counter() - start
-    client_cpu = time.process_time() - client0
-    cpu = server_cpu() - cpu0 if server_cpu else float("nan")
-    answers = max(len(latencies), 1)
+    done = await post_loop(host, port, request, concurrency, seconds, on_start=started)
+    client_cpu = time.process_time() - start["client"]
+    cpu = server_cpu() - start["server"] if server_cpu else float("nan")
+    answers = max(len(done.latencies), 1)
     return {
         "concurrency": concurrency,
-        "answers": len(latencies),
+        "answers": len(done.latencies),
         "server_cpu_ms_per_answer": 1000 * cpu / answers,
         "client_cpu_ms_per_answer": 1000 * client_cpu / answers,
-        "requests_per_s": len(latencies) / elapsed,
-        "p50_ms": 1000 * pct(latencies, 50),
-        "p99_ms": 1000 * pct(latencies, 99),
-        "errors": errors,
+        "requests_per_s": len(done.latencies) / done.elapsed_s,
+        "p50_ms": 1000 * pct(done.latencies, 50),
+        "p99_ms": 1000 * pct(done.latencies, 99),
+        "errors": done.errors,
     }
 
 
@@ -398,12 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REV",
         help="also serve REV:serving/service.py (a git revision) and compare",
     )
-    parser.add_argument(
-        "--client",
-        choices=["lean", "httpx"],
-        default="lean",
-        help="load generator: prebuilt request bytes (lean) or httpx encoding each upload",
-    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
 
@@ -461,9 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                     for name in order if r % 2 == 0 else order[::-1]:
                         key = settings.api_key
                         cpu = functools.partial(tree_cpu_s, procs[name].pid)
-                        row = asyncio.run(
-                            load(urls[name], image, c, args.duration, key, cpu, args.client)
-                        )
+                        row = asyncio.run(load(urls[name], image, c, args.duration, key, cpu))
                         measured[name][c].append(row)
             # the machine may be shared: measure raw again and use the mean of both runs
             after = raw_numbers(model, x1, args.max_batch_size, args.duration)
@@ -498,8 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"raw model.predict_on_batch, batches of {args.max_batch_size}: "
         f"{raw['batched_on_batch_images_per_s']:.1f} images/s, "
-        f"{raw['batched_on_batch_cpu_ms_per_image']:.2f} ms CPU per image; load generator: "
-        f"{args.client}"
+        f"{raw['batched_on_batch_cpu_ms_per_image']:.2f} ms CPU per image"
     )
     print(
         f"raw single-image model.predict p50: {raw['single_predict_p50_ms']:.2f} ms "

@@ -29,11 +29,12 @@ def prepare_image(image, image_size: int):
     """
     import tensorflow as tf
 
+    image = tf.convert_to_tensor(image)
     img = tf.cast(image, tf.float32)
     shape = img.shape
     if shape[-3] != image_size or shape[-2] != image_size:
         img = tf.image.resize(img, [image_size, image_size], method=RESIZE_METHOD, antialias=True)
-    elif getattr(image, "dtype", None) in (tf.uint8, np.uint8):
+    elif image.dtype == tf.uint8:
         return img  # 8-bit pixels at the model's size are in 0..255 already: no clipping pass
     return tf.clip_by_value(img, 0.0, 255.0)
 

@@ -80,6 +80,9 @@ DEMO_SETTINGS: dict[str, Any] = {
 AIRFLOW_PARALLELISM = 4
 #: SYNTHETIC whole films (600 x 400 px at 0.2 mm/px) evaluated after each training.
 DEMO_FILMS = 20
+#: SYNTHETIC training tiles (in 3 files) and held-out test tiles of a demo round.
+DEMO_TRAIN_TILES = 900
+DEMO_TEST_TILES = 300
 
 
 def say(msg: str = "") -> None:
@@ -336,8 +339,10 @@ def stop() -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stop", action="store_true", help="stop what the demo started")
-    p.add_argument("--n", type=int, default=900, help="SYNTHETIC training tiles")
-    p.add_argument("--test-n", type=int, default=300, help="SYNTHETIC held-out test tiles")
+    p.add_argument("--n", type=int, default=DEMO_TRAIN_TILES, help="SYNTHETIC training tiles")
+    p.add_argument(
+        "--test-n", type=int, default=DEMO_TEST_TILES, help="SYNTHETIC held-out test tiles"
+    )
     args = p.parse_args(argv)
     if args.stop:
         stop()
