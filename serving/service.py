@@ -366,8 +366,12 @@ class RequestGuard:
             received = 0
             while True:  # stream: every check fires as soon as its bytes arrive
                 message = await receive()
-                if message["type"] != "http.request":
-                    return  # the client went away
+                if message["type"] != "http.request":  # the client went away mid-body
+                    # Answered although nobody reads it: BentoML's TimeoutMiddleware ends a
+                    # request only once something is sent (else after its 60-s timeout),
+                    # and a SIGTERM waits for open requests: the backend could not stop.
+                    msg = "the client closed the connection before the body ended"
+                    return await self._send_json(send, 400, {"error": msg})
                 chunk, more = message.get("body", b""), message.get("more_body", False)
                 received += len(chunk)
                 if received > limit:

@@ -455,6 +455,28 @@ def test_a_second_film_while_one_is_analysed_is_a_503_before_its_body(
         slow.close()
 
 
+def test_an_upload_its_client_abandons_is_finished_at_once(server: dict[str, Any]) -> None:
+    """A client that closes its connection mid-body: the request ends at once (logged with
+    our 400), instead of waiting out BentoML's 60-s traffic timeout, whose middleware only
+    lets a request finish once something was sent (old code: the request stayed open for
+    60 s, and a SIGTERM waited for it, 20 s in ``stop_process``, then SIGKILL: a deploy's
+    old backend was killed mid-request)."""
+    logged = len(server["log"].read_text(errors="replace"))
+    up = RawUpload(server["port"], "/analyze", 300 * 1024)
+    up.send(_file_part_head("image", "film.png"))
+    time.sleep(0.3)
+    up.close()
+    deadline = time.monotonic() + 30  # the old code answered after 60 s
+    while time.monotonic() < deadline:
+        new = server["log"].read_text(errors="replace")[logged:]
+        if "path=/analyze,type=multipart/form-data; boundary=xyzzy,length=307200" in new:
+            break
+        time.sleep(0.2)
+    line = [ln for ln in new.splitlines() if "length=307200" in ln]
+    assert line and "(status=400," in line[0], new[-2000:]
+    assert "Traceback" not in new
+
+
 def _film_png(height: int, width: int, seed: int) -> bytes:
     from mammo_pipeline.data.synthetic_film import make_film
 
