@@ -628,12 +628,13 @@ def test_a_nan_model_is_never_ready_and_fails_the_smoke_test(
 def test_smoke_test_names_nan_from_the_in_process_model(
     nan_registry: tuple[Settings, str],
 ) -> None:
-    """A service that answers a number while the registry's model gives NaN in process."""
+    """A service that answers a number while the registry's model gives NaN in process:
+    computed by the smoke test itself, or on the thread the deploy starts with green."""
     import json
     import socketserver
     from http.server import BaseHTTPRequestHandler
 
-    from mammo_pipeline.serving.smoke import smoke_test
+    from mammo_pipeline.serving.smoke import expected_in_background, smoke_test
     from mammo_pipeline.serving.state import DeployError
 
     settings, version = nan_registry
@@ -656,5 +657,9 @@ def test_smoke_test_names_nan_from_the_in_process_model(
         try:
             with pytest.raises(DeployError, match="model outputs NaN on the smoke image"):
                 smoke_test(settings, url, version)
+            expected = expected_in_background(settings, version)
+            with pytest.raises(DeployError, match="in-process probability nan"):
+                smoke_test(settings, url, version, expected)
+            assert expected.done()
         finally:
             httpd.shutdown()

@@ -10,7 +10,8 @@ side port of 127.0.0.1, in its own process group, logging to ``<data_dir>/servin
 1. resolve the version (explicit, else the ``champion`` alias);
 2. start the green backend on a side port, wait for ``/readyz``;
 3. smoke test (:mod:`.smoke`): the served probability and version must equal the in-process
-   prediction of the same registry version (``smoke_tolerance``);
+   prediction of the same registry version (``smoke_tolerance``), computed on a thread
+   while green starts;
 4. switch: write the state file (atomic rename) so new connections go to green; start the
    proxy if it is not running; check ``GET /model`` through the live port names the version;
 5. stop blue (its process group) after a short drain.
@@ -42,7 +43,7 @@ from mammo_pipeline.errors import MammoError
 from mammo_pipeline.registry.names import PREVIOUS, Deployed
 from mammo_pipeline.serving.backend import start_backend, stop_process, wait_ready
 from mammo_pipeline.serving.proxy import ensure_proxy
-from mammo_pipeline.serving.smoke import smoke_test
+from mammo_pipeline.serving.smoke import expected_in_background, smoke_test
 from mammo_pipeline.serving.state import (
     DeployError,
     deploy_lock,
@@ -130,14 +131,15 @@ def deploy_version(settings: Settings, version: str | int | None = None) -> Depl
                 settings.serve_side_port, avoid={settings.serve_port, blue.get("port") or -1}
             )
             green_pid, log = start_backend(settings, target, port)
+            expected = expected_in_background(settings, target)  # overlaps green's start-up
             result.backend_port, result.backend_pid, result.log = port, green_pid, str(log)
             result.steps.append(f"started green v{target} pid {green_pid} on port {port}")
             side_url = f"http://127.0.0.1:{port}"
             wait_ready(side_url, green_pid, settings.serve_ready_timeout_s, log)
             result.steps.append("green ready")
-            served, expected = smoke_test(settings, side_url, target)
-            result.smoke_probability, result.expected_probability = served, expected
-            result.smoke_abs_diff = abs(served - expected)
+            served, in_process = smoke_test(settings, side_url, target, expected)
+            result.smoke_probability, result.expected_probability = served, in_process
+            result.smoke_abs_diff = abs(served - in_process)
             result.steps.append(f"smoke test passed (|diff| {result.smoke_abs_diff:.2e})")
 
             new_state = {
