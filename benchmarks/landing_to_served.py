@@ -187,7 +187,8 @@ def report(settings, env, dropped: float, val_run: dict, ret_run: dict, served: 
     print(f"  aim: platform overhead <= 60 s at demo size: {t.overhead_s:.1f} s "
           f"({'met' if t.overhead_s <= 60 else 'NOT met'})")  # fmt: skip
     print(f"  extrapolated to the {PUBLIC_TILES:,} public tiles (validation scaled by records, "
-          f"other stages held; no epochs): {extrapolated:.0f} s overhead")  # fmt: skip
+          f"other stages held; no epochs): {extrapolated:.0f} s overhead, an upper bound: the "
+          "validation stage's fixed start-up (two task processes) is scaled with it")  # fmt: skip
     print(f"  plus up to {settings.validate_every_minutes} min of schedule wait in production "
           "(the validation DAG's interval; triggered at once here, as in the demo)")  # fmt: skip
     print(f"  this process: CPU {time.process_time() - cpu0:.1f} s (Airflow's processes not "
