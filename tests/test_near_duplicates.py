@@ -339,3 +339,42 @@ def test_ring_spectra_invariances_and_correlation() -> None:
     assert empty.match(base)[0].tolist() == [-1] * 6
     with pytest.raises(ValueError, match="index ring spectra"):
         rd.RingIndex(base)
+
+
+#: Hashes of two fixed SYNTHETIC tiles under HASH_VERSION "anchored-dct128-a3-w129-v2"
+#: (computed before the integral image was rebuilt tile-innermost): a speed change must
+#: leave every bit as it was, since caches of hashes are keyed by the version alone.
+PINNED_HASHES = [
+    "0fb445c81b2b65236abccc3cb328379e,19f76c1f2f8f9060c7a85eb6ae312a6f,"
+    "2ddc9a9bd687ce761b75fa286a0b19b5",
+    "093e4d29c61dc88405d7ca467e59bf53,2eafb47562bbd278d506af02c680afdc,"
+    "3ec1ae939726fe0f4c37f481468b562d",
+]
+
+
+def test_hashes_are_pinned_to_their_version():
+    from scipy.ndimage import gaussian_filter
+
+    from mammo_pipeline.data.near_duplicates import HASH_VERSION, perceptual_hashes, to_hex
+
+    rng = np.random.default_rng(2026)
+    tiles = [np.clip(gaussian_filter(rng.normal(128, 60, (299, 299)), 3) * 3 - 250, 0, 255)
+             for _ in range(2)]  # fmt: skip
+    got = to_hex(perceptual_hashes(np.stack(tiles).astype(np.uint8)))
+    assert HASH_VERSION == "anchored-dct128-a3-w129-v2", "re-pin PINNED_HASHES for the new version"
+    assert got == PINNED_HASHES, "the hashes changed: bump HASH_VERSION (caches are keyed by it)"
+
+
+def test_integral_image_is_the_running_sum_of_both_axes():
+    from mammo_pipeline.data.near_duplicates import _OUTER, _POSITIONS, WINDOW_HALF, _integral
+
+    images = np.random.default_rng(3).integers(0, 256, (5, 299, 299), dtype=np.uint8)
+    first, side = WINDOW_HALF - _OUTER, _POSITIONS + 2 * _OUTER
+    crop = images[:, first : first + side, first : first + side].astype(np.int64)
+    expected = np.zeros((5, side + 1, side + 1), np.int64)
+    expected[:, 1:, 1:] = crop.cumsum(axis=1).cumsum(axis=2)
+    got = _integral(images)
+    assert got.shape == expected.shape and got.dtype == np.int32
+    assert np.array_equal(got, expected)
+    full = np.full((2, 299, 299), 255, np.uint8)  # the largest sums stay exact in int32
+    assert int(_integral(full)[:, -1, -1].max()) == 255 * side * side

@@ -173,15 +173,21 @@ def orientations(words: np.ndarray) -> np.ndarray:
 
 def _integral(images: np.ndarray) -> np.ndarray:
     """Zero-padded integral image of the pixels the detector's boxes can reach around a
-    possible anchor: (B, 204, 204) int32 (exact: they sum to at most 255 * 203^2 < 2^31)."""
+    possible anchor: (B, 204, 204) int32 (exact: they sum to at most 255 * 203^2 < 2^31).
+
+    Built tile-innermost ((204, 204, B) in memory, returned as a (B, 204, 204) view): both
+    running sums then add whole contiguous (204, B) planes, column by column and row by row,
+    instead of ``np.cumsum`` along the rows (measured: 66 against 120 us a tile, the hash
+    bit-identical)."""
     b = images.shape[0]
     first, side = WINDOW_HALF - _OUTER, _POSITIONS + 2 * _OUTER
-    ii = np.zeros((b, side + 1, side + 1), dtype=np.int32)
-    ii[:, 1:, 1:] = images[:, first : first + side, first : first + side]
-    np.cumsum(ii, axis=2, out=ii)
-    for row in range(1, side + 1):  # row by row: much faster than cumsum along axis 1
-        ii[:, row] += ii[:, row - 1]
-    return ii
+    ii = np.zeros((side + 1, side + 1, b), dtype=np.int32)
+    ii[1:, 1:] = images[:, first : first + side, first : first + side].transpose(1, 2, 0)
+    for column in range(1, side + 1):
+        ii[:, column] += ii[:, column - 1]
+    for row in range(1, side + 1):
+        ii[row] += ii[row - 1]
+    return ii.transpose(2, 0, 1)
 
 
 def _response(ii: np.ndarray, ys: slice | np.ndarray, xs: slice | np.ndarray, b=slice(None)):
