@@ -199,9 +199,21 @@ def reference(world: World, case: str) -> Reference:
 
 def run_killed_after(world: World, s: Settings, case: str, k: int) -> int:
     """Run the action of ``case`` in a forked child killed after its k-th registry write."""
+    import gc
     import os
 
-    pid = os.fork()
+    # The worker forked here has run other modules (Keras models loaded on threads, TF, gRPC):
+    # collected in the child, their inherited garbage can segfault it (seen once in CI, in
+    # the child's GC). Collect in the parent and freeze the rest: the child never finalises
+    # objects it inherited.
+    gc.collect()
+    gc.freeze()
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            gc.unfreeze()
     if pid == 0:  # the child: never returns into pytest
         code = 0
         try:
